@@ -1,0 +1,28 @@
+"""Installer for Certify-Net. Name and version come from src/certifynet/_version.py."""
+import re
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+_ver = (HERE / "src" / "certifynet" / "_version.py").read_text()
+NAME = re.search(r'__package_name__ = "([^"]+)"', _ver).group(1)
+VERSION = re.search(r'__version__ = "([^"]+)"', _ver).group(1)
+REQUIRES = [ln.strip() for ln in (HERE / "requirements.txt").read_text().splitlines()
+            if ln.strip() and not ln.startswith("#")]
+
+SCRIPTS = ["train", "train_smoothmix", "train_denoiser", "sample", "certify", "predict",
+           "analyze", "merge", "run_shards", "quickstart"]
+
+setup(
+    name=NAME,
+    version=VERSION,
+    description="Certified robustness by randomized smoothing: NP (Cohen), DSRS, ISS, denoised smoothing",
+    license="MIT",
+    package_dir={"": "src"},
+    packages=find_packages("src"),
+    python_requires=">=3.9",
+    install_requires=REQUIRES,
+    extras_require={"dev": ["pytest>=7"]},
+    entry_points={"console_scripts": [f"certifynet-{s.replace('_', '-')}=certifynet.cli:{s}" for s in SCRIPTS]},
+)

@@ -1,0 +1,1 @@
+from certifynet._version import __package_name__, __version__

@@ -1,0 +1,48 @@
+"""Command-line entry points. Each module `certifynet.cli.<stage>` has `build_parser()` and `main(argv=None)`;
+`scripts/<stage>.py` and the `certifynet-<stage>` console scripts are thin shells over them."""
+from __future__ import annotations
+
+import functools
+import sys
+
+from certifynet.errors import CertifyNetError
+
+
+def one_line_errors(main):
+    """Run `main(argv)`; print user errors as one line `error: ...` on stderr and exit 2 (no traceback)."""
+
+    @functools.wraps(main)
+    def wrapper(argv=None):
+        try:
+            rc = main(argv)
+        except CertifyNetError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        except FileNotFoundError as e:
+            print(f"error: file not found: {e.filename or e}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("error: interrupted", file=sys.stderr)
+            return 130
+        return 0 if rc is None else int(rc)
+
+    return wrapper
+
+
+def _entry(module: str):
+    def run():
+        import importlib
+        sys.exit(importlib.import_module(f"certifynet.cli.{module}").main())
+    return run
+
+
+train = _entry("train")
+train_smoothmix = _entry("train_smoothmix")
+train_denoiser = _entry("train_denoiser")
+sample = _entry("sample")
+certify = _entry("certify")
+predict = _entry("predict")
+analyze = _entry("analyze")
+merge = _entry("merge")
+run_shards = _entry("run_shards")
+quickstart = _entry("quickstart")

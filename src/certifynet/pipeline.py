@@ -1,0 +1,173 @@
+"""Glue between models, noise, the sampler and certification: what each script runs per input."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from certifynet.data import dataset_info, get_dataset
+from certifynet.errors import CertifyNetError, check_alpha, check_sample_sizes, check_sigma
+from certifynet.models import file_sha256, load_checkpoint
+from certifynet.noise import make_noise
+from certifynet.sampling import (STREAM_P, STREAM_Q, STREAM_SELECT, Sampler, check_finite_input,
+                                 input_generator, resolve_device)
+
+
+def load_smoothing_model(model_path: str, dataset: str | None = None, arch: str | None = None,
+                         denoiser_path: str | None = None, sigma: float | None = None, device="cpu"):
+    """The base classifier f to smooth (optionally denoiser → classifier), and metadata naming it."""
+    ckpt = load_checkpoint(model_path, arch=arch, dataset=dataset)
+    model, meta = ckpt.model, ckpt.metadata()
+    if denoiser_path:
+        from certifynet.denoise import DenoisedClassifier, load_denoiser
+        den = load_denoiser(denoiser_path)
+        model = DenoisedClassifier(den.model, model, sigma)
+        meta.update(denoiser=den.path, denoiser_sha256=file_sha256(den.path), denoiser_arch=den.config)
+    return model.to(device).eval(), ckpt, meta
+
+
+def add_common_run_args(p, counts_only=False):
+    """Flags shared by sample.py / certify.py / predict.py (model, data, inputs, sharding, speed)."""
+    g = p.add_argument_group("model and data")
+    g.add_argument("--model", help="classifier checkpoint (ours or a reference layout)")
+    g.add_argument("--arch", help="architecture, when the checkpoint does not name it")
+    g.add_argument("--dataset", help="dataset (default: from the checkpoint)")
+    g.add_argument("--split", default="test", choices=["train", "test"])
+    g.add_argument("--data-dir", default="data")
+    g.add_argument("--denoiser", help="denoiser checkpoint placed in front of the classifier (denoised smoothing)")
+    g = p.add_argument_group("which inputs")
+    g.add_argument("--start", type=int, default=0)
+    g.add_argument("--end", type=int, default=None)
+    g.add_argument("--skip", type=int, default=1, help="take every skip-th input (Cohen's --skip)")
+    g.add_argument("--max", type=int, default=None, help="at most this many inputs")
+    g.add_argument("--shard", default=None, help="i/n: the i-th of n contiguous parts (default from SLURM_ARRAY_TASK_ID/COUNT)")
+    g = p.add_argument_group("speed")
+    g.add_argument("--batch", type=int, default=1000)
+    g.add_argument("--device", default="auto")
+    g.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
+    g.add_argument("--channels-last", action="store_true")
+
+
+def add_noise_args(p):
+    g = p.add_argument_group("noise and sample sizes")
+    g.add_argument("--sigma", type=float, required=False, help="σ of the smoothing noise in [0,1] pixel units")
+    g.add_argument("--dist", default="gaussian", choices=["gaussian", "general_gaussian"], help="P")
+    g.add_argument("--k", type=int, default=0, help="generalized-Gaussian k (0: Gaussian)")
+    g.add_argument("--N0", type=int, default=100, help="selection samples")
+    g.add_argument("--N", type=int, default=100_000, help="estimation samples (per distribution)")
+    g.add_argument("--alpha", type=float, default=0.001, help="failure probability α of each certificate")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--select", default="n0", choices=["n0", "label"],
+                   help="class to count: top class of N0 selection draws (Cohen), or the true label (DSRS reference)")
+    g.add_argument("--q-dist", default="none", choices=["none", "truncated", "rescaled"], help="DSRS's Q")
+    g.add_argument("--q-sigma", type=float, default=None, help="σ_Q for --q-dist rescaled (default 0.8σ)")
+    g.add_argument("--q-percentile", default="x",
+                   help="truncated Q: the percentile p_T in (0,1], or heuristic 'x' / 'x+' from the P bound")
+    g.add_argument("--iss", default=None, choices=["absolute", "relative"], help="input-specific sample sizes")
+    g.add_argument("--iss-decline", type=float, default=0.05, help="ISS allowed radius decline ε")
+    g.add_argument("--iss-n0", type=int, default=2000, help="ISS pilot draws")
+
+
+class InputSampler:
+    """Per-input sampling for NP, DSRS (P and Q) and ISS; every stream seeded by (seed, idx, stream)."""
+
+    def __init__(self, model, num_classes: int, dim: int, args, device):
+        check_sigma(args.sigma)
+        check_alpha(args.alpha)
+        check_sample_sizes(args.N0 if args.select == "n0" else 0, args.N)
+        if args.q_dist != "none" and args.iss is None and args.dist != "general_gaussian" and args.k:
+            raise CertifyNetError("--k > 0 needs --dist general_gaussian")
+        self.args, self.device, self.dim = args, device, dim
+        self.sampler = Sampler(model, num_classes, args.batch, device, args.amp, args.channels_last)
+        dist = "general_gaussian" if args.k else args.dist
+        self.p_noise = make_noise(dist, args.sigma, dim, args.k)
+        self.q_dist = args.q_dist
+        self.planner = None
+        if args.iss:
+            from certifynet.certify.iss import IssPlanner
+            self.planner = IssPlanner(n_max=args.N, batch=args.batch, sigma=args.sigma, alpha=args.alpha,
+                                      decline=args.iss_decline, mode=args.iss, n0=args.iss_n0)
+        if self.q_dist == "rescaled":
+            self.q_sigma = args.q_sigma if args.q_sigma is not None else 0.8 * args.sigma
+            self.q_noise = make_noise("general_gaussian", self.q_sigma, dim, args.k)
+
+    def meta(self) -> dict:
+        a = self.args
+        m = {"sigma": a.sigma, "k": a.k, "d": self.dim, "dist": self.p_noise.params(), "N0": a.N0, "N": a.N,
+             "alpha": a.alpha, "seed": a.seed, "select": a.select, "q_mode": None, "q_param": None, "iss": a.iss}
+        if a.iss:
+            m.update(iss_decline=a.iss_decline, iss_n0=a.iss_n0)
+        if self.q_dist == "rescaled":
+            m.update(q_mode="rescaled", q_param=self.q_sigma)
+        elif self.q_dist == "truncated":
+            m.update(q_mode="truncated", q_param=a.q_percentile)
+        return m
+
+    def columns(self):
+        cols = ["idx", "label", "pred", "n0", "n", "count"]
+        if self.q_dist != "none":
+            cols += ["n_q", "count_q", "q_kind", "q_param"]
+        if self.args.iss:
+            cols += ["pilot_n", "pilot_count"]
+        return cols + ["time"]
+
+    def _gen(self, idx, stream):
+        return input_generator(self.args.seed, idx, stream, self.device)
+
+    def _truncated_noise(self, count, n):
+        """Q for the truncated mode: p_T fixed or from heuristic x/x+ on the P bound at α/2."""
+        from certifynet.certify.dsrs import pooled_np_fallback_needed, truncation_beta, truncation_percentile
+        from certifynet.certify.neyman_pearson import cp_interval
+        a = self.args
+        p_low, p_up = cp_interval(count, n, a.alpha / 2)
+        if a.q_percentile in ("x", "x+"):
+            if a.q_percentile == "x+" and pooled_np_fallback_needed(p_up):
+                return self.p_noise, "P", float("nan")
+            pt = truncation_percentile(p_low, heuristic="x")
+        else:
+            pt = float(a.q_percentile)
+        return make_noise("truncated", a.sigma, self.dim, a.k, percentile=pt,
+                          beta=truncation_beta(pt, self.dim, a.k)), "Q", pt
+
+    def sample(self, idx: int, x: torch.Tensor, label: int) -> dict:
+        """One counts row for input idx."""
+        check_finite_input(x, idx)
+        a, t0, s = self.args, time.time(), self.sampler
+        row = {"idx": idx, "label": label}
+        if a.iss:
+            pilot = s.counts_np(x, self.p_noise, a.iss_n0, self._gen(idx, STREAM_SELECT))
+            pred = int(pilot.argmax()) if a.select == "n0" else label
+            n = self.planner.sample_size(int(pilot[pred]))
+            row.update(pilot_n=a.iss_n0, pilot_count=int(pilot[pred]), n0=a.iss_n0)
+        else:
+            if a.select == "n0":
+                pred = int(s.counts(x, self.p_noise, a.N0, self._gen(idx, STREAM_SELECT)).argmax())
+                row["n0"] = a.N0
+            else:
+                pred, row["n0"] = label, 0
+            n = a.N
+        count = int(s.counts(x, self.p_noise, n, self._gen(idx, STREAM_P))[pred]) if n > 0 else 0
+        row.update(pred=pred, n=n, count=count)
+        if self.q_dist != "none":
+            if self.q_dist == "rescaled":
+                q_noise, kind, q_param = self.q_noise, "Q", self.q_sigma
+            else:
+                q_noise, kind, q_param = self._truncated_noise(count, n)
+            row.update(n_q=n, count_q=int(s.counts(x, q_noise, n, self._gen(idx, STREAM_Q))[pred]) if n else 0,
+                       q_kind=kind, q_param=q_param)
+        row["time"] = round(time.time() - t0, 4)
+        return row
+
+
+def open_inputs(dataset: str, split: str, data_dir: str):
+    """The dataset and its static facts (shape, classes, d)."""
+    return get_dataset(dataset, split, data_dir), dataset_info(dataset)
+
+
+def model_identity(ckpt, extra: dict) -> dict:
+    return {**extra, "dataset": ckpt.dataset}
+
+
+__all__ = ["load_smoothing_model", "InputSampler", "add_common_run_args", "add_noise_args", "open_inputs",
+           "resolve_device", "np"]
