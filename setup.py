@@ -24,5 +24,5 @@ setup(
     python_requires=">=3.9",
     install_requires=REQUIRES,
     extras_require={"dev": ["pytest>=7"]},
-    entry_points={"console_scripts": [f"certifynet-{s.replace('_', '-')}=certifynet.cli:{s}" for s in SCRIPTS]},
+    entry_points={"console_scripts": [f"certifynet-{s.replace('_', '-')}=certifynet.cli.{s}:main" for s in SCRIPTS]},
 )

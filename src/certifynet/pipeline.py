@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
 import torch
 
 from certifynet.data import dataset_info, get_dataset
@@ -46,7 +45,8 @@ def add_common_run_args(p, counts_only=False):
     g.add_argument("--batch", type=int, default=1000)
     g.add_argument("--device", default="auto")
     g.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
-    g.add_argument("--channels-last", action="store_true")
+    g.add_argument("--no-channels-last", dest="channels_last", action="store_false",
+                   help="keep NCHW memory (channels_last is on by default: faster convolutions)")
 
 
 def add_noise_args(p):
@@ -95,7 +95,9 @@ class InputSampler:
     def meta(self) -> dict:
         a = self.args
         m = {"sigma": a.sigma, "k": a.k, "d": self.dim, "dist": self.p_noise.params(), "N0": a.N0, "N": a.N,
-             "alpha": a.alpha, "seed": a.seed, "select": a.select, "q_mode": None, "q_param": None, "iss": a.iss}
+             "alpha": a.alpha, "seed": a.seed, "select": a.select, "q_mode": None, "q_param": None, "iss": a.iss,
+             # these fix how the (seed, idx) noise stream is laid out, so resumed rows stay identical
+             "batch": a.batch, "channels_last": a.channels_last, "amp": a.amp}
         if a.iss:
             m.update(iss_decline=a.iss_decline, iss_n0=a.iss_n0)
         if self.q_dist == "rescaled":
@@ -164,10 +166,3 @@ def open_inputs(dataset: str, split: str, data_dir: str):
     """The dataset and its static facts (shape, classes, d)."""
     return get_dataset(dataset, split, data_dir), dataset_info(dataset)
 
-
-def model_identity(ckpt, extra: dict) -> dict:
-    return {**extra, "dataset": ckpt.dataset}
-
-
-__all__ = ["load_smoothing_model", "InputSampler", "add_common_run_args", "add_noise_args", "open_inputs",
-           "resolve_device", "np"]

@@ -3,7 +3,9 @@
 `Sampler.counts(x, noise, n, generator)` draws n noisy copies x + δ in batches of `batch`, reusing one
 preallocated buffer, under `torch.inference_mode`, and accumulates argmax counts on the device with
 `bincount`, so there is no host round-trip until the final counts. Memory is O(batch), flat in n.
-On CUDA, `amp=True` runs the model in bf16 autocast and `channels_last=True` uses NHWC memory.
+On CUDA, `amp=True` runs the model in bf16 autocast. `channels_last=True` (the default) keeps image
+batches in NHWC memory on any device: oneDNN and cuDNN convolutions run faster on it (1.3–1.5× for
+LeNet/ResNet-20 on a 2-core CPU), and the arithmetic is the same fp32 up to summation order.
 The smoothed classifier is then that of the bf16 model: certificates stay valid, because the base
 classifier f is whatever function is sampled, applied consistently.
 
@@ -52,14 +54,14 @@ class Sampler:
     """Counts argmax_c f(x + δ) over n draws of δ, in batches of `batch`."""
 
     def __init__(self, model: torch.nn.Module, num_classes: int, batch: int = 1000, device=None,
-                 amp: bool = False, channels_last: bool = False):
+                 amp: bool = False, channels_last: bool = True):
         if batch < 1:
             raise CertifyNetError(f"--batch must be >= 1, got {batch}")
         self.device = resolve_device(device) if not isinstance(device, torch.device) else device
         self.cuda = self.device.type == "cuda"
-        self.memory_format = torch.channels_last if (channels_last and self.cuda) else torch.contiguous_format
+        self.channels_last = bool(channels_last)
         self.model = model.to(self.device).eval()
-        if self.memory_format is torch.channels_last:
+        if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.num_classes, self.batch = int(num_classes), int(batch)
         self.amp = bool(amp and self.cuda)
@@ -67,7 +69,8 @@ class Sampler:
 
     def _buffer(self, shape):
         if self._buf is None or self._buf.shape[1:] != shape:
-            self._buf = torch.empty((self.batch, *shape), device=self.device).contiguous(memory_format=self.memory_format)
+            fmt = torch.channels_last if (self.channels_last and len(shape) == 3) else torch.contiguous_format
+            self._buf = torch.empty((self.batch, *shape), device=self.device).contiguous(memory_format=fmt)
         return self._buf
 
     def _autocast(self):
@@ -102,7 +105,7 @@ class Smooth:
     ABSTAIN = -1
 
     def __init__(self, model, num_classes: int, sigma: float, noise: Noise | None = None, device=None,
-                 amp=False, channels_last=False, seed: int = 0):
+                 amp=False, channels_last=True, seed: int = 0):
         self.sigma = float(sigma)
         self.noise = noise or GaussianNoise(sigma)
         self.num_classes = int(num_classes)

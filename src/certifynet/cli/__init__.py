@@ -28,21 +28,3 @@ def one_line_errors(main):
 
     return wrapper
 
-
-def _entry(module: str):
-    def run():
-        import importlib
-        sys.exit(importlib.import_module(f"certifynet.cli.{module}").main())
-    return run
-
-
-train = _entry("train")
-train_smoothmix = _entry("train_smoothmix")
-train_denoiser = _entry("train_denoiser")
-sample = _entry("sample")
-certify = _entry("certify")
-predict = _entry("predict")
-analyze = _entry("analyze")
-merge = _entry("merge")
-run_shards = _entry("run_shards")
-quickstart = _entry("quickstart")

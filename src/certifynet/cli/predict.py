@@ -33,6 +33,7 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     check_alpha(args.alpha)
+    args.N0 = 0  # PREDICT has no selection step
     sampler, data, indices, meta, shard = open_run(args)
     out = output_path(args, shard, "results/predict.tsv")
 

@@ -1,0 +1,52 @@
+"""`analyze.py LOG [LOG ...]`: certified accuracy / ACR / cost table (Markdown on stdout) and, with --out,
+table.md/.tex/.csv, certified_accuracy.png/.pdf, report.md (+ envelope files with --envelope)."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from certifynet import analysis
+from certifynet.cli import one_line_errors
+from certifynet.errors import check_alpha
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="analyze.py",
+        description="Summarise certify logs (ours or Cohen et al.'s): certified accuracy at given radii, ACR, "
+                    "clean accuracy (r=0), abstain rate, samples and seconds per input; tables and plots.")
+    p.add_argument("logs", nargs="+", metavar="LOG",
+                   help="tab-separated certify log(s); sidecar <LOG>.meta.json optional")
+    p.add_argument("--label", nargs="+", action="extend", metavar="L",
+                   help="display label, one per log in order (default: sidecar label, else method σ model)")
+    p.add_argument("--radii", nargs="+", type=float, default=list(analysis.DEFAULT_RADII), metavar="R",
+                   help="radius grid for certified accuracy (default: %(default)s)")
+    p.add_argument("--out", metavar="DIR", help="write table.md/.tex/.csv, certified_accuracy.png/.pdf, report.md here")
+    p.add_argument("--title", help="title of the plots, LaTeX caption and report")
+    p.add_argument("--envelope", action="store_true",
+                   help="also the envelope over σ: per (dataset, method) and radius, the max certified accuracy "
+                        "(dataset/method from the sidecar, else the file name <dataset>_..._sigma_<σ>)")
+    p.add_argument("--baseline", metavar="LABEL", help="label of the fixed-N run; adds the samples/input speed-up")
+    p.add_argument("--hp-rho", type=float, metavar="RHO",
+                   help="report high-probability certified accuracy, holding with prob. >= 1-RHO")
+    p.add_argument("--alpha", type=float, help="α of the runs for --hp-rho (default: from each sidecar)")
+    return p
+
+
+@one_line_errors
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    if args.alpha is not None:
+        check_alpha(args.alpha)
+    logs = analysis.read_logs(args.logs, args.label)
+    opts = dict(hp_rho=args.hp_rho, alpha=args.alpha)
+    summary = analysis.summarize(logs, args.radii, baseline=args.baseline, **opts)
+    env = analysis.envelope(logs, args.radii, **opts) if args.envelope else None
+    print(analysis.to_markdown(summary), end="")
+    if env is not None:
+        print("\nEnvelope over σ (max certified accuracy over the logs of each dataset and method):\n")
+        print(analysis.to_markdown(env, bold_best=False), end="")
+    if args.out:
+        out = analysis.write_outputs(args.out, logs, summary, env, title=args.title, baseline=args.baseline, **opts)
+        print(f"wrote tables, plots and report.md to {out}", file=sys.stderr)
+    return 0
