@@ -9,7 +9,7 @@ from certifynet.data import dataset_info, get_dataset
 from certifynet.errors import CertifyNetError, check_alpha, check_sample_sizes, check_sigma
 from certifynet.models import file_sha256, load_checkpoint
 from certifynet.noise import make_noise
-from certifynet.sampling import (STREAM_P, STREAM_Q, STREAM_SELECT, Sampler, check_finite_input,
+from certifynet.sampling import (STREAM_P, STREAM_Q, STREAM_Q_PILOT, STREAM_SELECT, Sampler, check_finite_input,
                                  input_generator, resolve_device)
 
 
@@ -84,10 +84,12 @@ class InputSampler:
         self.p_noise = make_noise(dist, args.sigma, dim, args.k)
         self.q_dist = args.q_dist
         self.planner = None
-        if args.iss:
+        if args.iss and args.q_dist == "none":  # ISS-NP plans with the Gaussian R(n, p); ISS-DSRS plans per input
             from certifynet.certify.iss import IssPlanner
             self.planner = IssPlanner(n_max=args.N, batch=args.batch, sigma=args.sigma, alpha=args.alpha,
                                       decline=args.iss_decline, mode=args.iss, n0=args.iss_n0)
+        if args.iss and self.q_dist == "truncated" and args.q_percentile == "x+":
+            raise CertifyNetError("--q-percentile x+ (re-sample P when every P draw hits) is not available with --iss")
         if self.q_dist == "rescaled":
             self.q_sigma = args.q_sigma if args.q_sigma is not None else 0.8 * args.sigma
             self.q_noise = make_noise("general_gaussian", self.q_sigma, dim, args.k)
@@ -111,53 +113,71 @@ class InputSampler:
         if self.q_dist != "none":
             cols += ["n_q", "count_q", "q_kind", "q_param"]
         if self.args.iss:
-            cols += ["pilot_n", "pilot_count"]
+            cols += ["pilot_n", "pilot_count"] + (["pilot_n_q", "pilot_count_q"] if self.q_dist != "none" else [])
         return cols + ["time"]
 
     def _gen(self, idx, stream):
         return input_generator(self.args.seed, idx, stream, self.device)
 
-    def _truncated_noise(self, count, n):
-        """Q for the truncated mode: p_T fixed or from heuristic x/x+ on the P bound at α/2."""
+    def _truncated_q(self, p_lower, p_upper):
+        """Truncated Q with p_T fixed (a number) or from heuristic x / x+ on a P lower bound."""
         from certifynet.certify.dsrs import pooled_np_fallback_needed, truncation_beta, truncation_percentile
-        from certifynet.certify.neyman_pearson import cp_interval
         a = self.args
-        p_low, p_up = cp_interval(count, n, a.alpha / 2)
         if a.q_percentile in ("x", "x+"):
-            if a.q_percentile == "x+" and pooled_np_fallback_needed(p_up):
+            if a.q_percentile == "x+" and pooled_np_fallback_needed(p_upper):
                 return self.p_noise, "P", float("nan")
-            pt = truncation_percentile(p_low, heuristic="x")
+            pt = truncation_percentile(p_lower, heuristic="x")
         else:
             pt = float(a.q_percentile)
         return make_noise("truncated", a.sigma, self.dim, a.k, percentile=pt,
                           beta=truncation_beta(pt, self.dim, a.k)), "Q", pt
 
+    def _choose_q(self, count, n, alpha_bound):
+        """(Q noise, kind, q_param), fixed from P counts that are independent of every Q draw."""
+        if self.q_dist == "rescaled":
+            return self.q_noise, "Q", self.q_sigma
+        from certifynet.certify.neyman_pearson import cp_interval
+        return self._truncated_q(*cp_interval(count, n, alpha_bound))
+
     def sample(self, idx: int, x: torch.Tensor, label: int) -> dict:
-        """One counts row for input idx."""
+        """One counts row for input idx.
+
+        Fixed budget: ĉ_A from N0 selection draws (or the label), then N fresh P draws, and for DSRS N
+        fresh Q draws (truncated Q's p_T from the P run's bound at α/2, as in the reference).
+        ISS: a pilot of n0 draws picks ĉ_A and the sample size; the certificate uses fresh draws only.
+        ISS-DSRS also fixes Q from the P pilot, draws an n0 Q pilot, then plans (n_P, n_Q).
+        """
         check_finite_input(x, idx)
         a, t0, s = self.args, time.time(), self.sampler
         row = {"idx": idx, "label": label}
+        q = None
         if a.iss:
             pilot = s.counts_np(x, self.p_noise, a.iss_n0, self._gen(idx, STREAM_SELECT))
             pred = int(pilot.argmax()) if a.select == "n0" else label
-            n = self.planner.sample_size(int(pilot[pred]))
-            row.update(pilot_n=a.iss_n0, pilot_count=int(pilot[pred]), n0=a.iss_n0)
+            k0 = int(pilot[pred])
+            row.update(n0=a.iss_n0, pilot_n=a.iss_n0, pilot_count=k0)
+            if self.q_dist == "none":
+                n = n_q = self.planner.sample_size(k0)
+            else:
+                from certifynet.certify.iss import dsrs_expected_radius_fn, iss_dsrs_budget
+                q = self._choose_q(k0, a.iss_n0, 2 * a.alpha)  # one-sided pilot bound at α
+                kq0 = int(s.counts_np(x, q[0], a.iss_n0, self._gen(idx, STREAM_Q_PILOT))[pred])
+                row.update(pilot_n_q=a.iss_n0, pilot_count_q=kq0)
+                radius_fn = dsrs_expected_radius_fn(a.sigma, self.dim, a.k, self.q_dist, q[2], a.alpha)
+                n, n_q = iss_dsrs_budget(k0, kq0, a.iss_n0, a.N, a.batch, a.alpha, a.iss_decline, a.iss, radius_fn)
         else:
             if a.select == "n0":
                 pred = int(s.counts(x, self.p_noise, a.N0, self._gen(idx, STREAM_SELECT)).argmax())
                 row["n0"] = a.N0
             else:
                 pred, row["n0"] = label, 0
-            n = a.N
+            n = n_q = a.N
         count = int(s.counts(x, self.p_noise, n, self._gen(idx, STREAM_P))[pred]) if n > 0 else 0
         row.update(pred=pred, n=n, count=count)
         if self.q_dist != "none":
-            if self.q_dist == "rescaled":
-                q_noise, kind, q_param = self.q_noise, "Q", self.q_sigma
-            else:
-                q_noise, kind, q_param = self._truncated_noise(count, n)
-            row.update(n_q=n, count_q=int(s.counts(x, q_noise, n, self._gen(idx, STREAM_Q))[pred]) if n else 0,
-                       q_kind=kind, q_param=q_param)
+            q_noise, kind, q_param = q or self._choose_q(count, n, a.alpha / 2)
+            count_q = int(s.counts(x, q_noise, n_q, self._gen(idx, STREAM_Q))[pred]) if n_q > 0 else 0
+            row.update(n_q=n_q, count_q=count_q, q_kind=kind, q_param=q_param)
         row["time"] = round(time.time() - t0, 4)
         return row
 

@@ -137,12 +137,16 @@ def read_rows(path: str, sep: str | None = None):
 
 # ---------------------------------------------------------------- which inputs a run covers
 def parse_shard(text: str | None, env=os.environ):
-    """'i/n' → (i, n) with 0 ≤ i < n. Default: SLURM_ARRAY_TASK_ID (minus SLURM_ARRAY_TASK_MIN) of
-    SLURM_ARRAY_TASK_COUNT when set, else (0, 1)."""
+    """'i/n' → (i, n) with 0 ≤ i < n. Default: (SLURM_ARRAY_TASK_ID − SLURM_ARRAY_TASK_MIN) / SLURM_ARRAY_TASK_STEP
+    of SLURM_ARRAY_TASK_COUNT when set (so --array=1-16 and --array=0-30:2 work too), else (0, 1)."""
     if text is None:
         if "SLURM_ARRAY_TASK_ID" in env and "SLURM_ARRAY_TASK_COUNT" in env:
             i = int(env["SLURM_ARRAY_TASK_ID"]) - int(env.get("SLURM_ARRAY_TASK_MIN", 0))
-            return _checked_shard(i, int(env["SLURM_ARRAY_TASK_COUNT"]), "SLURM_ARRAY_TASK_ID")
+            step = int(env.get("SLURM_ARRAY_TASK_STEP") or 1)
+            if i % step:
+                raise CertifyNetError(f"SLURM_ARRAY_TASK_ID {env['SLURM_ARRAY_TASK_ID']} is off the array's step {step}; "
+                                      "use a plain range such as --array=0-15, or pass --shard i/n")
+            return _checked_shard(i // step, int(env["SLURM_ARRAY_TASK_COUNT"]), "SLURM_ARRAY_TASK_ID")
         return 0, 1
     try:
         i, n = (int(v) for v in text.split("/"))

@@ -23,7 +23,7 @@ from certifynet.certify import certify_from_counts, predict_abstains
 from certifynet.errors import CertifyNetError, check_alpha, check_sample_sizes
 from certifynet.noise import GaussianNoise, Noise
 
-STREAM_SELECT, STREAM_P, STREAM_Q, STREAM_Q2 = 0, 1, 2, 3
+STREAM_SELECT, STREAM_P, STREAM_Q, STREAM_Q_PILOT = 0, 1, 2, 3
 
 
 def input_generator(seed: int, idx: int, stream: int, device) -> torch.Generator:

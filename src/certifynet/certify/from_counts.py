@@ -40,7 +40,7 @@ def certify_row(row: dict, meta: dict, method: str, alpha: float) -> dict:
     n_q, count_q = _int(row, "n_q"), _int(row, "count_q")
     if count > n or count_q > n_q or count < 0:
         raise CertifyNetError(f"counts row idx={idx}: count exceeds its sample size")
-    out = {"idx": idx, "label": label, "n": n, "samples": n0 + n + n_q}
+    out = {"idx": idx, "label": label, "n": n, "samples": n0 + n + n_q + _int(row, "pilot_n_q")}
     p_low = radius = 0.0
     if pred >= 0 and n > 0:
         if method.endswith("dsrs"):
@@ -51,7 +51,7 @@ def certify_row(row: dict, meta: dict, method: str, alpha: float) -> dict:
                 radius = _np_radius_for(p_low, meta) if p_low >= 0.5 else 0.0
             else:
                 from certifynet.certify.dsrs import dsrs_intervals, dsrs_radius
-                (p_low, p_up), (q_low, q_up) = dsrs_intervals(count, n, count_q, n_q, alpha)
+                p_low, p_up, q_low, q_up = dsrs_intervals(count, n, count_q, n_q, alpha)
                 q_mode = meta["q_mode"]
                 q_param = float(row["q_param"]) if row.get("q_param") not in (None, "") else float(meta["q_param"])
                 radius = (dsrs_radius(p_low, p_up, q_low, q_up, meta["sigma"], meta["d"], int(meta.get("k") or 0),

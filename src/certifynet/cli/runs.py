@@ -26,7 +26,8 @@ def open_run(args):
     shard = parse_shard(args.shard)
     indices = select_indices(len(data), args.start, args.end, args.skip, args.max, shard)
     sampler = InputSampler(model, info.num_classes, info.dim, args, device)
-    meta = {**model_meta, **sampler.meta(), "split": args.split, "shard": list(shard),
+    # n_inputs (dataset size) lets merge.py rebuild the full selection and report missing shards.
+    meta = {**model_meta, **sampler.meta(), "split": args.split, "n_inputs": len(data), "shard": list(shard),
             "start": args.start, "end": args.end, "skip": args.skip, "max": args.max,
             "command": " ".join(sys.argv)}
     return sampler, data, indices, meta, shard

@@ -1,0 +1,158 @@
+"""quickstart.py: the whole toolkit on the bundled real MNIST digits (mnist5k), offline, in a few minutes.
+
+Each stage runs the same command a user would type (printed with a `$`), in-process:
+train (Gaussian augmentation) → reload and test → sample counts → certify with every method (NP, DSRS,
+ISS-NP, ISS-DSRS) → denoised smoothing (clean classifier ± a stability-trained DRUNet) → tables and
+plots. Everything is written under --out (default results/quickstart/).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import time
+
+import torch
+
+from certifynet.cli import one_line_errors
+
+RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+class Demo:
+    """Runs stages, echoing each command and timing it."""
+
+    def __init__(self, out: str, fast: bool):
+        self.out, self.fast, self.t0, self.logs, self.labels = out, fast, time.time(), [], []
+
+    def path(self, *parts):
+        return os.path.join(self.out, *parts)
+
+    def run(self, script: str, argv):
+        import importlib
+        argv = [str(a) for a in argv]
+        print(f"\n$ python scripts/{script}.py {' '.join(shlex.quote(a) for a in argv)}", flush=True)
+        t = time.time()
+        rc = importlib.import_module(f"certifynet.cli.{script}").main(argv)
+        if rc:
+            raise SystemExit(rc)
+        print(f"  [{time.time() - t:.1f}s, total {time.time() - self.t0:.0f}s]", flush=True)
+
+    def certify(self, counts, method, label, alpha=0.001):
+        log = self.path(f"{label}.tsv")
+        self.run("certify", ["--counts", counts, "--method", method, "--alpha", alpha, "--out", log, "--label", label])
+        self.logs.append(log)
+        self.labels.append(label)
+        self.table([log], [label])
+        return log
+
+    @staticmethod
+    def table(logs, labels):
+        from certifynet.analysis import read_logs, summarize, to_markdown
+        df = summarize(read_logs(logs, labels), RADII)
+        keep = [c for c in df.columns if c.startswith("r=") or c in ("log", "ACR", "abstain", "samples/input")]
+        print(to_markdown(df[keep], bold_best=False))
+
+
+def noisy_accuracy(model, data, sigma, seed=0):
+    """Accuracy of the base classifier on the test digits, clean (σ=0) or under N(0, σ²I)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.stack([data[i][0] for i in range(len(data))])
+    y = torch.tensor([int(data[i][1]) for i in range(len(data))])
+    with torch.inference_mode():
+        pred = model(x + sigma * torch.randn(x.shape, generator=g)).argmax(1)
+    return float((pred == y).float().mean())
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="quickstart.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="results/quickstart")
+    p.add_argument("--sigma", type=float, default=0.25)
+    p.add_argument("--digits", type=int, default=100, help="test digits to certify")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--N", type=int, default=2000, help="NP sample size (DSRS uses N/2 from P and N/2 from Q)")
+    p.add_argument("--skip-denoiser", action="store_true", help="leave out the denoised-smoothing stage")
+    p.add_argument("--fresh", action="store_true", help="delete earlier quickstart outputs first")
+    return p
+
+
+@one_line_errors
+def main(argv=None):
+    a = build_parser().parse_args(argv)
+    if a.fresh and os.path.isdir(a.out):
+        import shutil
+        shutil.rmtree(a.out)
+    os.makedirs(a.out, exist_ok=True)
+    torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
+    demo = Demo(a.out, fast=True)
+    s, n, digits = a.sigma, a.N, a.digits
+    print(f"Certify-Net quickstart on mnist5k (4,000 train / 1,000 test real MNIST digits), σ={s}; outputs in {a.out}/")
+
+    # 1. train a Gaussian-augmented LeNet, reload it, test it clean and under noise
+    model_dir = demo.path("lenet_gaussian")
+    demo.run("train", ["mnist5k", "lenet", "--noise", s, "--epochs", a.epochs, "--batch", 64, "--lr", 0.01,
+                       "--lr_step_size", max(1, a.epochs * 2 // 3), "--workers", 0, "--outdir", model_dir, "--resume"])
+    ckpt = os.path.join(model_dir, "checkpoint.pth")
+    from certifynet.data import get_dataset
+    from certifynet.models import load_checkpoint
+    model = load_checkpoint(ckpt).model
+    test = get_dataset("mnist5k", "test")
+    print(f"\nreloaded {ckpt}: clean test accuracy {noisy_accuracy(model, test, 0.0):.3f}, "
+          f"under N(0,{s}²I) {noisy_accuracy(model, test, s):.3f} (1,000 test digits)")
+
+    common = ["--model", ckpt, "--sigma", s, "--max", digits, "--batch", 500]
+    # 2. Neyman–Pearson (Cohen): N0 selection + N estimation draws
+    counts_np = demo.path("counts_np.csv")
+    demo.run("sample", [*common, "--N0", 100, "--N", n, "--out", counts_np])
+    demo.certify(counts_np, "np", f"NP N={n}")
+
+    # 3. DSRS: P = N(0,σ²I), Q = P truncated to a ball (heuristic x+: where every P draw hits, pool a
+    #    second P run instead), N/2 draws each at α/2 each
+    counts_dsrs = demo.path("counts_dsrs.csv")
+    demo.run("sample", [*common, "--N0", 100, "--N", n // 2, "--q-dist", "truncated", "--q-percentile", "x+",
+                        "--out", counts_dsrs])
+    demo.certify(counts_dsrs, "dsrs", f"DSRS N={n // 2}+{n // 2}")
+
+    # 4. ISS: input-specific sample sizes (a pilot picks ĉ_A and the size; the bound uses fresh draws)
+    iss = ["--N", n, "--iss", "absolute", "--iss-decline", 0.05, "--iss-n0", 100]
+    counts_iss = demo.path("counts_iss_np.csv")
+    demo.run("sample", [*common, *iss, "--out", counts_iss])
+    demo.certify(counts_iss, "iss-np", "ISS-NP ε=0.05")
+    counts_iss_dsrs = demo.path("counts_iss_dsrs.csv")
+    demo.run("sample", [*common, *iss[:1], n // 2, *iss[2:], "--q-dist", "truncated", "--q-percentile", "x",
+                        "--out", counts_iss_dsrs])
+    demo.certify(counts_iss_dsrs, "iss-dsrs", "ISS-DSRS ε=0.05")
+
+    if not a.skip_denoiser:
+        denoised_smoothing(demo, a)
+
+    # 5. tables and plots for every run
+    from certifynet.analysis import summarize_runs
+    print(f"\n== all runs ({digits} digits, α=0.001) ==")
+    summary = summarize_runs(demo.logs, a.out, labels=demo.labels, radii=RADII,
+                             title=f"mnist5k, LeNet, σ={s}", baseline=demo.labels[0])
+    keep = [c for c in summary.columns if c.startswith("r=") or c in ("log", "ACR", "abstain", "samples/input", "speed-up")]
+    from certifynet.analysis import to_markdown
+    print(to_markdown(summary[keep], bold_best=True))
+    print(f"\nplots: {a.out}/certified_accuracy.png (.pdf); tables: {a.out}/table.md/.tex/.csv; report: {a.out}/report.md")
+    print(f"quickstart finished in {time.time() - demo.t0:.0f}s")
+
+
+def denoised_smoothing(demo: Demo, a):
+    """Clean-trained LeNet, with and without a stability-trained DRUNet in front (Salman et al. 2020)."""
+    s, n = a.sigma, a.N
+    clean_dir = demo.path("lenet_clean")
+    demo.run("train", ["mnist5k", "lenet", "--noise", 0, "--epochs", 3, "--batch", 64, "--lr", 0.01,
+                       "--workers", 0, "--outdir", clean_dir, "--resume"])
+    clean = os.path.join(clean_dir, "checkpoint.pth")
+    den_dir = demo.path("drunet_stab")
+    demo.run("train_denoiser", ["--opt", "denoiser/options/train_drunet_small_mnist_stab.json",
+                                "--classifier", clean, "--sigma", s, "--outdir", den_dir, "--resume"])
+    n_den = max(100, n // 4)
+    common = ["--model", clean, "--sigma", s, "--max", a.digits, "--batch", 250, "--N0", 50, "--N", n_den]
+    for label, extra in ((f"clean LeNet N={n_den}", []),
+                         (f"clean LeNet + DRUNet N={n_den}", ["--denoiser", os.path.join(den_dir, "denoiser.pth")])):
+        counts = demo.path(f"counts_{'den' if extra else 'clean'}.csv")
+        demo.run("sample", [*common, *extra, "--out", counts])
+        demo.certify(counts, "np", label)

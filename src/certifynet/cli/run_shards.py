@@ -1,0 +1,177 @@
+"""run_shards.py --shards N [--jobs J] [--merge OUT] -- SCRIPT ARGS...: run the N shards of a command locally.
+
+  python scripts/run_shards.py --shards 4 --jobs 2 --merge results/np.tsv -- \\
+      scripts/certify.py --model models/lenet.pt --sigma 0.25 --N 10000 --out results/np.tsv
+
+Each shard runs `SCRIPT ARGS... --shard i/N` as its own process (a .py SCRIPT runs under this Python),
+at most J at a time, with its stdout and stderr appended to a log file (<shard output>.log when --out is
+given, else <--logs>/<script>.shardIofN.log). A failed shard is reported with its exit code and the end
+of its log; the exit status is non-zero if any shard failed. Rerunning the same command resumes the
+shards (finished ones have nothing left to do); --only reruns just some. --merge OUT merges the shard
+outputs afterwards (see merge.py). Each shard gets OMP_NUM_THREADS = cores / J unless --threads or the
+environment says otherwise.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+
+from certifynet.cli import one_line_errors
+from certifynet.errors import CertifyNetError
+from certifynet.merge import merge_files
+from certifynet.records import shard_path
+
+OUTPUT_LINE = re.compile(r"^(?:log|counts): (.+)$")  # what sample/certify/predict print last
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="run_shards.py", description=__doc__, usage="%(prog)s [options] -- SCRIPT ARGS...",
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shards", type=int, required=True, metavar="N", help="number of shards")
+    p.add_argument("--jobs", type=int, metavar="J", help="shards run at once (default N)")
+    p.add_argument("--only", type=int, nargs="+", metavar="I", help="run only these shard numbers")
+    p.add_argument("--threads", type=int, metavar="T", help="OMP_NUM_THREADS of each shard (default cores/J)")
+    p.add_argument("--logs", metavar="DIR", help="folder of the per-shard logs (default: beside the outputs, or logs/)")
+    p.add_argument("--merge", metavar="OUT", help="merge the shard outputs into OUT when all shards succeeded")
+    p.add_argument("--allow-missing", action="store_true", help="passed to the merge")
+    return p
+
+
+def split_argv(argv):
+    """(our options, the command) around the first '--'."""
+    if "--" not in argv and ("-h" in argv or "--help" in argv):
+        return argv, []
+    if "--" not in argv:
+        raise CertifyNetError("put the command after '--', e.g. run_shards.py --shards 4 -- scripts/certify.py ...")
+    k = argv.index("--")
+    if k + 1 == len(argv):
+        raise CertifyNetError("no command after '--'")
+    return argv[:k], argv[k + 1:]
+
+
+def _option(cmd, name):
+    """Value of `--name X` / `--name=X` in a command line (last one wins), else None."""
+    val = None
+    for k, a in enumerate(cmd):
+        if a == name and k + 1 < len(cmd):
+            val = cmd[k + 1]
+        elif a.startswith(name + "="):
+            val = a.split("=", 1)[1]
+    return val
+
+
+def shard_command(cmd, i, n):
+    base = [sys.executable] + cmd if cmd[0].endswith(".py") else list(cmd)
+    return base + ["--shard", f"{i}/{n}"]
+
+
+def log_path(cmd, i, n, logs_dir):
+    out = _option(cmd, "--out")
+    name = (os.path.basename(shard_path(out, (i, n))) if out
+            else f"{os.path.splitext(os.path.basename(cmd[0]))[0]}.shard{i}of{n}")
+    folder = logs_dir or (os.path.dirname(out) if out else "logs") or "."
+    return os.path.join(folder, name + ".log")
+
+
+def _tail(path, lines=5):
+    """Last lines of a log, keeping only the final state of tqdm's carriage-return updates."""
+    with open(path, errors="replace") as f:
+        text = [ln.split("\r")[-1] for ln in f.read().splitlines()]
+    return [ln for ln in text if ln.strip()][-lines:]
+
+
+def shard_output(log, cmd, i, n):
+    """The file shard i wrote: the last 'log: X' / 'counts: X' line of its log, else --out with .shardIofN."""
+    if os.path.isfile(log):
+        with open(log, errors="replace") as f:
+            found = [m.group(1) for ln in f for m in [OUTPUT_LINE.match(ln.strip())] if m]
+        if found:
+            return found[-1]
+    out = _option(cmd, "--out")
+    if out:
+        return shard_path(out, (i, n))
+    raise CertifyNetError(f"cannot tell which file shard {i}/{n} wrote (see {log}); pass --out in the command")
+
+
+def _env(threads, jobs):
+    """Child environment: --threads, else the caller's OMP_NUM_THREADS, else cores / jobs."""
+    env = dict(os.environ)
+    n = str(threads or env.get("OMP_NUM_THREADS") or max(1, (os.cpu_count() or 1) // jobs))
+    env.update(OMP_NUM_THREADS=n, MKL_NUM_THREADS=n)
+    return env
+
+
+def run_all(cmd, n, jobs, only, logs_dir, threads, say=print):
+    """Run the shards; returns {shard: exit code}."""
+    todo = sorted(set(only)) if only else list(range(n))
+    jobs = max(1, min(jobs or n, len(todo)))
+    env = _env(threads, jobs)
+    running, codes = {}, {}
+    try:
+        while todo or running:
+            while todo and len(running) < jobs:
+                i = todo.pop(0)
+                log = log_path(cmd, i, n, logs_dir)
+                os.makedirs(os.path.dirname(log) or ".", exist_ok=True)
+                full = shard_command(cmd, i, n)
+                f = open(log, "a")
+                f.write(f"=== {datetime.datetime.now().isoformat(timespec='seconds')} {shlex.join(full)}\n")
+                f.flush()
+                running[i] = (subprocess.Popen(full, stdout=f, stderr=subprocess.STDOUT, env=env), f, log, time.time())
+                say(f"shard {i}/{n}: started (log {log})")
+            time.sleep(0.2)
+            for i, (proc, f, log, t0) in list(running.items()):
+                if proc.poll() is None:
+                    continue
+                f.close()
+                del running[i]
+                codes[i] = proc.returncode
+                if proc.returncode == 0:
+                    say(f"shard {i}/{n}: done in {time.time() - t0:.1f} s")
+                else:
+                    say(f"shard {i}/{n}: FAILED with exit code {proc.returncode} (log {log}):")
+                    for ln in _tail(log):
+                        say(f"    {ln}")
+    except KeyboardInterrupt:
+        for proc, f, _, _ in running.values():
+            proc.terminate()
+        for proc, f, _, _ in running.values():
+            proc.wait()
+            f.close()
+        raise
+    return codes
+
+
+@one_line_errors
+def main(argv=None):
+    ours, cmd = split_argv(sys.argv[1:] if argv is None else list(argv))
+    args = build_parser().parse_args(ours)
+    n = args.shards
+    if n < 1:
+        raise CertifyNetError(f"--shards must be >= 1, got {n}")
+    if args.jobs is not None and args.jobs < 1:
+        raise CertifyNetError(f"--jobs must be >= 1, got {args.jobs}")
+    bad = [i for i in args.only or [] if not 0 <= i < n]
+    if bad:
+        raise CertifyNetError(f"--only {bad[0]}: shard numbers run from 0 to {n - 1}")
+    if any(a == "--shard" or a.startswith("--shard=") for a in cmd):
+        raise CertifyNetError("the command must not have --shard; run_shards.py adds --shard i/N to each shard")
+    codes = run_all(cmd, n, args.jobs, args.only, args.logs, args.threads)
+    failed = sorted(i for i, rc in codes.items() if rc != 0)
+    if failed:
+        print(f"{len(failed)} of {len(codes)} shards failed: "
+              + ", ".join(f"{i} (exit {codes[i]})" for i in failed)
+              + f"; rerun with --only {' '.join(map(str, failed))} to resume them", file=sys.stderr)
+        return 1
+    print(f"all {len(codes)} shards done")
+    if args.merge:
+        outs = [shard_output(log_path(cmd, i, n, args.logs), cmd, i, n) for i in range(n)]
+        rep = merge_files(args.merge, outs, allow_missing=args.allow_missing)
+        print(f"merged {rep.rows} rows from {len(outs)} shards into {rep.out}")
+    return 0
