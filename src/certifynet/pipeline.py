@@ -7,16 +7,17 @@ import torch
 
 from certifynet.data import dataset_info, get_dataset
 from certifynet.errors import CertifyNetError, check_alpha, check_sample_sizes, check_sigma
-from certifynet.models import file_sha256, load_checkpoint
+from certifynet.models import file_sha256, load_checkpoint, parse_normalization
 from certifynet.noise import make_noise
 from certifynet.sampling import (STREAM_P, STREAM_Q, STREAM_Q_PILOT, STREAM_SELECT, Sampler, check_finite_input,
                                  input_generator, resolve_device)
 
 
 def load_smoothing_model(model_path: str, dataset: str | None = None, arch: str | None = None,
-                         denoiser_path: str | None = None, sigma: float | None = None, device="cpu"):
+                         denoiser_path: str | None = None, sigma: float | None = None, device="cpu",
+                         normalization=None):
     """The base classifier f to smooth (optionally denoiser → classifier), and metadata naming it."""
-    ckpt = load_checkpoint(model_path, arch=arch, dataset=dataset)
+    ckpt = load_checkpoint(model_path, arch=arch, dataset=dataset, normalization=parse_normalization(normalization))
     model, meta = ckpt.model, ckpt.metadata()
     if denoiser_path:
         from certifynet.denoise import DenoisedClassifier, load_denoiser
@@ -32,6 +33,8 @@ def add_common_run_args(p, counts_only=False):
     g.add_argument("--model", help="classifier checkpoint (ours or a reference layout)")
     g.add_argument("--arch", help="architecture, when the checkpoint does not name it")
     g.add_argument("--dataset", help="dataset (default: from the checkpoint)")
+    g.add_argument("--normalization", default=None,
+                   help="override the model's input normalisation: dataset | identity | center (DSRS ImageNet) | MEAN/STD")
     g.add_argument("--split", default="test", choices=["train", "test"])
     g.add_argument("--data-dir", default="data")
     g.add_argument("--denoiser", help="denoiser checkpoint placed in front of the classifier (denoised smoothing)")

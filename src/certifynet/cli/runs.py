@@ -21,7 +21,7 @@ def open_run(args):
     require(args, "model", "sigma")
     device = resolve_device(args.device)
     model, ckpt, model_meta = load_smoothing_model(args.model, args.dataset, args.arch, args.denoiser,
-                                                   args.sigma, device)
+                                                   args.sigma, device, args.normalization)
     data, info = open_inputs(ckpt.dataset, args.split, args.data_dir)
     shard = parse_shard(args.shard)
     indices = select_indices(len(data), args.start, args.end, args.skip, args.max, shard)

@@ -1,0 +1,14 @@
+#!/usr/bin/env python
+"""Thin shell over certifynet.cli.train (see `python scripts/train.py --help`)."""
+import os
+import sys
+
+try:
+    import certifynet  # noqa: F401
+except ImportError:
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
+
+from certifynet.cli.train import main
+
+if __name__ == "__main__":
+    raise SystemExit(main())

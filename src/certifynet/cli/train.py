@@ -1,0 +1,100 @@
+"""train.py: train a base classifier for randomized smoothing (Gaussian augmentation or consistency).
+
+  python scripts/train.py mnist lenet --noise 0.25 --lr 0.01 --lr_step_size 30 --epochs 90
+  python scripts/train.py mnist mnist_43 --lr 0.01 --lr_step_size 50 --epochs 150 --noise 0.25 \\
+      --num-noise-vec 2 --lbd 5 --k 380 --k-warmup 100             # consistency + generalized Gaussian
+  torchrun --nproc_per_node=4 scripts/train.py cifar10 cifar_resnet110 --noise 0.25 ...   # DDP
+  python scripts/train.py imagenet resnet50 --pretrained-model PATH --batch 96 --epochs 3 ...   # fine-tune
+
+Noise is added in [0,1] pixel space, without clipping. --k > 0 trains with the generalized Gaussian of the
+same σ (E‖δ‖² = dσ²); k follows the --k-warmup schedule (per epoch, per step on ImageNet). Each loader batch
+of --batch images is used as --num-noise-vec noisy copies of batch/m images (the reference batching).
+The method is consistency when --num-noise-vec >= 2 and --lbd > 0, else Gaussian (unless --method says).
+Writes <outdir>/log.csv (+ log.meta.json) and <outdir>/checkpoint.pth after every epoch.
+"""
+from __future__ import annotations
+
+import argparse
+
+from certifynet.cli import one_line_errors
+
+
+def add_common_args(p: argparse.ArgumentParser) -> None:
+    """Flags shared by train.py and train_smoothmix.py (reference names, with -/_ aliases)."""
+    p.add_argument("dataset", help="mnist5k (bundled), mnist, cifar10 or imagenet")
+    p.add_argument("arch", help="lenet, mnist_43, cifar_resnet20, cifar_resnet110 or resnet50")
+    g = p.add_argument_group("noise")
+    g.add_argument("--noise", "--noise_sd", "--noise-sd", dest="sigma", type=float, required=True, metavar="SIGMA",
+                   help="training noise σ in [0,1] pixel units (0 = clean training)")
+    g.add_argument("--k", type=int, default=0,
+                   help="generalized-Gaussian k (0 = Gaussian); needs 0 <= k <= d/2-1 (default 0)")
+    g.add_argument("--k-warmup", "--k_warmup", dest="k_warmup", type=int, default=0,
+                   help="k warm-up length: k_t = ceil(k(1 - k^(-t/k_warmup))) for t <= k_warmup (default 0: none)")
+    g.add_argument("--k-warmup-unit", "--k_warmup_unit", dest="k_warmup_unit", default="auto",
+                   choices=("auto", "epoch", "step"),
+                   help="what t counts in the k warm-up (auto: the global step for imagenet, else the epoch)")
+    g.add_argument("--num-noise-vec", "--num_noise_vec", dest="num_noise_vec", type=int, default=1, metavar="M",
+                   help="noisy copies m per image; each loader batch of B images gives m steps of B/m images "
+                        "x m copies (default 1)")
+    o = p.add_argument_group("optimisation (SGD + StepLR)")
+    o.add_argument("--lr", type=float, default=0.1, help="initial learning rate (default 0.1)")
+    o.add_argument("--lr_step_size", "--lr-step-size", dest="lr_step_size", type=int, default=30,
+                   help="epochs between learning-rate decays (default 30)")
+    o.add_argument("--gamma", type=float, default=0.1, help="learning-rate decay factor (default 0.1)")
+    o.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
+    o.add_argument("--weight-decay", "--weight_decay", "--wd", dest="weight_decay", type=float, default=1e-4,
+                   help="weight decay (default 1e-4)")
+    o.add_argument("--epochs", type=int, default=90, help="number of epochs; 0 saves the untrained model (default 90)")
+    o.add_argument("--batch", "--batch-size", "--batch_size", dest="batch", type=int, default=256,
+                   help="global batch size, split over torchrun processes (default 256)")
+    o.add_argument("--seed", type=int, default=0, help="seed of the weights, data order and noise (default 0)")
+    r = p.add_argument_group("data, outputs and runs")
+    r.add_argument("--data-dir", "--data_dir", dest="data_dir", default="data", help="dataset folder (default data)")
+    r.add_argument("--download", action="store_true", help="download mnist/cifar10 into --data-dir if missing")
+    r.add_argument("--workers", type=int, default=4, help="data-loader worker processes (default 4)")
+    r.add_argument("--train-subset", "--train_subset", dest="train_subset", type=int, metavar="N",
+                   help="train on a fixed random subset of N images (small runs)")
+    r.add_argument("--test-subset", "--test_subset", dest="test_subset", type=int, metavar="N",
+                   help="evaluate on a fixed random subset of N test images")
+    r.add_argument("--outdir", help="output folder (default models/<dataset>/<arch>/noise_<σ>[_k<k>])")
+    r.add_argument("--resume", nargs="?", const="auto", metavar="PATH|auto",
+                   help="continue from a checkpoint; 'auto' (or no value) = <outdir>/checkpoint.pth if present")
+    r.add_argument("--pretrained-model", "--pretrained_model", dest="pretrained_model", metavar="PATH",
+                   help="initialise the weights from a checkpoint (ours, a reference one or a bare state_dict)")
+    r.add_argument("--normalization", default=None,
+                   help="input normalisation of the model: dataset, identity, center or MEAN/STD (comma-separated "
+                        "per channel). Default: the reference convention (lenet on MNIST: identity; mnist_43: "
+                        "0.5/0.5; CIFAR-10/ImageNet: Cohen's mean/std); with --pretrained-model, the file's own "
+                        "when it records one (DSRS ImageNet models need center); on --resume, the checkpoint's")
+    r.add_argument("--overwrite", action="store_true",
+                   help="start over even if <outdir>/checkpoint.pth exists (it is replaced)")
+    r.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:N (default auto)")
+    r.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true",
+                   help="build data, model and optimizer, run one batch forward, write nothing, exit")
+    r.add_argument("--no-progress", dest="progress", action="store_false", help="no tqdm progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="train.py", description=__doc__, allow_abbrev=False,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(p)
+    c = p.add_argument_group("loss")
+    c.add_argument("--method", choices=("gaussian", "consistency"),
+                   help="loss (default: consistency if --num-noise-vec >= 2 and --lbd > 0, else gaussian)")
+    c.add_argument("--lbd", type=float, default=0.0, help="consistency weight λ on KL(p̂‖p_i) (default 0)")
+    c.add_argument("--eta", type=float, default=None,
+                   help="entropy weight η (default: = λ, the DSRS variant λ(KL+H) that the seed commands use; "
+                        "Jeong & Shin's recipes pass 0.5 or 0.1)")
+    c.add_argument("--entropy", choices=("dsrs", "pbar"), default=None,
+                   help="entropy term: pbar = H(p̂) (Jeong & Shin), dsrs = H(softmax p̂) as the DSRS code computes "
+                        "it (nearly constant). Default: dsrs when --eta is omitted (reproduces the DSRS commands; "
+                        "H(p̂) with η=λ=5 collapses training), else pbar")
+    return p
+
+
+@one_line_errors
+def main(argv=None):
+    from certifynet.training.loop import TrainConfig, run_training
+    args = build_parser().parse_args(argv)
+    run_training(TrainConfig.from_namespace(args))
+    return 0
