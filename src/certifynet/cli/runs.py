@@ -6,7 +6,8 @@ import sys
 from tqdm import tqdm
 
 from certifynet.errors import CertifyNetError
-from certifynet.pipeline import InputSampler, load_smoothing_model, open_inputs, resolve_device
+from certifynet.pipeline import InputSampler, load_smoothing_model, open_inputs
+from certifynet.sampling import resolve_device
 from certifynet.records import RowLog, parse_shard, select_indices, shard_path
 
 

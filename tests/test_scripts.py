@@ -1,0 +1,32 @@
+"""Every script answers --help, and fails on bad input with one `error:` line and a non-zero exit."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+SCRIPTS = sorted(f[:-3] for f in os.listdir(os.path.join(ROOT, "scripts")) if f.endswith(".py"))
+
+
+def _run(*argv):
+    return subprocess.run([sys.executable, *argv], capture_output=True, text=True, timeout=180, cwd=ROOT)
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_help(script):
+    r = _run(os.path.join("scripts", f"{script}.py"), "--help")
+    assert r.returncode == 0 and "usage" in r.stdout.lower(), r.stderr[-500:]
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["certify.py", "--counts", "missing.csv"], "not found"),
+    (["sample.py", "--model", "missing.pth", "--sigma", "0.25"], "not found"),
+    (["analyze.py", "missing.tsv"], "missing.tsv"),
+    (["merge.py", "out.tsv", "missing.tsv"], "missing.tsv"),
+])
+def test_bad_input_one_line(argv, fragment):
+    r = _run(os.path.join("scripts", argv[0]), *argv[1:])
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode != 0 and lines and lines[-1].startswith("error:") and fragment in lines[-1], r.stderr[-500:]
+    assert "Traceback" not in r.stderr
