@@ -33,7 +33,6 @@ import math
 import os
 import pickle
 import re
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 
@@ -44,6 +43,7 @@ import torch.nn.functional as F
 from certifynet._version import __version__
 from certifynet.data import dataset_info
 from certifynet.errors import CertifyNetError
+from certifynet.records import atomic_write
 
 CHECKPOINT_FORMAT = "certifynet-checkpoint"
 
@@ -286,28 +286,9 @@ def file_sha256(path: str, limit: int | None = None) -> str:
     return h.hexdigest()
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def atomic_torch_save(obj, path: str) -> None:
     """torch.save to a temp file in the same folder, fsync, then rename: a crash never leaves half a file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".pth")
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())   # mkstemp makes 0600; give the file the mode open() would
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda f: torch.save(obj, f), binary=True)
 
 
 # Classes allowed in checkpoints besides weights_only's defaults (tensors, containers, numbers, strings).

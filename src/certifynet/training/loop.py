@@ -38,7 +38,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from typing import Optional
@@ -51,6 +50,7 @@ from torch.utils.data.distributed import DistributedSampler
 from certifynet._version import __version__
 from certifynet.data import dataset_info, get_dataset
 from certifynet.errors import CertifyNetError
+from certifynet.records import atomic_write
 from certifynet.models import (get_architecture, load_checkpoint, parse_normalization, resolve_normalization,
                                save_checkpoint)
 from certifynet.noise import GaussianNoise, GeneralizedGaussianNoise, check_k
@@ -374,19 +374,7 @@ def build_model(cfg: TrainConfig, resume: Optional[str] = None):
 
 # ---------------------------------------------------------------- log files
 def _atomic_write_text(path: str, text: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda f: f.write(text))
 
 
 def _fmt(v) -> str:
