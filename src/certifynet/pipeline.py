@@ -85,9 +85,10 @@ class InputSampler:
         self.p_noise = make_noise(dist, args.sigma, dim, args.k)
         self.q_dist = args.q_dist
         self.planner = None
+        self.iss_step = min(args.batch, args.N)  # ISS sample sizes are multiples of this (the reference: the batch)
         if args.iss and args.q_dist == "none":  # ISS-NP plans with the Gaussian R(n, p); ISS-DSRS plans per input
             from certifynet.certify.iss import IssPlanner
-            self.planner = IssPlanner(n_max=args.N, batch=args.batch, sigma=args.sigma, alpha=args.alpha,
+            self.planner = IssPlanner(n_max=args.N, batch=self.iss_step, sigma=args.sigma, alpha=args.alpha,
                                       decline=args.iss_decline, mode=args.iss, n0=args.iss_n0)
         if args.iss and self.q_dist == "truncated" and args.q_percentile == "x+":
             raise CertifyNetError("--q-percentile x+ (re-sample P when every P draw hits) is not available with --iss")
@@ -165,7 +166,7 @@ class InputSampler:
                 kq0 = int(s.counts_np(x, q[0], a.iss_n0, self._gen(idx, STREAM_Q_PILOT))[pred])
                 row.update(pilot_n_q=a.iss_n0, pilot_count_q=kq0)
                 radius_fn = dsrs_expected_radius_fn(a.sigma, self.dim, a.k, self.q_dist, q[2], a.alpha)
-                n, n_q = iss_dsrs_budget(k0, kq0, a.iss_n0, a.N, a.batch, a.alpha, a.iss_decline, a.iss, radius_fn)
+                n, n_q = iss_dsrs_budget(k0, kq0, a.iss_n0, a.N, self.iss_step, a.alpha, a.iss_decline, a.iss, radius_fn)
         else:
             if a.select == "n0":
                 pred = int(s.counts(x, self.p_noise, a.N0, self._gen(idx, STREAM_SELECT)).argmax())
