@@ -48,6 +48,8 @@ def add_common_run_args(p, counts_only=False):
     g.add_argument("--batch", type=int, default=1000)
     g.add_argument("--device", default="auto")
     g.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
+    g.add_argument("--no-optimize", dest="optimize", action="store_false",
+                   help="on the CPU, run the eager model instead of a frozen TorchScript trace")
     g.add_argument("--no-channels-last", dest="channels_last", action="store_false",
                    help="keep NCHW memory (channels_last is on by default: faster convolutions)")
 
@@ -80,7 +82,7 @@ class InputSampler:
         check_alpha(args.alpha)
         check_sample_sizes(args.N0 if args.select == "n0" else 0, args.N)
         self.args, self.device, self.dim = args, device, dim
-        self.sampler = Sampler(model, num_classes, args.batch, device, args.amp, args.channels_last)
+        self.sampler = Sampler(model, num_classes, args.batch, device, args.amp, args.channels_last, args.optimize)
         dist = "general_gaussian" if args.k else args.dist  # --k K alone selects the generalized Gaussian
         self.p_noise = make_noise(dist, args.sigma, dim, args.k)
         self.q_dist = args.q_dist
@@ -101,7 +103,7 @@ class InputSampler:
         m = {"sigma": a.sigma, "k": a.k, "d": self.dim, "dist": self.p_noise.params(), "N0": a.N0, "N": a.N,
              "alpha": a.alpha, "seed": a.seed, "select": a.select, "q_mode": None, "q_param": None, "iss": a.iss,
              # these fix how the (seed, idx) noise stream is laid out, so resumed rows stay identical
-             "batch": a.batch, "channels_last": a.channels_last, "amp": a.amp}
+             "batch": a.batch, "channels_last": a.channels_last, "amp": a.amp, "optimize": a.optimize}
         if a.iss:
             m.update(iss_decline=a.iss_decline, iss_n0=a.iss_n0)
         if self.q_dist == "rescaled":
