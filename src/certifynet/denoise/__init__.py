@@ -78,3 +78,8 @@ __all__ = [
     "classification_loss", "denoiser_config", "freeze", "get_denoiser", "l1_loss",
     "load_denoiser_state_dict", "mse_loss", "stability_loss",
 ]
+
+# Checkpoints (after the definitions above: checkpoint.py imports them).
+from certifynet.denoise.checkpoint import LoadedDenoiser, load_denoiser, save_denoiser  # noqa: E402
+
+__all__ += ["LoadedDenoiser", "load_denoiser", "save_denoiser"]

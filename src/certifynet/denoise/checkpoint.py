@@ -1,0 +1,149 @@
+"""Denoiser checkpoints: our format, the denoised-smoothing reference layout and KAIR's bare DRUNet weights.
+
+Our file (written atomically by `save_denoiser`)::
+
+    {"format": "certifynet-denoiser", "version", "config": denoiser_config(D), "state_dict",
+     "sigma": {"mode": "fixed"|"choice"|"uniform", "values": [...]}, "objective", "epoch",
+     "optimizer", "scheduler", "args"}
+
+`load_denoiser` also reads
+- the reference layout of microsoft/denoised-smoothing, {"arch": "cifar_dncnn" | "cifar_dncnn_wide" |
+  "imagenet_dncnn", "state_dict", ...} (DataParallel's `module.` stripped), DnCNN depth/width from the shapes;
+- KAIR's bare DRUNet state dict (drunet_gray.pth, drunet_color.pth): channels and nb from the shapes.
+Every file is read through `models.read_checkpoint_file` (weights_only=True), so pickled objects are refused.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+
+from certifynet._version import __version__
+from certifynet.denoise import build_denoiser_from_config, denoiser_config, get_denoiser
+from certifynet.denoise import _unwrap
+from certifynet.errors import CertifyNetError
+from certifynet.models import CHECKPOINT_FORMAT, _plain, atomic_torch_save, read_checkpoint_file
+
+DENOISER_FORMAT = "certifynet-denoiser"
+# Denoiser architectures of the denoised-smoothing code that we can rebuild (all DnCNN variants).
+REFERENCE_DNCNN_ARCHS = ("cifar_dncnn", "cifar_dncnn_wide", "imagenet_dncnn")
+
+
+@dataclass
+class LoadedDenoiser:
+    """A denoiser rebuilt from a file: `model(x_noisy, σ)` in eval mode, its JSON-able `config`, the training
+    σ spec (None when unknown), where it came from ('certifynet' | 'reference' | 'kair') and the raw dict."""
+    model: nn.Module
+    path: str
+    config: dict
+    sigma: dict | None = None
+    objective: str | None = None
+    epoch: int = 0
+    source: str = "certifynet"
+    raw: dict = field(repr=False, default_factory=dict)
+
+
+def save_denoiser(path: str, model: nn.Module, *, sigma: dict | None = None, objective: str | None = None,
+                  epoch: int = 0, optimizer=None, scheduler=None, args=None, extra: dict | None = None) -> None:
+    """Write {"format": "certifynet-denoiser", "config", "state_dict", "sigma", "objective", "epoch",
+    "optimizer", "scheduler", "args"} atomically (temp file + rename)."""
+    ckpt = {
+        "format": DENOISER_FORMAT, "version": __version__,
+        "config": _plain(denoiser_config(model)), "state_dict": _unwrap(model).state_dict(),
+        "sigma": _plain(sigma), "objective": objective, "epoch": int(epoch),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "args": _plain(vars(args) if hasattr(args, "__dict__") else (args or {})),
+    }
+    if extra:
+        ckpt.update(_plain(extra))
+    atomic_torch_save(ckpt, path)
+
+
+def _strip(state: dict) -> dict:
+    """Tensors only, without DataParallel/DDP `module.` and torch.compile `_orig_mod.` prefixes."""
+    return {re.sub(r"^(module\.|_orig_mod\.)+", "", k): v for k, v in state.items() if torch.is_tensor(v)}
+
+
+def _conv_weights(state: dict, prefix: str):
+    """4-d weights under `prefix` in layer order (`prefix.<i>.weight`)."""
+    pat = re.compile(re.escape(prefix) + r"\.(\d+)\.weight$")
+    hits = sorted((int(m.group(1)), v) for k, v in state.items() if (m := pat.match(k)) and v.ndim == 4)
+    return [v for _, v in hits]
+
+
+def _infer_dncnn(state: dict) -> nn.Module:
+    """DnCNN from `dncnn.<i>.weight` shapes: in_channels = W₀.shape[1], channels = W₀.shape[0], depth = #convs."""
+    convs = _conv_weights(state, "dncnn")
+    return get_denoiser("dncnn", convs[0].shape[1], channels=convs[0].shape[0], depth=len(convs))
+
+
+def _infer_drunet(state: dict) -> nn.Module:
+    """DRUNet from KAIR key shapes: in_channels = head.shape[1] − 1, c_i = down_i's stride conv width, nb from ResBlocks."""
+    nb = len({k.split(".")[1] for k in state if k.startswith("m_down1.") and ".res." in k})
+    if nb < 1:
+        raise CertifyNetError("DRUNet weights without ResBlocks in m_down1")
+    c0 = state["m_head.weight"].shape[0]
+    downs = [state.get(f"m_down{i}.{nb}.weight") for i in (1, 2, 3)]
+    if any(w is None for w in downs):
+        raise CertifyNetError(f"DRUNet weights lack the stride-2 convs m_down1..3.{nb}.weight")
+    return get_denoiser("drunet", state["m_head.weight"].shape[1] - 1,
+                        channels=(c0, *(w.shape[0] for w in downs)), nb=nb)
+
+
+def _load_strict(model: nn.Module, state: dict, path: str) -> None:
+    """load_state_dict with a one-line error naming the first unmatched keys or the first shape mismatch.
+    BatchNorm `num_batches_tracked` (absent from pre-0.4.1 files) may be missing."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        raise CertifyNetError(f"denoiser '{path}' does not match {denoiser_config(model)}: "
+                              f"unmatched keys {unexpected[:3] or '-'}, missing {missing[:3] or '-'}")
+    bad = [k for k in state if state[k].shape != expected[k].shape]
+    if bad:
+        raise CertifyNetError(f"denoiser '{path}': shape of '{bad[0]}' is {tuple(state[bad[0]].shape)}, "
+                              f"expected {tuple(expected[bad[0]].shape)}")
+    model.load_state_dict({**expected, **state})
+
+
+def load_denoiser(path: str, device="cpu") -> LoadedDenoiser:
+    """Rebuild the denoiser stored in `path` (any supported layout), in eval mode on `device`."""
+    raw = read_checkpoint_file(path)
+    if not isinstance(raw, dict):
+        raise CertifyNetError(f"denoiser '{path}' is not a dict of tensors")
+    if raw.get("format") == CHECKPOINT_FORMAT:
+        raise CertifyNetError(f"'{path}' is a classifier checkpoint; pass it as --model, not --denoiser")
+    kw = {}
+    if raw.get("format") == DENOISER_FORMAT:
+        if not isinstance(raw.get("config"), dict) or not isinstance(raw.get("state_dict"), dict):
+            raise CertifyNetError(f"denoiser '{path}' lacks its 'config' or 'state_dict'")
+        model, state, source = build_denoiser_from_config(raw["config"]), raw["state_dict"], "certifynet"
+        kw = {"sigma": raw.get("sigma"), "objective": raw.get("objective"), "epoch": int(raw.get("epoch") or 0)}
+    else:
+        if isinstance(raw.get("state_dict"), dict):
+            state, source = raw["state_dict"], "reference"
+            arch = raw.get("arch")
+            if isinstance(arch, str) and arch not in REFERENCE_DNCNN_ARCHS:
+                raise CertifyNetError(f"denoiser '{path}' has reference arch '{arch}'; only "
+                                      f"{', '.join(REFERENCE_DNCNN_ARCHS)} (DnCNN) can be rebuilt")
+        elif raw and all(torch.is_tensor(v) for v in raw.values()):
+            state, source = raw, "kair"
+        else:
+            raise CertifyNetError(f"denoiser '{path}' has no 'state_dict' and is not a state dict "
+                                  f"(keys {sorted(map(str, raw))[:5]})")
+        state = _strip(state)
+        if "dncnn.0.weight" in state:
+            model = _infer_dncnn(state)
+        elif "m_head.weight" in state:
+            model = _infer_drunet(state)
+        else:
+            raise CertifyNetError(f"denoiser '{path}' has an unknown layout: unmatched keys {list(state)[:3] or '-'} "
+                                  f"(expected DnCNN 'dncnn.0.weight' or DRUNet 'm_head.weight')")
+    state = _strip(state)
+    _load_strict(model, state, path)
+    return LoadedDenoiser(model=model.to(device).eval(), path=os.path.abspath(path),
+                          config=_plain(denoiser_config(model)), source=source, raw=raw, **kw)
