@@ -332,12 +332,12 @@ def _plain(obj):
     return str(obj)
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
+def unwrap_model(model: nn.Module) -> nn.Module:
     """Strip DataParallel/DDP (`module`) and torch.compile (`_orig_mod`) wrappers."""
     for attr in ("_orig_mod", "module"):
         inner = getattr(model, attr, None)
         if isinstance(inner, nn.Module):
-            return _unwrap(inner)
+            return unwrap_model(inner)
     return model
 
 
@@ -356,7 +356,7 @@ def save_checkpoint(path: str, model: nn.Module, *, arch: str, dataset: str, num
     trained with); a given `normalization` must agree with it. Models without one record `normalization`
     (or the reference default).
     """
-    net = _unwrap(model)
+    net = unwrap_model(model)
     layer = net[0] if isinstance(net, nn.Sequential) and len(net) and isinstance(net[0], NormalizeLayer) else None
     given = None if normalization is None else resolve_normalization(normalization, arch, dataset)[1:]
     if layer is not None:
@@ -366,12 +366,19 @@ def save_checkpoint(path: str, model: nn.Module, *, arch: str, dataset: str, num
                                   f"NormalizeLayer {norm}")
     else:
         norm = given or default_normalization(arch, dataset)
+    write_checkpoint(path, {
+        "format": CHECKPOINT_FORMAT, "arch": arch, "dataset": dataset, "num_classes": int(num_classes),
+        "normalization": {"mean": list(norm[0]), "std": list(norm[1])}, "noise": {"sigma": sigma, "k": int(k)},
+    }, net, epoch=epoch, optimizer=optimizer, scheduler=scheduler, args=args, extra=extra)
+
+
+def write_checkpoint(path: str, header: dict, model: nn.Module, *, epoch: int = 0, optimizer=None,
+                     scheduler=None, args=None, extra=None) -> None:
+    """Atomically save {**header, version, epoch, state_dict, optimizer, scheduler, args, **extra}
+    (the training state every checkpoint of ours carries; `args` and `extra` made weights_only-safe)."""
     ckpt = {
-        "format": CHECKPOINT_FORMAT, "version": __version__,
-        "arch": arch, "dataset": dataset, "num_classes": int(num_classes),
-        "normalization": {"mean": list(norm[0]), "std": list(norm[1])},
-        "noise": {"sigma": sigma, "k": int(k)}, "epoch": int(epoch),
-        "state_dict": net.state_dict(),
+        **header, "version": __version__, "epoch": int(epoch),
+        "state_dict": unwrap_model(model).state_dict(),
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "args": _plain(vars(args) if hasattr(args, "__dict__") else (args or {})),

@@ -14,6 +14,7 @@ from certifynet.denoise.dncnn import DnCNN
 from certifynet.denoise.drunet import DRUNet
 from certifynet.denoise.objectives import classification_loss, l1_loss, mse_loss, stability_loss
 from certifynet.errors import CertifyNetError
+from certifynet.models import unwrap_model
 
 _ARCHS = {cls.arch: cls for cls in (DRUNet, DnCNN)}
 
@@ -37,18 +38,9 @@ def get_denoiser(name: str, in_channels: int, **kw) -> nn.Module:
         raise CertifyNetError(f"bad configuration for denoiser {name!r}: {e}") from e
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    """Strip DataParallel/DDP (`module`) and torch.compile (`_orig_mod`) wrappers."""
-    for attr in ("_orig_mod", "module"):
-        inner = getattr(model, attr, None)
-        if isinstance(inner, nn.Module):
-            return _unwrap(inner)
-    return model
-
-
 def denoiser_config(model: nn.Module) -> dict:
     """Architecture record, e.g. {"name": "drunet", "in_channels": 3, "channels": [64,128,256,512], "nb": 4}."""
-    model = _unwrap(model)
+    model = unwrap_model(model)
     return {"name": model.arch, "in_channels": model.in_channels, **model.config()}
 
 
@@ -70,7 +62,7 @@ def load_denoiser_state_dict(model: nn.Module, state: dict, strict: bool = True)
             state = state[key]
             break
     state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
-    return _unwrap(model).load_state_dict(state, strict=strict)
+    return unwrap_model(model).load_state_dict(state, strict=strict)
 
 
 __all__ = [

@@ -21,11 +21,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
-from certifynet._version import __version__
 from certifynet.denoise import build_denoiser_from_config, denoiser_config, get_denoiser
-from certifynet.denoise import _unwrap
 from certifynet.errors import CertifyNetError
-from certifynet.models import CHECKPOINT_FORMAT, _plain, atomic_torch_save, read_checkpoint_file
+from certifynet.models import CHECKPOINT_FORMAT, _plain, read_checkpoint_file, write_checkpoint
 
 DENOISER_FORMAT = "certifynet-denoiser"
 # Denoiser architectures of the denoised-smoothing code that we can rebuild (all DnCNN variants).
@@ -50,17 +48,9 @@ def save_denoiser(path: str, model: nn.Module, *, sigma: dict | None = None, obj
                   epoch: int = 0, optimizer=None, scheduler=None, args=None, extra: dict | None = None) -> None:
     """Write {"format": "certifynet-denoiser", "config", "state_dict", "sigma", "objective", "epoch",
     "optimizer", "scheduler", "args"} atomically (temp file + rename)."""
-    ckpt = {
-        "format": DENOISER_FORMAT, "version": __version__,
-        "config": _plain(denoiser_config(model)), "state_dict": _unwrap(model).state_dict(),
-        "sigma": _plain(sigma), "objective": objective, "epoch": int(epoch),
-        "optimizer": optimizer.state_dict() if optimizer is not None else None,
-        "scheduler": scheduler.state_dict() if scheduler is not None else None,
-        "args": _plain(vars(args) if hasattr(args, "__dict__") else (args or {})),
-    }
-    if extra:
-        ckpt.update(_plain(extra))
-    atomic_torch_save(ckpt, path)
+    write_checkpoint(path, {"format": DENOISER_FORMAT, "config": _plain(denoiser_config(model)),
+                            "sigma": _plain(sigma), "objective": objective},
+                     model, epoch=epoch, optimizer=optimizer, scheduler=scheduler, args=args, extra=extra)
 
 
 def _strip(state: dict) -> dict:
