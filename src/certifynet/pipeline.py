@@ -1,6 +1,7 @@
 """Glue between models, noise, the sampler and certification: what each script runs per input."""
 from __future__ import annotations
 
+import sys
 import time
 
 import torch
@@ -22,12 +23,16 @@ def load_smoothing_model(model_path: str, dataset: str | None = None, arch: str 
     if denoiser_path:
         from certifynet.denoise import DenoisedClassifier, load_denoiser
         den = load_denoiser(denoiser_path)
+        trained = (den.sigma or {}).get("values") or []
+        if trained and sigma is not None and not min(trained) - 1e-9 <= sigma <= max(trained) + 1e-9:
+            print(f"warning: denoiser '{denoiser_path}' was trained at σ in {trained}, smoothing uses σ={sigma}",
+                  file=sys.stderr)
         model = DenoisedClassifier(den.model, model, sigma)
         meta.update(denoiser=den.path, denoiser_sha256=file_sha256(den.path), denoiser_arch=den.config)
     return model.to(device).eval(), ckpt, meta
 
 
-def add_common_run_args(p, counts_only=False):
+def add_common_run_args(p):
     """Flags shared by sample.py / certify.py / predict.py (model, data, inputs, sharding, speed)."""
     g = p.add_argument_group("model and data")
     g.add_argument("--model", help="classifier checkpoint (ours or a reference layout)")

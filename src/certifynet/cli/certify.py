@@ -5,16 +5,14 @@ then `pA_lower n samples method` (and the P/Q interval ends for DSRS); abstain i
 """
 from __future__ import annotations
 
-import argparse
 import os
 import time
 
 from certifynet.certify.from_counts import METHODS, certify_row
 from certifynet.cli import one_line_errors
-from certifynet.cli.runs import open_run, output_path, run_rows
+from certifynet.cli.runs import open_run, output_path, per_input_parser, run_rows
 from certifynet.cli.sample import _item
 from certifynet.errors import CertifyNetError, check_alpha
-from certifynet.pipeline import add_common_run_args, add_noise_args
 from certifynet.records import RowLog, read_meta, read_rows
 
 LOG_COLUMNS = ["idx", "label", "predict", "radius", "correct", "time", "pA_lower", "n", "samples", "method"]
@@ -22,14 +20,10 @@ DSRS_COLUMNS = ["pA_upper", "qA_lower", "qA_upper"]
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="certify.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = per_input_parser("certify.py", __doc__, "log file (default: <counts>.<method>.tsv, or results/certify.tsv)")
     p.add_argument("--counts", help="counts CSV written by sample.py")
     p.add_argument("--method", default="np", choices=METHODS)
-    p.add_argument("--out", help="log file (default: <counts>.<method>.tsv, or results/certify.tsv)")
     p.add_argument("--label", help="display label for analyze.py")
-    add_common_run_args(p)
-    add_noise_args(p)
     return p
 
 

@@ -4,17 +4,15 @@ Writes a tab-separated log `idx label predict correct time` (+ count1 count2 pva
 """
 from __future__ import annotations
 
-import argparse
 import time
 
 import numpy as np
 
 from certifynet.certify import predict_pvalue
 from certifynet.cli import one_line_errors
-from certifynet.cli.runs import open_run, output_path, run_rows
+from certifynet.cli.runs import open_run, output_path, per_input_parser, run_rows
 from certifynet.cli.sample import _item
 from certifynet.errors import check_alpha
-from certifynet.pipeline import add_common_run_args, add_noise_args
 from certifynet.records import RowLog
 from certifynet.sampling import STREAM_P
 
@@ -22,11 +20,7 @@ COLUMNS = ["idx", "label", "predict", "correct", "time", "count1", "count2", "pv
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="predict.py", description=__doc__)
-    add_common_run_args(p)
-    add_noise_args(p)
-    p.add_argument("--out", help="log file (default results/predict.tsv)")
-    return p
+    return per_input_parser("predict.py", __doc__, "log file (default results/predict.tsv)")
 
 
 @one_line_errors

@@ -6,9 +6,20 @@ import sys
 from tqdm import tqdm
 
 from certifynet.errors import CertifyNetError
-from certifynet.pipeline import InputSampler, load_smoothing_model, open_inputs
+import argparse
+
+from certifynet.pipeline import InputSampler, add_common_run_args, add_noise_args, load_smoothing_model, open_inputs
 from certifynet.sampling import resolve_device
 from certifynet.records import RowLog, parse_shard, select_indices, shard_path
+
+
+def per_input_parser(prog: str, doc: str, out_help: str) -> argparse.ArgumentParser:
+    """The parser shared by sample.py / certify.py / predict.py: model, data, inputs, noise, --out."""
+    p = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", help=out_help)
+    add_common_run_args(p)
+    add_noise_args(p)
+    return p
 
 
 def require(args, *names):

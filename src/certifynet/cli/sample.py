@@ -1,20 +1,13 @@
 """sample.py: count the base model's predictions under noise (P, and optionally Q) → counts CSV + sidecar."""
 from __future__ import annotations
 
-import argparse
-
 from certifynet.cli import one_line_errors
-from certifynet.cli.runs import open_run, output_path, run_rows
-from certifynet.pipeline import add_common_run_args, add_noise_args
+from certifynet.cli.runs import open_run, output_path, per_input_parser, run_rows
 from certifynet.records import RowLog
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="sample.py", description=__doc__)
-    add_common_run_args(p)
-    add_noise_args(p)
-    p.add_argument("--out", help="counts CSV (default results/counts.csv; shards get .shardIofN)")
-    return p
+    return per_input_parser("sample.py", __doc__, "counts CSV (default results/counts.csv; shards get .shardIofN)")
 
 
 @one_line_errors
