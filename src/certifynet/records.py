@@ -189,7 +189,7 @@ def select_indices(n_total: int, start: int = 0, end: int | None = None, skip: i
     if skip < 1:
         raise CertifyNetError(f"--skip must be >= 1, got {skip}")
     end = n_total if end is None else min(end, n_total)
-    if start < 0 or start >= max(end, 1) and n_total > 0 and start != end:
+    if start < 0 or (n_total > 0 and start > end):
         raise CertifyNetError(f"--start {start} is outside the dataset (size {n_total})")
     idx = list(range(start, end, skip))
     if max_count is not None:

@@ -12,18 +12,16 @@ from __future__ import annotations
 
 import math
 
-from certifynet.certify.neyman_pearson import cp_lower, np_radius
+from certifynet.certify.dsrs import generalized_np_radius
+from certifynet.certify.neyman_pearson import cp_lower
 from certifynet.errors import CertifyNetError
 
 METHODS = ("np", "dsrs", "iss-np", "iss-dsrs")
 
 
 def _np_radius_for(p_lower: float, meta: dict) -> float:
-    k = int(meta.get("k") or 0)
-    if k == 0:
-        return np_radius(p_lower, meta["sigma"])
-    from certifynet.certify.dsrs import generalized_np_radius
-    return generalized_np_radius(p_lower, meta["sigma"], meta["d"], k)
+    """NP radius of the run's P: σΦ⁻¹(p̲) for the Gaussian, the generalized-Gaussian radius for k > 0."""
+    return generalized_np_radius(p_lower, meta["sigma"], meta["d"], int(meta.get("k") or 0))
 
 
 def _int(row, key):
