@@ -8,6 +8,10 @@ Trains the model first if --model is not given (σ=0.5, a few epochs on the 4,00
 The paper setting is N=100,000 on 200 digits; on a 2-core CPU use e.g. --N 20000 --digits 100 (≈15 min).
 
   python benchmarks/bench_iss.py --N 20000 --digits 100 [--model CKPT] [--out results/bench_iss]
+
+It also prints the HEADROOM of the ISS rule on this model, from the fixed-N counts p̂ = count/N: the
+oracle mean n*(p̂) (p known, no pilot) and E[n_ISS] for several pilot sizes n0 (free pilot, then + n0).
+--np-counts reuses an existing fixed-N counts file of the same digits (e.g. from a longer run).
 """
 import argparse
 import os
@@ -16,7 +20,9 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
 from certifynet.analysis import read_logs, summarize  # noqa: E402
+from certifynet.certify.iss import dsrs_expected_radius_fn, iss_dsrs_oracle_size, iss_headroom  # noqa: E402
 from certifynet.cli import certify, sample, train  # noqa: E402
+from certifynet.records import read_meta, read_rows  # noqa: E402
 
 
 def run(mod, argv):
@@ -36,6 +42,7 @@ def main():
     p.add_argument("--batch", type=int, default=500)
     p.add_argument("--alpha", type=float, default=0.001)
     p.add_argument("--out", default="results/bench_iss")
+    p.add_argument("--np-counts", help="existing fixed-N NP counts CSV of the same model and digits (skips that run)")
     a = p.parse_args()
     os.makedirs(a.out, exist_ok=True)
     model = a.model
@@ -58,7 +65,11 @@ def main():
         counts = os.path.join(a.out, f"counts_{method}.csv")
         log = os.path.join(a.out, f"{method}.tsv")
         t = time.time()
-        run(sample, [*common, *extra, "--out", counts])
+        if method == "np" and a.np_counts:
+            counts = check_np_counts(a.np_counts, a)
+            t -= sum(float(r["time"]) for r in read_rows(counts)[1])  # its sampling time, as recorded per input
+        else:
+            run(sample, [*common, *extra, "--out", counts])
         run(certify, ["--counts", counts, "--method", method, "--alpha", a.alpha, "--out", log, "--label", label])
         walls[label] = time.time() - t
         logs.append(log)
@@ -73,6 +84,47 @@ def main():
             ratio = df.loc[base, "samples/input"] / row["samples/input"]
             print(f"{label:<22} {row['samples/input']:>13,.0f} {walls[label]:>8.1f} {row['ACR']:>7.3f} "
                   f"{loss:>9.3f} {ratio:>10.2f}x")
+    print_headroom(a.np_counts or os.path.join(a.out, "counts_np.csv"), a)
+    print_dsrs_oracle(os.path.join(a.out, "counts_dsrs.csv"), a)
+
+
+def print_dsrs_oracle(dsrs_counts, a):
+    """Forward-pass ratio of ISS-DSRS if each input's (p_A, q_A) were known: the fixed run's (p̂, q̂)."""
+    rows, meta = read_rows(dsrs_counts)[1], read_meta(dsrs_counts)
+    budget, total = meta["N"], 0
+    for r in rows:
+        radius_fn = dsrs_expected_radius_fn(a.sigma, meta["d"], int(meta.get("k") or 0), meta["q_mode"],
+                                            float(r["q_param"]), a.alpha)
+        n = iss_dsrs_oracle_size(int(r["count"]) / int(r["n"]), int(r["count_q"]) / int(r["n_q"]), budget,
+                                 min(a.batch, budget), a.decline, "absolute", radius_fn)
+        total += 2 * n
+    print(f"  ISS-DSRS oracle (p̂, q̂ known, no pilots): {(2 * budget + meta['N0']) * len(rows) / total:.2f}x")
+
+
+def check_np_counts(path, a):
+    """The reused fixed-N run must match this benchmark's σ, N, α and digit count."""
+    meta, n_rows = read_meta(path), len(read_rows(path)[1])
+    for key, want in (("sigma", a.sigma), ("N", a.N), ("alpha", a.alpha)):
+        if meta.get(key) != want:
+            raise SystemExit(f"error: --np-counts {path} has {key}={meta.get(key)}, this benchmark {want}")
+    if n_rows != a.digits or meta.get("start", 0) != 0:
+        raise SystemExit(f"error: --np-counts {path} must hold the first {a.digits} digits, has {n_rows} rows")
+    return path
+
+
+def print_headroom(np_counts, a):
+    """Forward-pass ratios the ISS-NP rule could reach on these inputs, from the fixed-N run's p̂."""
+    rows, meta = read_rows(np_counts)[1], read_meta(np_counts)
+    p_hat = [int(r["count"]) / int(r["n"]) for r in rows]
+    base = meta["N"] + meta["N0"]
+    step = min(a.batch, a.N)
+    head = iss_headroom(p_hat, a.N, step, a.sigma, a.alpha, a.decline, "absolute",
+                        pilot_sizes=sorted({200, 500, 1000, 2000, 4000, a.iss_n0}))
+    print(f"\nISS-NP headroom on these {len(p_hat)} inputs (p̂ = count/N of the fixed-N run; "
+          f"{sum(v >= 0.999 for v in p_hat) / len(p_hat):.0%} have p̂ ≥ 0.999):")
+    print(f"  oracle n*(p̂), no pilot: {base / head.pop('oracle'):.2f}x")
+    for n0, (free, paid) in head.items():
+        print(f"  n0={n0:<5} E[n_ISS] {free:>8,.0f}: free pilot {base / free:.2f}x, paying the pilot {base / paid:.2f}x")
 
 
 if __name__ == "__main__":

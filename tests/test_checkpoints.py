@@ -9,6 +9,7 @@ import argparse
 import glob
 import os
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -297,8 +298,14 @@ def test_corrupt_files(tmp_path, kind):
             torch.save(M.read_checkpoint_file(path), path, _use_new_zipfile_serialization=False)
         data = open(path, "rb").read()
         open(path, "wb").write(data[: len(data) // 2])
-    elif kind == "random":
-        open(path, "wb").write(os.urandom(4096))
+    elif kind == "random":  # garbage of many shapes: the unpickler can fail in many ways, each must be one line
+        rng = np.random.default_rng(0)
+        for i in range(300):
+            head = (b"", b"\x80\x02", b"\x80\x04", b"PK\x03\x04")[i % 4]
+            open(path, "wb").write(head + rng.bytes(int(rng.integers(1, 4096))))
+            with pytest.raises(CertifyNetError) as e:
+                load_checkpoint(path)
+            assert "corrupt" in one_line(e) and path in one_line(e), (i, one_line(e))
     elif kind == "empty":
         open(path, "wb").close()
     else:

@@ -190,6 +190,22 @@ def test_sample_efficiency_simulation():
     assert 0.0 <= acr_loss <= 0.05
 
 
+def test_expected_sample_size_and_headroom():
+    """E[n_ISS] matches a Monte-Carlo mean; the oracle n*(p) never costs more than the pilot rule."""
+    planner = IssPlanner(100_000, 500, 0.5, 0.001, 0.05, "absolute", 1000)
+    rng = np.random.default_rng(3)
+    p = np.array([0.6, 0.95, 0.999, 1.0])
+    exact = planner.expected_sample_size(p)
+    sizes = np.array([planner.sample_size(k) for k in range(1001)])
+    mc = np.array([sizes[rng.binomial(1000, v, 20_000)].mean() for v in p])
+    assert np.allclose(exact, mc, rtol=0.02)
+    assert exact[-1] == planner.sample_size(1000)  # p = 1: every pilot draw hits
+    head = iss.iss_headroom(p, 100_000, 500, 0.5, 0.001, 0.05, "absolute", pilot_sizes=(200, 1000))
+    assert head[1000][0] == pytest.approx(exact.mean())
+    assert head[1000][1] == pytest.approx(exact.mean() + 1000)
+    assert head["oracle"] <= head[1000][0] and head["oracle"] <= head[200][0]
+
+
 # ------------------------------------------------------------------------------------------ ISS-DSRS
 
 def _np_stand_in(sigma, alpha, calls):
@@ -209,6 +225,9 @@ def test_iss_dsrs_budget_with_np_stand_in_reduces_to_iss_np():
                                        _np_stand_in(sigma, alpha, calls), plan_at=plan_at)
             assert n_p == n_q == iss_sample_size(p_plan, n_max, b, sigma, alpha, 0.05, "absolute")
             assert len(calls) <= 1 + math.ceil(math.log2(n_max // b))
+    for p in (0.7, 0.99, 0.9999, 1.0):  # the oracle plans at the true rate itself
+        assert iss.iss_dsrs_oracle_size(p, 0.5, n_max, b, 0.05, "absolute", _np_stand_in(sigma, alpha, [])) \
+            == iss_sample_size(p, n_max, b, sigma, alpha, 0.05, "absolute")
     calls = []
     assert iss_dsrs_budget(1000, 1000, n0, n_max, b, alpha, 0.05, "absolute",
                            _np_stand_in(sigma, alpha, calls)) == (0, 0)

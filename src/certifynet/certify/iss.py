@@ -168,6 +168,27 @@ class IssPlanner:
         """Two-sided CP interval [p_l, p_u] of the pilot at level α (α/2 per tail)."""
         return float(self.p_low[int(k0)]), float(self.p_up[int(k0)])
 
+    def expected_sample_size(self, p):
+        """E[n_ISS] = Σ_k Bin(k; n0, p)·n_ISS(k) for a true top-class rate p (pilot cost n0 not included)."""
+        from scipy.stats import binom
+        p = np.atleast_1d(np.asarray(p, dtype=float))
+        pmf = binom.pmf(np.arange(self.n0 + 1)[None, :], self.n0, p[:, None])
+        return pmf @ self._sizes.astype(float)
+
+
+def iss_headroom(p, n_max, batch, sigma, alpha, decline, mode, pilot_sizes=(200, 500, 1000, 2000, 4000)):
+    """What ISS can save on inputs with true top-class rates p (e.g. p̂ = count/N of a fixed-N run).
+
+    Returns {'oracle': mean n*(p), n0: (mean E[n_ISS] with a free pilot, the same + n0)}. The oracle
+    knows p; the pilot rules pay for their CP interval, whose max of n* is the ISS rule's price.
+    """
+    p = np.asarray(p, dtype=float)
+    out = {"oracle": float(np.mean([iss_sample_size(v, n_max, batch, sigma, alpha, decline, mode) for v in p]))}
+    for n0 in pilot_sizes:
+        free = float(IssPlanner(n_max, batch, sigma, alpha, decline, mode, n0).expected_sample_size(p).mean())
+        out[int(n0)] = (free, free + n0)
+    return out
+
 
 def iss_certify(count, n_iss, sigma, alpha):
     """Cohen's bound on n_ISS FRESH draws: (abstain, p̲_A, R). n_ISS = 0 abstains with R = 0."""
@@ -206,6 +227,12 @@ def iss_dsrs_budget(count_p0, count_q0, n0, n_max, batch, alpha, decline, mode, 
     n = max(_dsrs_plan(float(p), float(q), sizes, float(decline), mode, radius_fn)
             for p, q in points[plan_at])
     return n, n
+
+
+def iss_dsrs_oracle_size(p, q, n_max, batch, decline, mode, radius_fn) -> int:
+    """ISS-DSRS budget per distribution if (p_A, q_A) were known: min{n : E(n) ≥ T} at (p, q), no pilot."""
+    _check_rule(n_max, batch, decline, mode)
+    return _dsrs_plan(float(p), float(q), _size_grid(int(n_max), int(batch)), float(decline), mode, radius_fn)
 
 
 def _dsrs_plan(p, q, sizes, decline, mode, radius_fn):

@@ -1,0 +1,32 @@
+"""Benchmarks stay runnable: bench_iss end to end at toy size (timings are printed, never asserted)."""
+import os
+import subprocess
+import sys
+
+import torch
+
+from certifynet.models import get_architecture, save_checkpoint
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+
+
+def test_bench_iss_smoke(tmp_path):
+    model = str(tmp_path / "lenet.pth")
+    torch.manual_seed(0)
+    save_checkpoint(model, get_architecture("lenet", "mnist5k"), arch="lenet", dataset="mnist5k", num_classes=10,
+                    sigma=0.5)
+    out = tmp_path / "bench"
+    argv = [sys.executable, os.path.join(ROOT, "benchmarks", "bench_iss.py"), "--model", model, "--N", "400",
+            "--digits", "2", "--iss-n0", "100", "--batch", "100", "--out", str(out)]
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-1500:]
+    for fragment in ("ISS-NP ε=0.05", "ISS-DSRS ε=0.05", "oracle n*(p̂)", "n0=100", "ISS-DSRS oracle"):
+        assert fragment in r.stdout, r.stdout[-1500:]
+    # reuse the fixed-N counts: the same numbers come out without sampling them again
+    r2 = subprocess.run([*argv, "--np-counts", str(out / "counts_np.csv")], capture_output=True, text=True,
+                        timeout=300, cwd=ROOT)
+    assert r2.returncode == 0, r2.stderr[-1500:]
+    assert r.stdout.split("oracle n*(p̂)")[1] == r2.stdout.split("oracle n*(p̂)")[1]
+    bad = subprocess.run([*argv, "--digits", "3", "--np-counts", str(out / "counts_np.csv")], capture_output=True,
+                         text=True, timeout=300, cwd=ROOT)
+    assert bad.returncode != 0 and "must hold the first 3 digits" in bad.stderr
