@@ -1,6 +1,21 @@
-"""Shared test fixtures: a linear binary classifier whose smoothed robust radius is known exactly."""
+"""Shared test fixtures: a linear binary classifier whose smoothed robust radius is known exactly, and the
+location of the shared reference facts."""
+import os
+from pathlib import Path
+
 import torch
 import torch.nn as nn
+
+
+def _reference_dir() -> Path:
+    """$CERTIFYNET_REFERENCE, else ../shared/reference beside the checkout, else /work/shared/reference."""
+    env = os.environ.get("CERTIFYNET_REFERENCE")
+    candidates = [Path(env)] if env else []
+    candidates += [Path(__file__).resolve().parents[2] / "shared" / "reference", Path("/work/shared/reference")]
+    return next((c for c in candidates if c.is_dir()), candidates[0])
+
+
+REFERENCE = _reference_dir()
 
 
 class LinearBinary(nn.Module):

@@ -12,9 +12,10 @@ import pytest
 from certifynet import analysis
 from certifynet.cli.analyze import main
 from certifynet.errors import CertifyNetError
+from helpers import REFERENCE
 
 ROOT = Path(__file__).resolve().parents[1]
-PEER = ROOT.parent / "shared" / "reference" / "peer-logs"
+PEER = REFERENCE / "peer-logs"
 SCRIPT = ROOT / "scripts" / "analyze.py"
 
 # idx label predict radius correct time n   (hand-made; m = 5)

@@ -13,8 +13,9 @@ from certifynet.certify.dsrs import (dsrs_certify, dsrs_intervals, dsrs_radius, 
                                      pooled_np_fallback_needed, radial_quantile, sigma_prime, truncation_beta,
                                      truncation_percentile, truncation_radius)
 from certifynet.errors import CertifyNetError
+from helpers import REFERENCE
 
-VECTORS = "/work/shared/reference/dsrs_vectors.csv"
+VECTORS = str(REFERENCE / "dsrs_vectors.csv")
 SETTINGS = [(784, 380), (3072, 1530), (150528, 75260)]
 
 

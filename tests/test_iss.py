@@ -12,8 +12,9 @@ from certifynet.certify.iss import (IssPlanner, expected_radius, iss_certify, is
                                     iss_sample_size)
 from certifynet.certify.neyman_pearson import certify_from_counts, cp_interval, cp_lower, np_radius
 from certifynet.errors import CertifyNetError
+from helpers import REFERENCE
 
-VECTORS = "/work/shared/reference/iss_nstar_vectors.csv"
+VECTORS = str(REFERENCE / "iss_nstar_vectors.csv")
 
 
 def _rows():

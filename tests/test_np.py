@@ -11,9 +11,9 @@ from certifynet.certify import certify_from_counts, cp_interval, cp_lower, np_ra
 from certifynet.noise import GaussianNoise
 from certifynet.sampling import Sampler, Smooth, input_generator
 
-from helpers import LinearBinary
+from helpers import REFERENCE, LinearBinary
 
-REF = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "reference")
+REF = str(REFERENCE)
 needs_ref = pytest.mark.skipif(not os.path.isdir(REF), reason="shared/reference not present")
 
 
