@@ -22,6 +22,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from certifynet.analysis import read_logs, summarize  # noqa: E402
 from certifynet.certify.iss import dsrs_expected_radius_fn, iss_dsrs_oracle_size, iss_headroom  # noqa: E402
 from certifynet.cli import certify, sample, train  # noqa: E402
+from certifynet.models import file_sha256  # noqa: E402
 from certifynet.records import read_meta, read_rows  # noqa: E402
 
 
@@ -66,7 +67,7 @@ def main():
         log = os.path.join(a.out, f"{method}.tsv")
         t = time.time()
         if method == "np" and a.np_counts:
-            counts = check_np_counts(a.np_counts, a)
+            counts = check_np_counts(a.np_counts, model, a)
             t -= sum(float(r["time"]) for r in read_rows(counts)[1])  # its sampling time, as recorded per input
         else:
             run(sample, [*common, *extra, "--out", counts])
@@ -101,10 +102,10 @@ def print_dsrs_oracle(dsrs_counts, a):
     print(f"  ISS-DSRS oracle (p̂, q̂ known, no pilots): {(2 * budget + meta['N0']) * len(rows) / total:.2f}x")
 
 
-def check_np_counts(path, a):
-    """The reused fixed-N run must match this benchmark's σ, N, α and digit count."""
+def check_np_counts(path, model, a):
+    """The reused fixed-N run must match this benchmark's model, σ, N, α and digit count."""
     meta, n_rows = read_meta(path), len(read_rows(path)[1])
-    for key, want in (("sigma", a.sigma), ("N", a.N), ("alpha", a.alpha)):
+    for key, want in (("model_sha256", file_sha256(model)), ("sigma", a.sigma), ("N", a.N), ("alpha", a.alpha)):
         if meta.get(key) != want:
             raise SystemExit(f"error: --np-counts {path} has {key}={meta.get(key)}, this benchmark {want}")
     if n_rows != a.digits or meta.get("start", 0) != 0:

@@ -30,3 +30,10 @@ def test_bench_iss_smoke(tmp_path):
     bad = subprocess.run([*argv, "--digits", "3", "--np-counts", str(out / "counts_np.csv")], capture_output=True,
                          text=True, timeout=300, cwd=ROOT)
     assert bad.returncode != 0 and "must hold the first 3 digits" in bad.stderr
+    other = str(tmp_path / "other.pth")
+    save_checkpoint(other, get_architecture("lenet", "mnist5k"), arch="lenet", dataset="mnist5k", num_classes=10,
+                    sigma=0.5)
+    argv[argv.index(model)] = other
+    bad = subprocess.run([*argv, "--np-counts", str(out / "counts_np.csv")], capture_output=True, text=True,
+                         timeout=300, cwd=ROOT)
+    assert bad.returncode != 0 and "model_sha256" in bad.stderr
