@@ -67,8 +67,8 @@ def main():
         log = os.path.join(a.out, f"{method}.tsv")
         t = time.time()
         if method == "np" and a.np_counts:
-            counts = check_np_counts(a.np_counts, model, a)
-            t -= sum(float(r["time"]) for r in read_rows(counts)[1])  # its sampling time, as recorded per input
+            counts = a.np_counts
+            t -= check_np_counts(counts, model, a)  # its sampling time, as recorded per input
         else:
             run(sample, [*common, *extra, "--out", counts])
         run(certify, ["--counts", counts, "--method", method, "--alpha", a.alpha, "--out", log, "--label", label])
@@ -103,14 +103,15 @@ def print_dsrs_oracle(dsrs_counts, a):
 
 
 def check_np_counts(path, model, a):
-    """The reused fixed-N run must match this benchmark's model, σ, N, α and digit count."""
-    meta, n_rows = read_meta(path), len(read_rows(path)[1])
+    """The reused fixed-N run must match this benchmark's model, σ, N, α and digit count; returns its seconds."""
+    meta, rows = read_meta(path), read_rows(path)[1]
+    n_rows = len(rows)
     for key, want in (("model_sha256", file_sha256(model)), ("sigma", a.sigma), ("N", a.N), ("alpha", a.alpha)):
         if meta.get(key) != want:
             raise SystemExit(f"error: --np-counts {path} has {key}={meta.get(key)}, this benchmark {want}")
     if n_rows != a.digits or meta.get("start", 0) != 0:
         raise SystemExit(f"error: --np-counts {path} must hold the first {a.digits} digits, has {n_rows} rows")
-    return path
+    return sum(float(r["time"]) for r in rows)
 
 
 def print_headroom(np_counts, a):

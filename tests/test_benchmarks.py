@@ -3,16 +3,13 @@ import os
 import subprocess
 import sys
 
-import torch
-
 from certifynet.models import get_architecture, save_checkpoint
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 
 
 def test_bench_iss_smoke(tmp_path):
-    model = str(tmp_path / "lenet.pth")
-    torch.manual_seed(0)
+    model = str(tmp_path / "lenet.pth")  # random init; tests/conftest.py seeds torch
     save_checkpoint(model, get_architecture("lenet", "mnist5k"), arch="lenet", dataset="mnist5k", num_classes=10,
                     sigma=0.5)
     out = tmp_path / "bench"
