@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -105,15 +106,28 @@ def reference_log(random_model, tmp_path_factory):
 # ---------------------------------------------------------------- shard arithmetic and SLURM variables
 def test_shards_partition_the_selection():
     for n_total, start, end, skip, mx, n in itertools.product(
-            (0, 1, 7, 10, 101), (0, 3), (None, 5, 60), (1, 2, 7), (None, 0, 4, 33), (1, 2, 3, 4, 16)):
-        if n_total and start >= min(end or n_total, n_total) and start != (end or n_total):
-            continue  # start outside the data: an error, tested below
+            (0, 1, 7, 10, 101), (0, 3), (None, 5, 60), (1, 2, 7), (None, 1, 4, 33), (1, 2, 3, 4, 16)):
+        if (n_total and start >= n_total) or (end is not None and end <= start):
+            continue  # start outside the data or end before start: errors, tested below
         full = select_indices(n_total, start, end, skip, mx)
         parts = [select_indices(n_total, start, end, skip, mx, (i, n)) for i in range(n)]
         assert sum(parts, []) == full, (n_total, start, end, skip, mx, n)  # in order: no gap, no overlap
         assert max(map(len, parts)) - min(map(len, parts)) <= 1
     with pytest.raises(CertifyNetError):
         select_indices(10, start=12)
+
+
+@pytest.mark.parametrize("kw, fragment", [
+    ({"start": 12}, "--start 12 is beyond the last input (the split has 10)"),
+    ({"start": -1}, "--start must be >= 0"),
+    ({"start": 8, "end": 5}, "--end (5) must be greater than --start (8)"),
+    ({"max_count": -1}, "--max must be >= 1, got -1"),
+    ({"max_count": 0}, "--max must be >= 1, got 0"),
+    ({"skip": 0}, "--skip must be >= 1"),
+])
+def test_selection_errors_name_their_cause(kw, fragment):
+    with pytest.raises(CertifyNetError, match=re.escape(fragment)):
+        select_indices(10, **kw)
 
 
 def test_parse_shard_text_and_slurm_env():

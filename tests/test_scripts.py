@@ -30,3 +30,21 @@ def test_bad_input_one_line(argv, fragment):
     lines = r.stderr.strip().splitlines()
     assert r.returncode != 0 and lines and lines[-1].startswith("error:") and fragment in lines[-1], r.stderr[-500:]
     assert "Traceback" not in r.stderr
+
+
+def _parsers():
+    import importlib
+    for name in ("sample", "certify", "predict", "train", "train_smoothmix", "train_denoiser", "analyze", "merge",
+                 "run_shards", "quickstart"):
+        yield name, importlib.import_module(f"certifynet.cli.{name}").build_parser()
+
+
+@pytest.mark.parametrize("name, parser", list(_parsers()), ids=lambda v: v if isinstance(v, str) else "")
+def test_every_flag_has_help_and_defaults_are_shown(name, parser):
+    import argparse
+    missing = [a.option_strings or a.dest for a in parser._actions
+               if not isinstance(a, argparse._HelpAction) and not (a.help and a.help.strip())]
+    assert not missing, f"{name}: flags without help: {missing}"
+    text = " ".join(parser.format_help().split())
+    if name in ("sample", "certify", "predict"):
+        assert "(default: 0.001)" in text and "(required" in text

@@ -2,6 +2,8 @@
 import csv
 import json
 import os
+
+from certifynet.paths import default_path
 import struct
 import subprocess
 import sys
@@ -148,9 +150,10 @@ def test_method_auto_choice():
     assert loop.resolve_method(cfg(num_noise_vec=2, lbd=0)) == "gaussian"
     assert loop.resolve_method(cfg(num_noise_vec=1, lbd=0, method="consistency")) == "consistency"
     p = loop.prepare_config(cfg(num_noise_vec=2, lbd=5))
-    assert p.entropy == "dsrs" and p.outdir == os.path.join("models", "mnist5k", "lenet", "noise_0.25")
+    assert p.entropy == "dsrs" and p.outdir == default_path(os.path.join(
+        "models", "mnist5k", "lenet", "consistency", "num_2", "lbd_5", "eta_5_dsrs", "noise_0.25"))
     p = loop.prepare_config(cfg(num_noise_vec=2, lbd=5, eta=0.5, k=380))
-    assert p.entropy == "pbar" and p.outdir.endswith("noise_0.25_k380")
+    assert p.entropy == "pbar" and p.outdir.endswith(os.path.join("lbd_5", "eta_0.5", "noise_0.25_k380"))
 
 
 def test_split_batch_is_the_reference_batching():
@@ -342,7 +345,8 @@ def test_seed_commands_parse_as_written():
     cfg = loop.prepare_config(TrainConfig.from_namespace(a))
     assert cfg.method == "consistency" and cfg.eta is None and cfg.entropy == "dsrs"
     assert (cfg.gamma, cfg.momentum, cfg.weight_decay, cfg.batch) == (0.1, 0.9, 1e-4, 256)
-    assert cfg.outdir == os.path.join("models", "mnist", "mnist_43", "noise_0.25_k380")
+    assert cfg.outdir == default_path(os.path.join("models", "mnist", "mnist_43", "consistency", "num_2", "lbd_5",
+                                                   "eta_5_dsrs", "noise_0.25_k380_kw100"))
 
     a = cli_train.build_parser().parse_args(SEED_CIFAR)
     cfg = loop.prepare_config(TrainConfig.from_namespace(a))

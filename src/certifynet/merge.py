@@ -18,7 +18,9 @@ from dataclasses import dataclass, field
 
 from certifynet._version import __version__
 from certifynet.errors import CertifyNetError
-from certifynet.records import VOLATILE_META, meta_conflict, meta_path, read_meta, read_rows, select_indices
+from certifynet.paths import check_output_file
+from certifynet.records import (VOLATILE_META, meta_conflict, meta_path, read_meta, read_rows, select_indices,
+                                writer_active)
 
 # Also ignored when comparing inputs: bookkeeping of earlier merges (so merged files can be merged again).
 MERGE_IGNORE = VOLATILE_META | {"merged_from", "missing"}
@@ -130,7 +132,12 @@ def _warn_stderr(msg):
 # ---------------------------------------------------------------- the merge
 def merge_files(out: str, inputs, allow_missing: bool = False, force: bool = False, warn=_warn_stderr) -> MergeReport:
     """Merge shard files `inputs` (paths or glob patterns) into `out` (+ sidecar); see the module doc."""
+    check_output_file(out, "OUT")
     paths = expand_inputs(inputs, out, warn)
+    for p in paths:
+        holder = writer_active(p)
+        if holder:
+            raise CertifyNetError(f"'{p}' is still being written by {holder}; merge when its shard has finished")
     metas = [read_meta(p) for p in paths]
     for p, m in zip(paths[1:], metas[1:]):
         key = meta_conflict(metas[0], m, MERGE_IGNORE)

@@ -32,6 +32,7 @@ import math
 import os
 import pickle
 import re
+import sys
 import warnings
 from dataclasses import dataclass, field
 
@@ -405,6 +406,15 @@ class LoadedCheckpoint:
     normalization: dict = field(default_factory=dict)   # {'kind', 'mean', 'std'} applied by model[0]
     layout: str = ""     # key layout found, e.g. '1.module.<name>' (Cohen ImageNet), '1.<name>', '<name>'
 
+    def summary(self) -> str:
+        """One line: arch, dataset, parameters, normalisation, training noise, source, path."""
+        n = sum(p.numel() for p in self.model.parameters())
+        norm = self.normalization
+        noise = f"trained σ={self.sigma:g}" if isinstance(self.sigma, (int, float)) else "training σ unknown"
+        return (f"{self.arch} on {self.dataset}, {n:,} parameters, normalization {norm.get('kind')} "
+                f"(mean {norm.get('mean')}, std {norm.get('std')}), {noise}" + (f" k={self.k}" if self.k else "")
+                + f", {self.source} layout {self.layout}, from {self.path}")
+
     def metadata(self) -> dict:
         return {"model": os.path.abspath(self.path), "model_sha256": self.sha256, "arch": self.arch,
                 "dataset": self.dataset, "num_classes": self.num_classes, "train_sigma": self.sigma,
@@ -506,6 +516,23 @@ def _match(state: dict, net: nn.Module, arch: str, path: str):
                           f"'1.{next(iter(expected))}')")
 
 
+def check_finite_weights(state: dict, path: str) -> None:
+    """Refuse NaN/Inf in any floating tensor of a state dict (such a model certifies one class everywhere)."""
+    for key, v in state.items():
+        if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all():
+            raise CertifyNetError(f"checkpoint '{path}' has non-finite weights (NaN or Inf) in '{key}'")
+
+
+# DSRS's own ImageNet files (trained behind InputCenterLayer) carry its k = 75260 in their names.
+_DSRS_IMAGENET_NAME = re.compile(r"imagenet-75260", re.IGNORECASE)
+
+
+def _warn_dsrs_imagenet(path: str, arch: str, kind: str) -> None:
+    if arch == "resnet50" and kind != "center" and _DSRS_IMAGENET_NAME.search(os.path.basename(path)):
+        print(f"warning: '{path}' looks like a DSRS ImageNet model (its name has imagenet-75260): those were "
+              f"trained behind mean-centring; pass --normalization center (now: {kind})", file=sys.stderr)
+
+
 def _natural(key: str):
     return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", key)]
 
@@ -594,6 +621,8 @@ def load_checkpoint(path: str, arch: str | None = None, dataset: str | None = No
         kind, mean, std = resolve_normalization(normalization, arch, dataset)
     model = get_architecture(arch, dataset, (mean, std))
     mapped, layout = _match(state, model[1], arch, path)
+    check_finite_weights(mapped, path)
+    _warn_dsrs_imagenet(path, arch, kind)
     try:
         model[1].load_state_dict(mapped)
     except RuntimeError as e:  # not expected after _match; keep the one-line promise anyway

@@ -1,25 +1,36 @@
 """Glue between models, noise, the sampler and certification: what each script runs per input."""
 from __future__ import annotations
 
+import math
 import sys
 import time
 
 import torch
 
+from certifynet.cli import refuse
 from certifynet.data import dataset_info, get_dataset
-from certifynet.errors import CertifyNetError, check_alpha, check_sample_sizes, check_sigma
+from certifynet.errors import CertifyNetError, check_alpha, check_sample_sizes, check_seed, check_sigma
 from certifynet.models import file_sha256, load_checkpoint, parse_normalization
 from certifynet.noise import make_noise
+from certifynet.paths import default_path
+from certifynet.progress import progress
+from certifynet.records import check_selection
 from certifynet.sampling import (STREAM_P, STREAM_Q, STREAM_Q_PILOT, STREAM_SELECT, Sampler, check_finite_input,
-                                 input_generator)
+                                 input_generator, parse_device)
+
+# Inputs with at least this many batches of draws get their own progress bar (N = 10⁶ at --batch 1000).
+INNER_PROGRESS_BATCHES = 200
 
 
 def load_smoothing_model(model_path: str, dataset: str | None = None, arch: str | None = None,
                          denoiser_path: str | None = None, sigma: float | None = None, device="cpu",
-                         normalization=None):
-    """The base classifier f to smooth (optionally denoiser → classifier), and metadata naming it."""
+                         normalization=None, quiet: bool = False):
+    """The base classifier f to smooth (optionally denoiser → classifier), and metadata naming it.
+    Prints a one-line load summary (arch, dataset, parameters, normalisation) to stderr unless `quiet`."""
     ckpt = load_checkpoint(model_path, arch=arch, dataset=dataset, normalization=parse_normalization(normalization))
     model, meta = ckpt.model, ckpt.metadata()
+    if not quiet:
+        print(f"model: {ckpt.summary()}", file=sys.stderr)
     if denoiser_path:
         from certifynet.denoise import DenoisedClassifier, load_denoiser
         den = load_denoiser(denoiser_path)
@@ -35,39 +46,41 @@ def load_smoothing_model(model_path: str, dataset: str | None = None, arch: str 
 def add_common_run_args(p):
     """Flags shared by sample.py / certify.py / predict.py (model, data, inputs, sharding, speed)."""
     g = p.add_argument_group("model and data")
-    g.add_argument("--model", help="classifier checkpoint (ours or a reference layout)")
+    g.add_argument("--model", help="classifier checkpoint, ours or a reference layout (required; certify.py: or --counts)")
     g.add_argument("--arch", help="architecture, when the checkpoint does not name it")
     g.add_argument("--dataset", help="dataset (default: from the checkpoint)")
     g.add_argument("--normalization", default=None,
                    help="override the model's input normalisation: dataset | identity | center (DSRS ImageNet) | MEAN/STD")
-    g.add_argument("--split", default="test", choices=["train", "test"])
-    g.add_argument("--data-dir", default="data")
+    g.add_argument("--split", default="test", choices=["train", "test"], help="dataset split to certify")
+    g.add_argument("--data-dir", default=default_path("data"), help="dataset folder")
     g.add_argument("--denoiser", help="denoiser checkpoint placed in front of the classifier (denoised smoothing)")
     g = p.add_argument_group("which inputs")
-    g.add_argument("--start", type=int, default=0)
-    g.add_argument("--end", type=int, default=None)
+    g.add_argument("--start", type=int, default=0, help="first dataset index")
+    g.add_argument("--end", type=int, default=None, help="stop before this index (default: the end of the split)")
     g.add_argument("--skip", type=int, default=1, help="take every skip-th input (Cohen's --skip)")
     g.add_argument("--max", type=int, default=None, help="at most this many inputs")
     g.add_argument("--shard", default=None, help="i/n: the i-th of n contiguous parts (default from SLURM_ARRAY_TASK_ID/COUNT)")
-    g = p.add_argument_group("speed")
-    g.add_argument("--batch", type=int, default=1000)
-    g.add_argument("--device", default="auto")
+    g = p.add_argument_group("speed and output")
+    g.add_argument("--batch", type=int, default=1000, help="noisy copies per forward pass")
+    g.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
     g.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
     g.add_argument("--no-optimize", dest="optimize", action="store_false",
                    help="on the CPU, run the eager model instead of a frozen TorchScript trace")
     g.add_argument("--no-channels-last", dest="channels_last", action="store_false",
                    help="keep NCHW memory (channels_last is on by default: faster convolutions)")
+    g.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no progress bar (without a terminal, progress is printed as plain lines every 30 s)")
 
 
 def add_noise_args(p):
     g = p.add_argument_group("noise and sample sizes")
-    g.add_argument("--sigma", type=float, required=False, help="σ of the smoothing noise in [0,1] pixel units")
+    g.add_argument("--sigma", type=float, default=None, help="σ of the smoothing noise in [0,1] pixel units (required)")
     g.add_argument("--dist", default="gaussian", choices=["gaussian", "general_gaussian"], help="P")
-    g.add_argument("--k", type=int, default=0, help="generalized-Gaussian k (0: Gaussian)")
-    g.add_argument("--N0", type=int, default=100, help="selection samples")
-    g.add_argument("--N", type=int, default=100_000, help="estimation samples (per distribution)")
+    g.add_argument("--k", type=int, default=0, help="generalized-Gaussian k (0: Gaussian; k > 0 implies general_gaussian)")
+    g.add_argument("--N0", type=int, default=100, help="selection draws: ĉ_A is their top class")
+    g.add_argument("--N", type=int, default=100_000, help="estimation draws per distribution (the cap under --iss)")
     g.add_argument("--alpha", type=float, default=0.001, help="failure probability α of each certificate")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=int, default=0, help="noise seed; input idx draws from streams seeded by (seed, idx)")
     g.add_argument("--select", default="n0", choices=["n0", "label"],
                    help="class to count: top class of N0 selection draws (Cohen), or the true label (DSRS reference)")
     g.add_argument("--q-dist", default="none", choices=["none", "truncated", "rescaled"], help="DSRS's Q")
@@ -76,32 +89,88 @@ def add_noise_args(p):
                    help="truncated Q: the percentile p_T in (0,1], or heuristic 'x' / 'x+' from the P bound")
     g.add_argument("--iss", default=None, choices=["absolute", "relative"], help="input-specific sample sizes")
     g.add_argument("--iss-decline", type=float, default=0.05, help="ISS allowed radius decline ε")
-    g.add_argument("--iss-n0", type=int, default=2000, help="ISS pilot draws")
+    g.add_argument("--iss-n0", type=int, default=2000, help="ISS pilot draws (they also pick ĉ_A)")
+
+
+def parse_percentile(text) -> str | float:
+    """--q-percentile: 'x', 'x+' or a number in (0, 1]."""
+    if text in ("x", "x+"):
+        return text
+    try:
+        v = float(text)
+    except (TypeError, ValueError):
+        raise CertifyNetError(f"--q-percentile must be 'x', 'x+' or a number in (0, 1], got '{text}'") from None
+    if not 0.0 < v <= 1.0:
+        raise CertifyNetError(f"--q-percentile must be in (0, 1], got {text}")
+    return v
+
+
+def check_run_args(args, mode: str) -> None:
+    """Validate every sampling flag of sample/certify/predict before anything is loaded or written, and refuse
+    flags that do not apply to the mode (`args.given` holds the flags given explicitly)."""
+    if args.model is None:
+        raise CertifyNetError("--model is required")
+    if args.sigma is None:
+        raise CertifyNetError("--sigma is required (σ of the smoothing noise)")
+    check_sigma(args.sigma)
+    check_alpha(args.alpha)
+    check_seed(args.seed)
+    parse_device(args.device)
+    check_selection(args.start, args.end, args.skip, args.max)
+    if args.batch < 1:
+        raise CertifyNetError(f"--batch must be >= 1, got {args.batch}")
+    if args.k < 0:
+        raise CertifyNetError(f"--k must be >= 0, got {args.k}")
+    if args.k and args.dist == "gaussian" and "dist" in args.given:
+        raise CertifyNetError("--k > 0 needs --dist general_gaussian (or leave --dist out)")
+    if mode == "predict":
+        refuse(args, ["N0", "select", "q_dist", "q_sigma", "q_percentile", "iss", "iss_decline", "iss_n0"],
+               "to predict.py (PREDICT counts N draws of P and tests the top two classes)")
+        check_sample_sizes(0, args.N)
+        return
+    refuse(args, ["q_sigma"] if args.q_dist != "rescaled" else [], "without --q-dist rescaled")
+    refuse(args, ["q_percentile"] if args.q_dist != "truncated" else [], "without --q-dist truncated")
+    if args.q_dist == "rescaled" and args.q_sigma is not None:
+        check_sigma(args.q_sigma, "--q-sigma")
+    if args.q_dist == "truncated":
+        parse_percentile(args.q_percentile)
+    if args.iss:
+        refuse(args, ["N0"], "with --iss: the ISS pilot (--iss-n0 draws) picks the class")
+        check_sample_sizes(0, args.N)
+        if not 1 <= args.iss_n0 <= args.N:
+            raise CertifyNetError(f"--iss-n0 (the ISS pilot) must be in [1, N={args.N}], got {args.iss_n0}")
+        d = args.iss_decline
+        if not (math.isfinite(d) and d >= 0 and (args.iss == "absolute" or d < 1)):
+            raise CertifyNetError(f"--iss-decline must be >= 0{' and < 1' if args.iss == 'relative' else ''}, got {d}")
+        if args.q_dist == "truncated" and args.q_percentile == "x+":
+            raise CertifyNetError("--q-percentile x+ (re-sample P when every P draw hits) is not available with --iss")
+    else:
+        refuse(args, ["iss_decline", "iss_n0"], "without --iss")
+        if args.select == "label":
+            refuse(args, ["N0"], "with --select label (the true label is counted; there are no selection draws)")
+        check_sample_sizes(args.N0 if args.select == "n0" else 0, args.N, select_draws=args.select == "n0")
 
 
 class InputSampler:
     """Per-input sampling for NP, DSRS (P and Q) and ISS; every stream seeded by (seed, idx, stream)."""
 
-    def __init__(self, model, num_classes: int, dim: int, args, device):
-        check_sigma(args.sigma)
-        check_alpha(args.alpha)
-        check_sample_sizes(args.N0 if args.select == "n0" else 0, args.N)
+    def __init__(self, model, num_classes: int, dim: int, args, device, shape=None):
         self.args, self.device, self.dim = args, device, dim
         self.sampler = Sampler(model, num_classes, args.batch, device, args.amp, args.channels_last, args.optimize)
         dist = "general_gaussian" if args.k else args.dist  # --k K alone selects the generalized Gaussian
         self.p_noise = make_noise(dist, args.sigma, dim, args.k)
         self.q_dist = args.q_dist
+        self.q_percentile = parse_percentile(args.q_percentile) if self.q_dist == "truncated" else None
         self.planner = None
         self.iss_step = min(args.batch, args.N)  # ISS sample sizes are multiples of this (the reference: the batch)
         if args.iss and args.q_dist == "none":  # ISS-NP plans with the Gaussian R(n, p); ISS-DSRS plans per input
             from certifynet.certify.iss import IssPlanner
             self.planner = IssPlanner(n_max=args.N, batch=self.iss_step, sigma=args.sigma, alpha=args.alpha,
                                       decline=args.iss_decline, mode=args.iss, n0=args.iss_n0)
-        if args.iss and self.q_dist == "truncated" and args.q_percentile == "x+":
-            raise CertifyNetError("--q-percentile x+ (re-sample P when every P draw hits) is not available with --iss")
         if self.q_dist == "rescaled":
             self.q_sigma = args.q_sigma if args.q_sigma is not None else 0.8 * args.sigma
             self.q_noise = make_noise("general_gaussian", self.q_sigma, dim, args.k)
+        self.show_progress = getattr(args, "progress", True)
 
     def meta(self) -> dict:
         a = self.args
@@ -110,11 +179,13 @@ class InputSampler:
              # these fix how the (seed, idx) noise stream is laid out, so resumed rows stay identical
              "batch": a.batch, "channels_last": a.channels_last, "amp": a.amp, "optimize": a.optimize}
         if a.iss:
-            m.update(iss_decline=a.iss_decline, iss_n0=a.iss_n0)
+            m.update(N0=a.iss_n0, iss_decline=a.iss_decline, iss_n0=a.iss_n0)
+        elif a.select == "label":
+            m["N0"] = 0
         if self.q_dist == "rescaled":
             m.update(q_mode="rescaled", q_param=self.q_sigma)
         elif self.q_dist == "truncated":
-            m.update(q_mode="truncated", q_param=a.q_percentile)
+            m.update(q_mode="truncated", q_param=self.q_percentile)
         return m
 
     def columns(self):
@@ -128,16 +199,31 @@ class InputSampler:
     def _gen(self, idx, stream):
         return input_generator(self.args.seed, idx, stream, self.device)
 
+    def _count(self, x, noise, n, idx, stream):
+        """Class counts (numpy) of n draws from `stream`; inputs of ≥ INNER_PROGRESS_BATCHES batches are
+        counted in chunks of whole batches (the same draws) with a progress bar of their own."""
+        s, gen = self.sampler, self._gen(idx, stream)
+        chunk = INNER_PROGRESS_BATCHES * s.batch
+        if n < chunk or not self.show_progress:
+            return s.counts_np(x, noise, n, gen)
+        total = None
+        with progress(n, f"input {idx}", "draw", leave=False) as bar:
+            for start in range(0, n, chunk):
+                part = s.counts_np(x, noise, min(chunk, n - start), gen)
+                total = part if total is None else total + part
+                bar.update(min(chunk, n - start))
+        return total
+
     def _truncated_q(self, p_lower, p_upper):
         """Truncated Q with p_T fixed (a number) or from heuristic x / x+ on a P lower bound."""
         from certifynet.certify.dsrs import pooled_np_fallback_needed, truncation_beta, truncation_percentile
         a = self.args
-        if a.q_percentile in ("x", "x+"):
-            if a.q_percentile == "x+" and pooled_np_fallback_needed(p_upper):
+        if self.q_percentile in ("x", "x+"):
+            if self.q_percentile == "x+" and pooled_np_fallback_needed(p_upper):
                 return self.p_noise, "P", float("nan")
             pt = truncation_percentile(p_lower, heuristic="x")
         else:
-            pt = float(a.q_percentile)
+            pt = float(self.q_percentile)
         return make_noise("truncated", a.sigma, self.dim, a.k, percentile=pt,
                           beta=truncation_beta(pt, self.dim, a.k)), "Q", pt
 
@@ -157,11 +243,11 @@ class InputSampler:
         ISS-DSRS also fixes Q from the P pilot, draws an n0 Q pilot, then plans (n_P, n_Q).
         """
         check_finite_input(x, idx)
-        a, t0, s = self.args, time.time(), self.sampler
+        a, t0 = self.args, time.time()
         row = {"idx": idx, "label": label}
         q = None
         if a.iss:
-            pilot = s.counts_np(x, self.p_noise, a.iss_n0, self._gen(idx, STREAM_SELECT))
+            pilot = self._count(x, self.p_noise, a.iss_n0, idx, STREAM_SELECT)
             pred = int(pilot.argmax()) if a.select == "n0" else label
             k0 = int(pilot[pred])
             row.update(n0=a.iss_n0, pilot_n=a.iss_n0, pilot_count=k0)
@@ -170,28 +256,32 @@ class InputSampler:
             else:
                 from certifynet.certify.iss import dsrs_expected_radius_fn, iss_dsrs_budget
                 q = self._choose_q(k0, a.iss_n0, 2 * a.alpha)  # one-sided pilot bound at α
-                kq0 = int(s.counts_np(x, q[0], a.iss_n0, self._gen(idx, STREAM_Q_PILOT))[pred])
+                kq0 = int(self._count(x, q[0], a.iss_n0, idx, STREAM_Q_PILOT)[pred])
                 row.update(pilot_n_q=a.iss_n0, pilot_count_q=kq0)
                 radius_fn = dsrs_expected_radius_fn(a.sigma, self.dim, a.k, self.q_dist, q[2], a.alpha)
                 n, n_q = iss_dsrs_budget(k0, kq0, a.iss_n0, a.N, self.iss_step, a.alpha, a.iss_decline, a.iss, radius_fn)
         else:
             if a.select == "n0":
-                pred = int(s.counts(x, self.p_noise, a.N0, self._gen(idx, STREAM_SELECT)).argmax())
+                pred = int(self._count(x, self.p_noise, a.N0, idx, STREAM_SELECT).argmax())
                 row["n0"] = a.N0
             else:
                 pred, row["n0"] = label, 0
             n = n_q = a.N
-        count = int(s.counts(x, self.p_noise, n, self._gen(idx, STREAM_P))[pred]) if n > 0 else 0
+        count = int(self._count(x, self.p_noise, n, idx, STREAM_P)[pred]) if n > 0 else 0
         row.update(pred=pred, n=n, count=count)
         if self.q_dist != "none":
             q_noise, kind, q_param = q or self._choose_q(count, n, a.alpha / 2)
-            count_q = int(s.counts(x, q_noise, n_q, self._gen(idx, STREAM_Q))[pred]) if n_q > 0 else 0
+            count_q = int(self._count(x, q_noise, n_q, idx, STREAM_Q)[pred]) if n_q > 0 else 0
             row.update(n_q=n_q, count_q=count_q, q_kind=kind, q_param=q_param)
         row["time"] = round(time.time() - t0, 4)
         return row
+
+    def predict_counts(self, idx: int, x: torch.Tensor):
+        """Class counts of N fresh P draws for Cohen's PREDICT (stream P), after the input check."""
+        check_finite_input(x, idx)
+        return self._count(x, self.p_noise, self.args.N, idx, STREAM_P)
 
 
 def open_inputs(dataset: str, split: str, data_dir: str):
     """The dataset and its static facts (shape, classes, d)."""
     return get_dataset(dataset, split, data_dir), dataset_info(dataset)
-

@@ -37,17 +37,35 @@ def input_generator(seed: int, idx: int, stream: int, device) -> torch.Generator
     return g
 
 
+def parse_device(device: str | None) -> str:
+    """Check a --device value: 'auto', 'cpu', 'cuda' or 'cuda:N' (also 'mps'); returns it unchanged."""
+    text = "auto" if device is None else str(device)
+    base, _, index = text.partition(":")
+    if base not in ("auto", "cpu", "cuda", "mps") or (index and (base != "cuda" or not index.isdigit())):
+        raise CertifyNetError(f"--device must be auto, cpu, cuda or cuda:N, got '{text}'")
+    return text
+
+
 def resolve_device(device: str | None = None) -> torch.device:
     """'auto'/None → CUDA when available, else CPU."""
-    if device in (None, "auto"):
+    text = parse_device(device)
+    if text == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise CertifyNetError(f"--device {device} requested but CUDA is not available")
-    return torch.device(device)
+    if text.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise CertifyNetError(f"--device {text} requested but CUDA is not available")
+        if ":" in text and int(text.split(":")[1]) >= torch.cuda.device_count():
+            raise CertifyNetError(f"--device {text}: there are only {torch.cuda.device_count()} CUDA devices")
+    if text == "mps" and not torch.backends.mps.is_available():
+        raise CertifyNetError("--device mps requested but MPS is not available")
+    return torch.device(text)
 
 
 def check_finite_input(x: torch.Tensor, idx=None) -> None:
-    """Refuse NaN/Inf pixels with a one-line error (they would silently turn into one class)."""
+    """Refuse a non-tensor, and NaN/Inf pixels, with a one-line error (they would silently turn into one class)."""
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        raise CertifyNetError(f"x must be a floating-point image tensor [C, H, W], got {type(x).__name__}"
+                              + (f" of dtype {x.dtype}" if isinstance(x, torch.Tensor) else ""))
     if not torch.isfinite(x).all():
         where = f" input {idx}" if idx is not None else " the input"
         raise CertifyNetError(f"NaN or Inf pixel values in{where}")
@@ -103,21 +121,36 @@ class Sampler:
 
     @torch.inference_mode()
     def counts(self, x: torch.Tensor, noise: Noise, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Class counts (LongTensor [K], on the device) of f(x + δ_j), j = 1..n, δ_j ~ noise."""
+        """Class counts (LongTensor [K], on the device) of f(x + δ_j), j = 1..n, δ_j ~ noise.
+
+        Non-finite logits (σ too large for the model's arithmetic, NaN weights) are an error: a flag is
+        accumulated on the device and read once, at the end, so there is no host sync per batch."""
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() < 1:
+            raise CertifyNetError(f"x must be one floating-point image tensor [C, H, W], got "
+                                  f"{type(x).__name__}{tuple(x.shape) if isinstance(x, torch.Tensor) else ''}")
         x = x.to(self.device, non_blocking=True)
         shape = tuple(x.shape)
         traced = self._traced_model(shape) if n >= self.batch else None
         buf = self._buffer(shape)
         counts = torch.zeros(self.num_classes, dtype=torch.long, device=self.device)
+        finite = torch.ones((), dtype=torch.bool, device=self.device)
         remaining = int(n)
         with self._autocast():
             while remaining > 0:
                 b = min(self.batch, remaining)
                 view = buf[:b]
                 noise.sample_(view, generator).add_(x)
-                pred = (traced if (traced is not None and b == self.batch) else self.model)(view).argmax(1)
-                counts += torch.bincount(pred, minlength=self.num_classes)[: self.num_classes]
+                try:
+                    logits = (traced if (traced is not None and b == self.batch) else self.model)(view)
+                except RuntimeError as e:
+                    raise CertifyNetError(f"the model cannot take an input of shape {shape} (one image, without a "
+                                          f"batch dimension): {str(e).strip().splitlines()[0][:200]}") from None
+                finite &= torch.isfinite(logits).all()
+                counts += torch.bincount(logits.argmax(1), minlength=self.num_classes)[: self.num_classes]
                 remaining -= b
+        if n > 0 and not bool(finite):
+            raise CertifyNetError("the model's outputs are not finite (NaN/Inf) on noisy inputs: the noise is too "
+                                  "large for its float arithmetic, or its weights are broken")
         return counts
 
     def counts_np(self, x, noise, n, generator=None) -> np.ndarray:
@@ -153,10 +186,10 @@ class Smooth:
     def certify(self, x: torch.Tensor, n0: int, n: int, alpha: float, batch: int = 1000):
         """CERTIFY: ĉ_A from n0 selection draws, p̲_A from n fresh draws; (ĉ_A, σΦ⁻¹(p̲_A)) or (−1, 0.0)."""
         check_alpha(alpha)
-        check_sample_sizes(n0, n)
+        check_sample_sizes(n0, n, select_draws=True)
         check_finite_input(x)
         s = self._sampler_for(batch)
-        c_hat = int(s.counts(x, self.noise, max(n0, 1), self._gen(STREAM_SELECT)).argmax())
+        c_hat = int(s.counts(x, self.noise, n0, self._gen(STREAM_SELECT)).argmax())
         count = int(s.counts(x, self.noise, n, self._gen(STREAM_P))[c_hat])
         abstain, _, radius = certify_from_counts(count, n, self.sigma, alpha)
         return (self.ABSTAIN, 0.0) if abstain else (c_hat, radius)

@@ -2,14 +2,65 @@
 `scripts/<stage>.py` and the `certifynet-<stage>` console scripts are thin shells over them."""
 from __future__ import annotations
 
+import argparse
 import functools
+import os
 import sys
 
 from certifynet.errors import CertifyNetError
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Keeps the description's line breaks and shows every option's default."""
+
+
+class CliParser(argparse.ArgumentParser):
+    """argparse with help that shows defaults and usage errors as ONE line: `error: ... (see prog --help)`."""
+
+    def __init__(self, *args, **kw):
+        kw.setdefault("formatter_class", HelpFormatter)
+        kw.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kw)
+
+    def error(self, message):
+        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def given_options(parser: argparse.ArgumentParser, argv) -> set:
+    """The `dest` of every option that appears in argv (given explicitly, whatever its value)."""
+    saved = [(a, a.default, a.required) for a in parser._actions]
+    try:
+        for a in parser._actions:
+            a.default, a.required = argparse.SUPPRESS, False
+        ns, _ = parser.parse_known_args(argv)
+    finally:
+        for a, default, required in saved:
+            a.default, a.required = default, required
+    return set(vars(ns))
+
+
+def parse(parser: argparse.ArgumentParser, argv=None):
+    """parse_args, plus `args.given`: the set of options the user gave explicitly."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parser.parse_args(argv)
+    args.given = given_options(parser, argv)
+    return args
+
+
+def refuse(args, names, why: str) -> None:
+    """One-line error for the first explicitly given option among `names` (dests) that does not apply."""
+    for name in names:
+        if name in args.given:
+            raise CertifyNetError(f"--{name.replace('_', '-')} does not apply {why}")
+
+
 def one_line_errors(main):
-    """Run `main(argv)`; print user errors as one line `error: ...` on stderr and exit 2 (no traceback)."""
+    """Run `main(argv)`; print user errors as one line `error: ...` on stderr and exit 2 (no traceback).
+
+    OS errors (permission denied, no space, a folder where a file was expected) are user errors too.
+    Anything else is a bug: one line saying so (set CERTIFYNET_DEBUG=1 for the traceback), exit 1.
+    """
 
     @functools.wraps(main)
     def wrapper(argv=None):
@@ -21,10 +72,20 @@ def one_line_errors(main):
         except FileNotFoundError as e:
             print(f"error: file not found: {e.filename or e}", file=sys.stderr)
             return 2
+        except OSError as e:
+            where = f" '{e.filename}'" if e.filename else ""
+            print(f"error: cannot access{where}: {e.strerror or e}", file=sys.stderr)
+            return 2
         except KeyboardInterrupt:
             print("error: interrupted", file=sys.stderr)
             return 130
+        except Exception as e:  # noqa: BLE001 - the last line of defence of a CLI
+            if os.environ.get("CERTIFYNET_DEBUG"):
+                raise
+            first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+            print(f"error: unexpected {type(e).__name__}: {first} (a bug in certifynet: please report it; "
+                  f"CERTIFYNET_DEBUG=1 shows the traceback)", file=sys.stderr)
+            return 1
         return 0 if rc is None else int(rc)
 
     return wrapper
-

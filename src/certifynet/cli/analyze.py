@@ -6,12 +6,12 @@ import argparse
 import sys
 
 from certifynet import analysis
-from certifynet.cli import one_line_errors
+from certifynet.cli import CliParser, one_line_errors
 from certifynet.errors import check_alpha
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = CliParser(
         prog="analyze.py",
         description="Summarise certify logs (ours or Cohen et al.'s): certified accuracy at given radii, ACR, "
                     "clean accuracy (r=0), abstain rate, samples and seconds per input; tables and plots.")
@@ -20,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label", nargs="+", action="extend", metavar="L",
                    help="display label, one per log in order (default: sidecar label, else method σ model)")
     p.add_argument("--radii", nargs="+", type=float, default=list(analysis.DEFAULT_RADII), metavar="R",
-                   help="radius grid for certified accuracy (default: %(default)s)")
+                   help="radius grid for certified accuracy")
     p.add_argument("--out", metavar="DIR", help="write table.md/.tex/.csv, certified_accuracy.png/.pdf, report.md here")
     p.add_argument("--title", help="title of the plots, LaTeX caption and report")
     p.add_argument("--envelope", action="store_true",

@@ -1,29 +1,47 @@
 """certify.py: certificates from a counts file (--counts), or sample-and-certify in one go (--model).
 
+  python scripts/certify.py --counts results/c10_np.csv --alpha 0.001                 # → results/c10_np.np.tsv
+  python scripts/certify.py --counts results/c10_dsrs.csv                             # --method from the file: dsrs
+  python scripts/certify.py --model CKPT --sigma 0.25 --N 100000 --out results/np.tsv # Cohen's one-step flow
+
+Which --method reads which counts file: np ← plain counts (and the P draws of DSRS counts); dsrs ← counts
+sampled with --q-dist; iss-np ← counts sampled with --iss (also ISS-DSRS counts); iss-dsrs ← --iss with
+--q-dist. The default is the file's own kind. With --counts, σ, N, N0, k and the seed come from its
+sidecar; --start/--end/--skip/--max/--shard select rows of the file.
+
 Writes a tab-separated log whose first columns are Cohen's `idx label predict radius correct time`,
 then `pA_lower n samples method` (and the P/Q interval ends for DSRS); abstain is predict = −1, radius 0.
 """
 from __future__ import annotations
 
 import os
+import sys
 import time
 
-from certifynet.certify.from_counts import METHODS, certify_row
-from certifynet.cli import one_line_errors
-from certifynet.cli.runs import open_run, output_path, per_input_parser, run_rows
-from certifynet.cli.sample import _item
+from certifynet.certify.from_counts import METHODS, certify_row, check_method, counts_kind, read_counts
+from certifynet.cli import one_line_errors, parse
+from certifynet.cli.runs import item, nothing_to_do, open_run, per_input_parser, run_rows
 from certifynet.errors import CertifyNetError, check_alpha
-from certifynet.records import RowLog, read_meta, read_rows
+from certifynet.merge import to_ranges
+from certifynet.paths import check_output_file, default_path, shown
+from certifynet.records import RowLog, parse_shard, select_rows, shard_part, shard_path
 
 LOG_COLUMNS = ["idx", "label", "predict", "radius", "correct", "time", "pA_lower", "n", "samples", "method"]
 DSRS_COLUMNS = ["pA_upper", "qA_lower", "qA_upper"]
+# With --counts: flags that must agree with the sidecar field they would set, and flags that do not apply.
+SIDECAR_FLAGS = {"sigma": "sigma", "N": "N", "N0": "N0", "k": "k", "seed": "seed", "select": "select",
+                 "iss": "iss", "iss_decline": "iss_decline", "iss_n0": "iss_n0", "batch": "batch"}
+SAMPLING_ONLY = ("arch", "dataset", "normalization", "split", "data_dir", "denoiser", "device", "amp", "optimize",
+                 "channels_last", "dist", "q_dist", "q_sigma", "q_percentile")
 
 
 def build_parser():
-    p = per_input_parser("certify.py", __doc__, "log file (default: <counts>.<method>.tsv, or results/certify.tsv)")
-    p.add_argument("--counts", help="counts CSV written by sample.py")
-    p.add_argument("--method", default="np", choices=METHODS)
-    p.add_argument("--label", help="display label for analyze.py")
+    p = per_input_parser("certify.py", __doc__,
+                         "log file (default: <counts stem>.<method>.tsv, or <project>/results/certify_<method>.tsv)")
+    p.add_argument("--counts", help="counts CSV written by sample.py (certify stored counts; no model needed)")
+    p.add_argument("--method", default=None, choices=METHODS,
+                   help="certificate (default: the counts file's kind, or what the sampling flags give)")
+    p.add_argument("--label", help="display label for analyze.py (any text; kept in the sidecar)")
     return p
 
 
@@ -32,51 +50,80 @@ def _log_columns(method):
 
 
 def _log_meta(meta, args):
-    keep = {k: v for k, v in meta.items() if k not in ("columns", "kind", "created", "version")}
-    return {**keep, "kind": "certify_log", "method": args.method, "alpha": args.alpha, "label": args.label}
+    keep = {k: v for k, v in meta.items() if k not in ("columns", "kind", "created", "version", "integrity")}
+    return {**keep, "kind": "certify_log", "method": args.method, "alpha": args.alpha, "label": args.label,
+            "command": " ".join(sys.argv)}
+
+
+def _check_counts_flags(args, meta, path):
+    """With --counts nothing is sampled: sampling flags must agree with the sidecar or are refused."""
+    for dest, key in SIDECAR_FLAGS.items():
+        if dest in args.given and getattr(args, dest) != meta.get(key):
+            raise CertifyNetError(f"--{dest.replace('_', '-')} {getattr(args, dest)} disagrees with the counts file "
+                                  f"'{path}' (its sidecar has {key}={meta.get(key)!r}); with --counts it comes from "
+                                  f"the sidecar: drop the flag")
+    for dest in SAMPLING_ONLY:
+        if dest in args.given:
+            raise CertifyNetError(f"--{dest.replace('_', '-')} does not apply with --counts (nothing is sampled; "
+                                  f"the counts file's sidecar fixes how it was sampled)")
 
 
 def _certify_counts_file(args):
-    if not os.path.isfile(args.counts):
-        raise CertifyNetError(f"counts file '{args.counts}' not found")
-    meta = read_meta(args.counts)
-    header, rows = read_rows(args.counts, sep=",")
-    if meta.get("columns") and meta["columns"] != header:
-        raise CertifyNetError(f"'{args.counts}' does not match its sidecar (columns differ); was it edited?")
-    out = args.out or f"{os.path.splitext(args.counts)[0]}.{args.method}.tsv"
-    by_idx = {int(r["idx"]): r for r in rows}
-    with RowLog(out, _log_columns(args.method), _log_meta(meta, args)) as log:
+    meta, _, rows = read_counts(args.counts)
+    _check_counts_flags(args, meta, args.counts)
+    args.method = check_method(args.method, counts_kind(meta), f"'{args.counts}'")
+    shard = parse_shard(args.shard)
+    selected = select_rows(rows, args.start, args.end, args.skip, args.max)
+    mine = shard_part(selected, shard)
+    out = check_output_file(shard_path(args.out or f"{os.path.splitext(args.counts)[0]}.{args.method}.tsv", shard))
+    if nothing_to_do(mine, shard):
+        return None
+    log_meta = {**_log_meta(meta, args), "counts": os.path.abspath(args.counts), "shard": list(shard),
+                "indices": to_ranges(int(r["idx"]) for r in selected)}
+    by_idx = {int(r["idx"]): r for r in mine}
+    with RowLog(out, _log_columns(args.method), log_meta) as log:
         def make(idx):
             t0 = time.time()
             row = certify_row(by_idx[idx], meta, args.method, args.alpha)
             row["time"] = round(float(by_idx[idx].get("time") or 0) + time.time() - t0, 4)
             return row
-        run_rows(log, list(by_idx), make, f"certify {args.method}")
+        run_rows(log, list(by_idx), make, f"certify {args.method}", args.progress)
     return out
+
+
+def _sampling_method(args) -> str:
+    """The method the sampling flags imply; an explicit --method must agree with them."""
+    implied = ("iss-" if args.iss else "") + ("dsrs" if args.q_dist != "none" else "np")
+    if args.method is not None and args.method != implied:
+        if args.method.startswith("iss") != bool(args.iss):
+            need = "--iss absolute|relative" if args.method.startswith("iss") else "no --iss"
+        else:
+            need = "--q-dist truncated|rescaled" if args.method.endswith("dsrs") else "no --q-dist"
+        raise CertifyNetError(f"--method {args.method} needs {need} (these flags sample for --method {implied})")
+    return implied
 
 
 def _sample_and_certify(args):
-    if args.method.startswith("iss") != bool(args.iss):
-        raise CertifyNetError(f"--method {args.method} needs {'--iss' if args.method.startswith('iss') else 'no --iss'}")
-    if args.method.endswith("dsrs") and args.q_dist == "none":
-        raise CertifyNetError("--method dsrs needs --q-dist truncated|rescaled")
-    sampler, data, indices, meta, shard = open_run(args)
-    out = output_path(args, shard, "results/certify.tsv")
-    with RowLog(out, _log_columns(args.method), _log_meta(meta, args)) as log:
+    args.method = _sampling_method(args)
+    run = open_run(args, "certify", default_path(f"results/certify_{args.method}.tsv"))
+    if nothing_to_do(run.indices, run.shard):
+        return None
+    with RowLog(run.out, _log_columns(args.method), _log_meta(run.meta, args)) as log:
         def make(idx):
-            counts = sampler.sample(idx, *_item(data, idx))
-            row = certify_row(counts, meta, args.method, args.alpha)
+            counts = run.sampler.sample(idx, *item(run.data, idx))
+            row = certify_row(counts, run.meta, args.method, args.alpha)
             row["time"] = counts["time"]
             return row
-        run_rows(log, indices, make, f"certify {args.method}")
-    return out
+        run_rows(log, run.indices, make, f"certify {args.method}", args.progress)
+    return run.out
 
 
 @one_line_errors
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    args = parse(build_parser(), argv)
     check_alpha(args.alpha)
     if bool(args.counts) == bool(args.model):
         raise CertifyNetError("give exactly one of --counts FILE (certify stored counts) or --model CKPT (sample and certify)")
     out = _certify_counts_file(args) if args.counts else _sample_and_certify(args)
-    print(f"log: {out}")
+    if out:
+        print(f"log: {shown(out)}")

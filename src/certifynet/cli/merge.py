@@ -10,15 +10,13 @@ that agree on everything but time are kept once; conflicting duplicates are an e
 """
 from __future__ import annotations
 
-import argparse
-
-from certifynet.cli import one_line_errors
+from certifynet.cli import CliParser, one_line_errors
 from certifynet.merge import merge_files
+from certifynet.paths import shown
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="merge.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = CliParser(prog="merge.py", description=__doc__)
     p.add_argument("out", metavar="OUT", help="merged file (its sidecar OUT.meta.json lists the inputs)")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="shard files or glob patterns")
     p.add_argument("--allow-missing", action="store_true", help="write OUT even if some inputs are missing")
@@ -32,5 +30,5 @@ def main(argv=None):
     rep = merge_files(args.out, args.inputs, allow_missing=args.allow_missing, force=args.force)
     extra = f", {rep.duplicates} duplicates dropped" if rep.duplicates else ""
     extra += f", {len(rep.missing)} missing" if rep.missing else ""
-    print(f"merged {rep.rows} rows from {len(rep.inputs)} files into {rep.out}{extra}")
+    print(f"merged {rep.rows} rows from {len(rep.inputs)} files into {shown(rep.out)} (+ .meta.json){extra}")
     return 0

@@ -14,7 +14,8 @@ import time
 
 import torch
 
-from certifynet.cli import one_line_errors
+from certifynet.cli import CliParser, one_line_errors
+from certifynet.paths import default_path, safe_filename
 
 RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
 
@@ -39,7 +40,7 @@ class Demo:
         print(f"  [{time.time() - t:.1f}s, total {time.time() - self.t0:.0f}s]", flush=True)
 
     def certify(self, counts, method, label, alpha=0.001):
-        log = self.path(f"{label}.tsv")
+        log = self.path(f"{safe_filename(label)}.tsv")  # ASCII, no spaces; the label lives in the sidecar
         self.run("certify", ["--counts", counts, "--method", method, "--alpha", alpha, "--out", log, "--label", label])
         self.logs.append(log)
         self.labels.append(label)
@@ -65,23 +66,25 @@ def noisy_accuracy(model, data, sigma, seed=0):
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="quickstart.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="results/quickstart")
-    p.add_argument("--sigma", type=float, default=0.25)
+    p = CliParser(prog="quickstart.py", description=__doc__)
+    p.add_argument("--out", default=default_path("results/quickstart"), help="output folder")
+    p.add_argument("--sigma", type=float, default=0.25, help="σ of training and of every smoothing run")
     p.add_argument("--digits", type=int, default=100, help="test digits to certify")
-    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--epochs", type=int, default=10, help="training epochs of the Gaussian LeNet")
     p.add_argument("--N", type=int, default=2000, help="NP sample size (DSRS uses N/2 from P and N/2 from Q)")
     p.add_argument("--denoiser-sigma", type=float, default=1.0,
                    help="σ of the denoised-smoothing stage (at σ=0.25 a clean LeNet is already robust on MNIST)")
     p.add_argument("--skip-denoiser", action="store_true", help="leave out the denoised-smoothing stage")
     p.add_argument("--fresh", action="store_true", help="delete earlier quickstart outputs first")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars in the stages")
     return p
 
 
 @one_line_errors
 def main(argv=None):
     a = build_parser().parse_args(argv)
+    if not a.progress:
+        os.environ["CERTIFYNET_NO_PROGRESS"] = "1"
     if a.fresh and os.path.isdir(a.out):
         import shutil
         shutil.rmtree(a.out)

@@ -22,22 +22,24 @@ import subprocess
 import sys
 import time
 
-from certifynet.cli import one_line_errors
+from certifynet.cli import CliParser, HelpFormatter, one_line_errors
 from certifynet.errors import CertifyNetError
 from certifynet.merge import merge_files
+from certifynet.paths import default_path
 from certifynet.records import shard_path
 
 OUTPUT_LINE = re.compile(r"^(?:log|counts): (.+)$")  # what sample/certify/predict print last
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="run_shards.py", description=__doc__, usage="%(prog)s [options] -- SCRIPT ARGS...",
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = CliParser(prog="run_shards.py", description=__doc__, usage="%(prog)s [options] -- SCRIPT ARGS...",
+                  formatter_class=HelpFormatter)
     p.add_argument("--shards", type=int, required=True, metavar="N", help="number of shards")
     p.add_argument("--jobs", type=int, metavar="J", help="shards run at once (default N)")
     p.add_argument("--only", type=int, nargs="+", metavar="I", help="run only these shard numbers")
     p.add_argument("--threads", type=int, metavar="T", help="OMP_NUM_THREADS of each shard (default cores/J)")
-    p.add_argument("--logs", metavar="DIR", help="folder of the per-shard logs (default: beside the outputs, or logs/)")
+    p.add_argument("--logs", metavar="DIR", help="folder of the per-shard logs (default: beside the outputs, or "
+                                                 "<project>/logs)")
     p.add_argument("--merge", metavar="OUT", help="merge the shard outputs into OUT when all shards succeeded")
     p.add_argument("--allow-missing", action="store_true", help="passed to the merge")
     return p
@@ -75,7 +77,7 @@ def log_path(cmd, i, n, logs_dir):
     out = _option(cmd, "--out")
     name = (os.path.basename(shard_path(out, (i, n))) if out
             else f"{os.path.splitext(os.path.basename(cmd[0]))[0]}.shard{i}of{n}")
-    folder = logs_dir or (os.path.dirname(out) if out else "logs") or "."
+    folder = logs_dir or (os.path.dirname(out) if out else default_path("logs")) or "."
     return os.path.join(folder, name + ".log")
 
 

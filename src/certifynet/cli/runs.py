@@ -1,59 +1,79 @@
-"""Shared driver for the per-input scripts: open model + data, pick the shard, resume, loop with tqdm."""
+"""Shared driver for the per-input scripts: validate, open model + data, pick the shard, resume, loop."""
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 
-from tqdm import tqdm
-
-from certifynet.errors import CertifyNetError
-import argparse
-
-from certifynet.pipeline import InputSampler, add_common_run_args, add_noise_args, load_smoothing_model, open_inputs
-from certifynet.sampling import resolve_device
+from certifynet.cli import CliParser
+from certifynet.paths import check_output_file, shown
+from certifynet.pipeline import (InputSampler, add_common_run_args, add_noise_args, check_run_args,
+                                 load_smoothing_model, open_inputs)
+from certifynet.progress import progress
 from certifynet.records import RowLog, parse_shard, select_indices, shard_path
+from certifynet.sampling import resolve_device
 
 
-def per_input_parser(prog: str, doc: str, out_help: str) -> argparse.ArgumentParser:
+def per_input_parser(prog: str, doc: str, out_help: str) -> CliParser:
     """The parser shared by sample.py / certify.py / predict.py: model, data, inputs, noise, --out."""
-    p = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = CliParser(prog=prog, description=doc)
     p.add_argument("--out", help=out_help)
     add_common_run_args(p)
     add_noise_args(p)
     return p
 
 
-def require(args, *names):
-    for n in names:
-        if getattr(args, n.replace("-", "_")) is None:
-            raise CertifyNetError(f"--{n} is required")
+@dataclass
+class Run:
+    """What a sample/certify/predict run works on: its sampler, data, the inputs of its shard, metadata, output."""
+    sampler: InputSampler
+    data: object
+    indices: list
+    meta: dict
+    shard: tuple
+    out: str
 
 
-def open_run(args):
-    """(sampler, dataset, indices, meta) for a sample/certify run from parsed args."""
-    require(args, "model", "sigma")
+def open_run(args, mode: str, default_out: str) -> Run:
+    """Validate every flag and the output path (nothing is created), then load the model and data and select
+    this shard's inputs."""
+    check_run_args(args, mode)
+    shard = parse_shard(args.shard)
+    out = check_output_file(shard_path(args.out or default_out, shard))
     device = resolve_device(args.device)
     model, ckpt, model_meta = load_smoothing_model(args.model, args.dataset, args.arch, args.denoiser,
                                                    args.sigma, device, args.normalization)
     data, info = open_inputs(ckpt.dataset, args.split, args.data_dir)
-    shard = parse_shard(args.shard)
     indices = select_indices(len(data), args.start, args.end, args.skip, args.max, shard)
     sampler = InputSampler(model, info.num_classes, info.dim, args, device)
     # n_inputs (dataset size) lets merge.py rebuild the full selection and report missing shards.
     meta = {**model_meta, **sampler.meta(), "split": args.split, "n_inputs": len(data), "shard": list(shard),
             "start": args.start, "end": args.end, "skip": args.skip, "max": args.max,
             "command": " ".join(sys.argv)}
-    return sampler, data, indices, meta, shard
+    return Run(sampler, data, indices, meta, shard, out)
 
 
-def run_rows(log: RowLog, indices, make_row, desc: str) -> int:
+def nothing_to_do(indices, shard) -> bool:
+    """True (and says so) when this shard selects no inputs: an array with more tasks than inputs."""
+    if indices:
+        return False
+    print(f"shard {shard[0]}/{shard[1]} selects no inputs; nothing to do", file=sys.stderr)
+    return True
+
+
+def run_rows(log: RowLog, indices, make_row, desc: str, show: bool = True) -> int:
     """Write make_row(idx) for every idx not yet in the log; returns how many were written."""
     todo = [i for i in indices if i not in log.done]
     if len(todo) < len(indices):
-        print(f"resuming: {len(indices) - len(todo)} of {len(indices)} inputs already in {log.path}", file=sys.stderr)
-    for idx in tqdm(todo, desc=desc, unit="input", file=sys.stderr, dynamic_ncols=True):
-        log.write(make_row(idx))
+        print(f"resuming: {len(indices) - len(todo)} of {len(indices)} inputs already in {shown(log.path)}",
+              file=sys.stderr)
+    with progress(len(todo), desc, "input", enabled=show) as bar:
+        for idx in todo:
+            log.write(make_row(idx))
+            bar.update(1)
     return len(todo)
 
 
-def output_path(args, shard, default: str) -> str:
-    return shard_path(args.out or default, shard)
+def item(data, i):
+    """(image, integer label) of dataset item i."""
+    x, y = data[i]
+    return x, int(y)

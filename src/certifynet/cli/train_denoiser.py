@@ -12,17 +12,17 @@ from __future__ import annotations
 
 import argparse
 
-from certifynet.cli import one_line_errors
+from certifynet.cli import CliParser, HelpFormatter, one_line_errors
 from certifynet.denoise.train import (CHOICES, OPTION_SPECS, coerce_option, read_options_file, resolve_options,
                                       train_denoiser)
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="train_denoiser.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                argument_default=argparse.SUPPRESS)
+    p = CliParser(prog="train_denoiser.py", description=__doc__, formatter_class=HelpFormatter,
+                  argument_default=argparse.SUPPRESS)
     p.add_argument("--opt", help="JSON options file (keys as the flags below, with _ for -)")
-    p.add_argument("--no-progress", action="store_true", help="no tqdm bar / per-epoch lines")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (without a terminal, progress is printed as plain lines every 30 s)")
     g = p.add_argument_group("options (override the --opt file)")
     for name, (kind, help_) in OPTION_SPECS.items():
         flag = "--" + name.replace("_", "-")

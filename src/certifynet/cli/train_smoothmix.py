@@ -12,32 +12,32 @@ from __future__ import annotations
 
 import argparse
 
-from certifynet.cli import one_line_errors
-from certifynet.cli.train import add_common_args
+from certifynet.cli import CliParser, one_line_errors, parse
+from certifynet.cli.train import add_common_args, check_noise_flags, report_outputs
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="train_smoothmix.py", description=__doc__, allow_abbrev=False,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = CliParser(prog="train_smoothmix.py", description=__doc__)
     add_common_args(p)
     s = p.add_argument_group("SmoothMix")
-    s.add_argument("--eta", type=float, default=1.0, help="weight η of the mixup term (default 1.0)")
+    s.add_argument("--eta", type=float, default=1.0, help="weight η of the mixup term")
     s.add_argument("--num-steps", "--num_steps", dest="num_steps", type=int, default=8,
-                   help="steps T of the adversarial path (default 8)")
-    s.add_argument("--alpha", type=float, default=1.0, help="L2 step size α of the path (default 1.0)")
+                   help="steps T of the adversarial path")
+    s.add_argument("--alpha", type=float, default=1.0, help="L2 step size α of the path")
     s.add_argument("--mix_step", "--mix-step", dest="mix_step", type=int, default=0,
-                   help="path step used as x_init (0 = the clean input; 1 = the one-step adversary) (default 0)")
+                   help="path step used as x_init (0 = the clean input; 1 = the one-step adversary)")
     s.add_argument("--maxnorm_s", "--maxnorm-s", dest="maxnorm_s", type=float, default=None,
-                   help="radius of x_init before the warm-up weight (default α·mix_step)")
-    s.add_argument("--maxnorm", type=float, default=None, help="L2 radius of the whole path (default unbounded)")
+                   help="radius of x_init before the warm-up weight")
+    s.add_argument("--maxnorm", type=float, default=None, help="L2 radius of the whole path")
     s.add_argument("--warmup", type=int, default=10,
-                   help="epochs of the linear warm-up of the mixup weight (default 10)")
+                   help="epochs of the linear warm-up of the mixup weight")
     return p
 
 
 @one_line_errors
 def main(argv=None):
     from certifynet.training.loop import TrainConfig, run_training
-    args = build_parser().parse_args(argv)
-    run_training(TrainConfig.from_namespace(args, method="smoothmix"))
+    args = parse(build_parser(), argv)
+    check_noise_flags(args)
+    report_outputs(run_training(TrainConfig.from_namespace(args, method="smoothmix")))
     return 0

@@ -23,7 +23,7 @@ import torch.nn as nn
 
 from certifynet.denoise import build_denoiser_from_config, denoiser_config, get_denoiser
 from certifynet.errors import CertifyNetError
-from certifynet.models import CHECKPOINT_FORMAT, _plain, read_checkpoint_file, write_checkpoint
+from certifynet.models import CHECKPOINT_FORMAT, _plain, check_finite_weights, read_checkpoint_file, write_checkpoint
 
 DENOISER_FORMAT = "certifynet-denoiser"
 # Denoiser architectures of the denoised-smoothing code that we can rebuild (all DnCNN variants).
@@ -69,6 +69,12 @@ def _infer_dncnn(state: dict) -> nn.Module:
     """DnCNN from `dncnn.<i>.weight` shapes: in_channels = W₀.shape[1], channels = W₀.shape[0], depth = #convs."""
     convs = _conv_weights(state, "dncnn")
     return get_denoiser("dncnn", convs[0].shape[1], channels=convs[0].shape[0], depth=len(convs))
+
+
+def _kair_single_body(state: dict) -> dict:
+    """KAIR builds m_body with B.sequential(*nb ResBlocks), which returns a lone module unwrapped: with nb = 1
+    its keys are `m_body.res.*`, not `m_body.0.res.*`. Put the index back so that our Sequential loads it."""
+    return {("m_body.0." + k[len("m_body."):] if k.startswith("m_body.res.") else k): v for k, v in state.items()}
 
 
 def _infer_drunet(state: dict) -> nn.Module:
@@ -129,11 +135,13 @@ def load_denoiser(path: str, device="cpu") -> LoadedDenoiser:
         if "dncnn.0.weight" in state:
             model = _infer_dncnn(state)
         elif "m_head.weight" in state:
+            state = _kair_single_body(state)
             model = _infer_drunet(state)
         else:
             raise CertifyNetError(f"denoiser '{path}' has an unknown layout: unmatched keys {list(state)[:3] or '-'} "
                                   f"(expected DnCNN 'dncnn.0.weight' or DRUNet 'm_head.weight')")
     state = _strip(state)
+    check_finite_weights(state, path)
     _load_strict(model, state, path)
     return LoadedDenoiser(model=model.to(device).eval(), path=os.path.abspath(path),
                           config=_plain(denoiser_config(model)), source=source, raw=raw, **kw)

@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 
 import torch
 from torch.utils.data import DataLoader, Subset
-from tqdm import tqdm
 
 from certifynet.data import dataset_info, get_dataset
 from certifynet.denoise import (DENOISER_PRESETS, classification_loss, denoiser_config, freeze, get_denoiser,
@@ -31,6 +30,8 @@ from certifynet.denoise import (DENOISER_PRESETS, classification_loss, denoiser_
 from certifynet.denoise.checkpoint import load_denoiser, save_denoiser
 from certifynet.errors import CertifyNetError
 from certifynet.models import load_checkpoint
+from certifynet.paths import check_output_folder, default_path
+from certifynet.progress import progress as progress_bar
 from certifynet.records import RowLog
 from certifynet.sampling import input_generator, resolve_device
 
@@ -53,7 +54,7 @@ class TrainOptions:
     """Every option of a denoiser run; JSON keys and CLI flags share these names (`lr_gamma` ↔ `--lr-gamma`)."""
     task: str | None = None                  # free run name (KAIR's "task")
     dataset: str = "mnist5k"
-    data_dir: str = "data"
+    data_dir: str | None = None              # None: <project>/data
     arch: str = "drunet_small"               # a DENOISER_PRESETS name
     objective: str = "mse"
     classifier: str | None = None            # checkpoint of F (frozen); needed by stability/classification
@@ -65,7 +66,7 @@ class TrainOptions:
     lr: float = 1e-3
     lr_milestones: list = field(default_factory=list)
     lr_gamma: float = 0.1
-    outdir: str = "results/denoiser"
+    outdir: str | None = None                # None: <project>/results/denoiser
     resume: bool | str = False               # True: outdir/denoiser.pth; a path: that checkpoint
     pretrained_denoiser: str | None = None   # initial weights (e.g. an MSE denoiser before Stab fine-tuning)
     train_subset: int | None = None          # first n training images
@@ -79,7 +80,7 @@ class TrainOptions:
 OPTION_SPECS = {
     "task": ("str", "run name, stored in the checkpoint"),
     "dataset": ("str", "dataset (mnist5k, mnist, cifar10, imagenet)"),
-    "data_dir": ("str", "dataset folder"),
+    "data_dir": ("str", "dataset folder (default <project>/data)"),
     "arch": ("str", f"denoiser preset: {', '.join(DENOISER_PRESETS)}"),
     "objective": ("str", f"training loss: {', '.join(OBJECTIVES)}"),
     "classifier": ("str", "classifier checkpoint F (frozen); required by stability/classification"),
@@ -91,7 +92,7 @@ OPTION_SPECS = {
     "lr": ("float", "Adam learning rate"),
     "lr_milestones": ("ints", "comma list of epochs at which lr *= lr_gamma"),
     "lr_gamma": ("float", "MultiStepLR factor"),
-    "outdir": ("str", f"output folder ({CHECKPOINT_NAME}, {LOG_NAME})"),
+    "outdir": ("str", f"output folder ({CHECKPOINT_NAME}, {LOG_NAME}; default <project>/results/denoiser)"),
     "resume": ("resume", f"continue from OUTDIR/{CHECKPOINT_NAME} (or from the given checkpoint)"),
     "pretrained_denoiser": ("str", "initial denoiser weights (e.g. MSE-trained, for Stab fine-tuning)"),
     "train_subset": ("int", "use the first n training images"),
@@ -272,8 +273,8 @@ def train_epoch(model, classifier, loader, optimizer, objective: str, spec: dict
     """One pass over `loader`; returns the sample-weighted mean loss."""
     model.train()
     loss_fn, total, n = OBJECTIVES[objective], 0.0, 0
-    bar = tqdm(loader, desc=desc, unit="batch", file=sys.stderr, dynamic_ncols=True, disable=not progress, leave=False)
-    for x, y in bar:
+    bar = progress_bar(len(loader), desc, "batch", enabled=progress, leave=False)
+    for x, y in loader:
         x, y = x.to(device), y.to(device)
         sig = draw_sigmas(spec, len(x), generator, device)
         loss = loss_fn(model(noisy_batch(x, sig, generator), sig), x, y, classifier)
@@ -281,7 +282,9 @@ def train_epoch(model, classifier, loader, optimizer, objective: str, spec: dict
         loss.backward()
         optimizer.step()
         total, n = total + float(loss.detach()) * len(x), n + len(x)
+        bar.update(1)
         bar.set_postfix(loss=f"{total / n:.4f}")
+    bar.close()
     return total / max(n, 1)
 
 
@@ -314,7 +317,10 @@ def _resume_path(opts, ckpt_path):
 def train_denoiser(opts: TrainOptions, progress: bool = True) -> dict:
     """Run (or resume) training; returns {"model" (trained D), "checkpoint", "log", "history": [log rows],
     "start_epoch"}."""
+    opts = dataclasses.replace(opts, outdir=opts.outdir or default_path("results/denoiser"),
+                               data_dir=opts.data_dir or default_path("data"))
     spec = check_options(opts)
+    check_output_folder(opts.outdir, "--outdir")
     device = resolve_device(opts.device)
     info = dataset_info(opts.dataset)
     train_set = _first(get_dataset(opts.dataset, "train", opts.data_dir), opts.train_subset)

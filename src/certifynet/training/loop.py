@@ -50,7 +50,9 @@ from torch.utils.data.distributed import DistributedSampler
 from certifynet._version import __version__
 from certifynet.data import dataset_info, get_dataset
 from certifynet.errors import CertifyNetError
-from certifynet.records import atomic_write
+from certifynet.paths import check_output_folder, default_path
+from certifynet.progress import progress
+from certifynet.records import WriterLock, atomic_write
 from certifynet.models import (get_architecture, load_checkpoint, parse_normalization, resolve_normalization,
                                save_checkpoint)
 from certifynet.noise import GaussianNoise, GeneralizedGaussianNoise, check_k
@@ -128,8 +130,33 @@ def resolve_method(cfg: TrainConfig) -> str:
     return "consistency" if cfg.num_noise_vec >= 2 and cfg.lbd > 0 else "gaussian"
 
 
-def default_outdir(dataset: str, arch: str, sigma: float, k: int = 0) -> str:
-    return os.path.join("models", dataset, arch, f"noise_{sigma:.2f}" + (f"_k{k}" if k else ""))
+def _num(v) -> str:
+    """A number for a folder name: 0.25 → '0.25', 5.0 → '5', 1e-4 → '0.0001'."""
+    return f"{float(v):.10g}"
+
+
+def default_outdir(cfg: "TrainConfig", method: Optional[str] = None) -> str:
+    """<project>/models/<dataset>/<arch>/<method>/<hyper-parameters>/noise_<σ>[_k<k>[_kw<warm-up>]], as the
+    consistency/SmoothMix repos name their runs, so that recipes differing in any of them never share a folder:
+    consistency: num_<m>/lbd_<λ>/eta_<η>[_dsrs]; smoothmix: num_<m>/eta_<η>/steps_<T>/alpha_<α>/mix_<s>
+    [/maxnorm_<r>][/maxnorms_<r>]/warmup_<w>; gaussian: [num_<m>] when m > 1."""
+    method = method or resolve_method(cfg)
+    sigma = f"{cfg.sigma:.2f}" if round(cfg.sigma, 2) == cfg.sigma else _num(cfg.sigma)
+    noise = f"noise_{sigma}" + (f"_k{cfg.k}" + (f"_kw{cfg.k_warmup}" if cfg.k_warmup else "") if cfg.k else "")
+    parts = [method]
+    if method == "consistency":
+        eta = cfg.lbd if cfg.eta is None else cfg.eta
+        entropy = cfg.entropy or ("dsrs" if cfg.eta is None else "pbar")
+        parts += [f"num_{cfg.num_noise_vec}", f"lbd_{_num(cfg.lbd)}", f"eta_{_num(eta)}" + ("_dsrs" if entropy == "dsrs" else "")]
+    elif method == "smoothmix":
+        parts += [f"num_{cfg.num_noise_vec}", f"eta_{_num(1.0 if cfg.eta is None else cfg.eta)}",
+                  f"steps_{cfg.num_steps}", f"alpha_{_num(cfg.alpha)}", f"mix_{cfg.mix_step}"]
+        parts += [f"maxnorm_{_num(cfg.maxnorm)}"] if cfg.maxnorm is not None else []
+        parts += [f"maxnorms_{_num(cfg.maxnorm_s)}"] if cfg.maxnorm_s is not None else []
+        parts += [f"warmup_{cfg.warmup}"]
+    elif cfg.num_noise_vec > 1:
+        parts += [f"num_{cfg.num_noise_vec}"]
+    return default_path(os.path.join("models", cfg.dataset, cfg.arch, *parts, noise))
 
 
 def warmup_unit(cfg: TrainConfig) -> str:
@@ -186,8 +213,11 @@ def prepare_config(cfg: TrainConfig, world_size: int = 1) -> TrainConfig:
                                           f"--num-noise-vec={cfg.num_noise_vec} images")
     _check(cfg.resume is None or cfg.resume != "", "--resume needs a path or 'auto'")
     entropy = cfg.entropy or ("dsrs" if cfg.eta is None else "pbar")
-    return dataclasses.replace(cfg, sigma=s, method=method, entropy=entropy,
-                               outdir=cfg.outdir or default_outdir(cfg.dataset, cfg.arch, s, cfg.k))
+    cfg = dataclasses.replace(cfg, sigma=s, method=method, entropy=entropy)
+    outdir = cfg.outdir or default_outdir(cfg)
+    if not cfg.dry_run:
+        check_output_folder(outdir, "--outdir")
+    return dataclasses.replace(cfg, outdir=outdir)
 
 
 # ---------------------------------------------------------------- losses
@@ -479,10 +509,7 @@ def evaluate_noisy(model, loader, noise_fn, device):
 
 
 def _progress(total, desc, enabled):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True, mininterval=1.0, file=sys.stderr)
+    return progress(total, desc, "step", enabled=enabled, leave=False) if enabled else None
 
 
 def _save(cfg, model, optimizer, scheduler, epochs_done, global_step, k_now, info):
@@ -577,11 +604,17 @@ def train(cfg: TrainConfig, info: Optional[ddp.DistInfo] = None) -> dict:
         summary.update(dry_run=True, loss=loss, parameters=n_params)
         return summary
 
-    log = None
+    log, lock, created = None, None, False
     if info.is_main:
+        created = not os.path.isdir(cfg.outdir)
         os.makedirs(cfg.outdir, exist_ok=True)
-        log = EpochLog(cfg.outdir, _meta(cfg, info, len(train_set), len(test_set), source, normalization, start_epoch),
-                       start_epoch, resumed=resume_ck is not None)
+        lock = WriterLock(ckpt_path).acquire(cfg.outdir)  # one training run per folder
+        try:
+            log = EpochLog(cfg.outdir, _meta(cfg, info, len(train_set), len(test_set), source, normalization,
+                                             start_epoch), start_epoch, resumed=resume_ck is not None)
+        except BaseException:
+            lock.release()
+            raise
     try:
         if cfg.epochs == 0 and resume_ck is None:
             if info.is_main:
@@ -621,11 +654,32 @@ def train(cfg: TrainConfig, info: Optional[ddp.DistInfo] = None) -> dict:
             if info.is_main:
                 _save(cfg, model, optimizer, scheduler, epoch + 1, first + steps_per_epoch, k_now, info)
         ddp.barrier()
+    except BaseException:
+        if info.is_main and resume_ck is None and not summary["rows"] and not os.path.isfile(ckpt_path):
+            log.close()
+            log, lock = None, lock.release()
+            _remove_empty_run(cfg.outdir, created)  # a failed fresh run leaves no header-only log behind
+        raise
     finally:
         if log is not None:
             log.close()
+        if lock is not None:
+            lock.release()
     summary["last"] = summary["rows"][-1] if summary["rows"] else None
     return summary
+
+
+def _remove_empty_run(outdir: str, created: bool) -> None:
+    """Delete the log and sidecar of a run that wrote no epoch, and its folder if this run created it empty."""
+    for name in (LOG_NAME, META_NAME):
+        path = os.path.join(outdir, name)
+        if os.path.isfile(path):
+            os.unlink(path)
+    if created:
+        try:
+            os.rmdir(outdir)
+        except OSError:
+            pass
 
 
 def run_training(cfg: TrainConfig) -> dict:
