@@ -23,10 +23,13 @@ def unavailable_reason():
             f"; missing: {missing}" if missing else "")
     if missing:
         t0 = time.time()
-        r = subprocess.run(["bash", CLUSTER_SH, "install"], capture_output=True, text=True)
+        try:
+            r = subprocess.run(["bash", CLUSTER_SH, "install"], capture_output=True, text=True, timeout=600)
+        except subprocess.TimeoutExpired:
+            return "SLURM unavailable: installing slurm-wlm, munge took over 10 minutes"
         if r.returncode:
             lines = (r.stderr or r.stdout).strip().splitlines() or [f"exit code {r.returncode}"]
-            return f"SLURM unavailable: {lines[-1]}"
+            return f"SLURM unavailable: {lines[-1].removeprefix('error: ')}"
         print(f"installed slurm-wlm, munge in {time.time() - t0:.0f} s", file=sys.stderr)
     return None
 
