@@ -53,13 +53,16 @@ def submit_pipeline(slurm, folder, **settings):
 
 
 def wait_for_rows(slurm, array_id, task, path, rows, timeout=240):
-    """Wait until array task `task` is running and has written `rows` rows to path (at most 20 ms late)."""
-    deadline = time.time() + timeout
+    """Wait until array task `task` has written `rows` rows to path (the file is polled every 10 ms, the task's
+    state every second: it must not end first)."""
+    deadline, checked = time.time() + timeout, 0.0
     while n_rows(path) < rows:
-        state = slurm.states(array_id).get(f"{array_id}_{task}")
-        assert state in ("PENDING", "RUNNING", None), f"task {task} is {state} before it wrote {rows} rows"
+        if time.time() - checked > 1:
+            checked = time.time()
+            state = slurm.states(array_id).get(f"{array_id}_{task}")
+            assert state in ("PENDING", "RUNNING", None), f"task {task} is {state} before it wrote {rows} rows"
         assert time.time() < deadline, f"task {task} wrote no {rows} rows in {timeout} s:\n{slurm.queue()}"
-        time.sleep(0.02)
+        time.sleep(0.01)
 
 
 def resumed_rows(log):
@@ -68,8 +71,9 @@ def resumed_rows(log):
     return m and int(m.group(1))
 
 
-def task_pid(array_id, task, timeout=240):
-    """PID of the certify.py process that array task `task` of job `array_id` runs (found in /proc)."""
+def task_pid(slurm, array_id, task, timeout=240):
+    """PID of the certify.py process that array task `task` of job `array_id` runs on this cluster (in /proc:
+    job ids repeat across clusters, so its SLURM_CONF must be ours too)."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         for pid in filter(str.isdigit, os.listdir("/proc")):
@@ -81,6 +85,7 @@ def task_pid(array_id, task, timeout=240):
             except OSError:
                 continue
             if (len(cmd) > 1 and cmd[1].endswith(b"scripts/certify.py")
+                    and env.get(b"SLURM_CONF") == slurm.conf.encode()
                     and env.get(b"SLURM_ARRAY_JOB_ID") == array_id.encode()
                     and env.get(b"SLURM_ARRAY_TASK_ID") == str(task).encode()):
                 return int(pid)
@@ -167,7 +172,7 @@ def test_kill9_fails_the_task_holds_the_merge_and_its_rerun_resumes(slurm, pipel
     ids, env = submit_pipeline(slurm, folder, SKIP_TRAIN=1, MODEL=pipeline.model, ANALYSIS="")
     array, merge = ids["certify"], ids["merge"]
     victim = shard_path(env["OUT"], (2, SHARDS))
-    pid = task_pid(array, 2)
+    pid = task_pid(slurm, array, 2)
     wait_for_rows(slurm, array, 2, victim, 1)
     os.kill(pid, signal.SIGKILL)
     killed_at = n_rows(victim)
