@@ -18,9 +18,9 @@ SKIP_TRAIN=${SKIP_TRAIN:-0}
 # sbatch options (empty: the templates' #SBATCH lines as they are)
 PARTITION=${PARTITION:-}     # --partition of every job
 CPU_ONLY=${CPU_ONLY:-0}      # 1: --gres=none for train and the array (a CPU-only partition refuses GPU requests)
-TRAIN_OPTS=${TRAIN_OPTS:-}   # further options per job, e.g. TASK_OPTS="--gres=gpu:a100:1 --time=2:00:00"
-TASK_OPTS=${TASK_OPTS:-}     #   or "--cpus-per-task=2 --mem=4G --account=proj"; pass the same TASK_OPTS
-MERGE_OPTS=${MERGE_OPTS:-}   #   to sbatch when rerunning single tasks by hand
+TRAIN_OPTS=${TRAIN_OPTS:-}   # further sbatch options for the train job,
+TASK_OPTS=${TASK_OPTS:-}     #   for each array task (e.g. "--gres=gpu:a100:1 --time=2:00:00 --account=proj";
+MERGE_OPTS=${MERGE_OPTS:-}   #   give tasks you rerun by hand the same) and for the merge job
 LOGS=${LOGS:-}               # folder of the jobs' output files (default: logs/, from the #SBATCH lines)
 
 if [ "$SKIP_TRAIN" = 1 ] && [ ! -f "$MODEL" ]; then
@@ -53,4 +53,6 @@ echo "certify: $ARRAY_JOB_ID (array 0-$((SHARDS - 1)))"
 # shellcheck disable=SC2086
 MERGE_ID=$(submit --dependency="afterok:$ARRAY_JOB_ID" ${single_log[@]+"${single_log[@]}"} $MERGE_OPTS \
     scripts/slurm/merge_analyze.sbatch)
-echo "merge:   $MERGE_ID -> $OUT, ${OUT%.*}_analysis/"
+merged=${MERGED:-$OUT}
+analysis=${ANALYSIS-${merged%.*}_analysis}   # as merge_analyze.sbatch names them
+echo "merge:   $MERGE_ID -> $merged${analysis:+, $analysis/}"

@@ -218,3 +218,32 @@ def test_sample_array_then_merge_then_certify_from_counts(slurm, pipeline, tmp_p
                       certify: "COMPLETED"}, slurm.queue()
     assert n_rows(counts) == DIGITS and not os.path.exists(counts[:-4] + "_analysis")   # counts: no analysis
     assert rows_by_idx(log) == rows_by_idx(pipeline.reference)
+
+
+def test_submit_pipeline_options_become_sbatch_options(tmp_path):
+    """Without a scheduler (a fake sbatch records its arguments): the resource variables reach sbatch's command
+    line, SHARDS is not passed to the jobs, and SKIP_TRAIN=1 without a model submits nothing."""
+    fake = tmp_path / "bin" / "sbatch"
+    fake.parent.mkdir()
+    fake.write_text('#!/bin/bash\necho "$* SHARDS=${SHARDS:-unset}" >> "$SBATCH_LOG"\n'
+                    'echo "$((100 + $(wc -l < "$SBATCH_LOG")))"\n')
+    fake.chmod(0o755)
+    env = {**os.environ, "PATH": f"{fake.parent}{os.pathsep}{os.environ['PATH']}", "SBATCH_LOG": str(tmp_path / "calls"),
+           "SHARDS": "4", "OUT": str(tmp_path / "res" / "x.tsv"), "LOGS": str(tmp_path / "logs"), "ANALYSIS": "",
+           **RESOURCES}
+    script = os.path.join(SLURM_DIR, "submit_pipeline.sh")
+    r = subprocess.run(["bash", script], env=env, capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[-1] == f"merge:   103 -> {env['OUT']}"     # ANALYSIS="": no analysis
+    logs, cpus = env["LOGS"], min(2, os.cpu_count() or 1)
+    assert (tmp_path / "calls").read_text().splitlines() == [
+        f"--parsable --partition=debug --gres=none --output={logs}/%x_%j.out --cpus-per-task={cpus} --mem=2G "
+        "--time=00:20:00 scripts/slurm/train.sbatch SHARDS=unset",
+        f"--parsable --partition=debug --dependency=afterok:101 --array=0-3 --gres=none --output={logs}/%x_%A_%a.out "
+        "--cpus-per-task=1 --mem=1G --time=00:20:00 scripts/slurm/certify.sbatch SHARDS=unset",
+        f"--parsable --partition=debug --dependency=afterok:102 --output={logs}/%x_%j.out --cpus-per-task=1 --mem=1G "
+        "scripts/slurm/merge_analyze.sbatch SHARDS=unset"]
+    os.remove(tmp_path / "calls")
+    r = subprocess.run(["bash", script], env={**env, "SKIP_TRAIN": "1", "MODEL": str(tmp_path / "none.pth")},
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "SKIP_TRAIN=1 but MODEL" in r.stderr and not os.path.exists(tmp_path / "calls")
