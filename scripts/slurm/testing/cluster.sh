@@ -62,6 +62,7 @@ start() {
     [ -z "$(missing_commands)" ] || { echo "error: missing $(missing_commands); run: $0 install" >&2; exit 3; }
     if [ -n "$(live_daemons "$dir")" ]; then echo "error: $dir holds a running cluster; stop it first" >&2; exit 2; fi
     mkdir -p "$dir/state" "$dir/spool" "$dir/munge"
+    trap "stop '$dir'" EXIT   # whatever fails from here on: stop the daemons already started
     chmod 700 "$dir" "$dir/munge"
     head -c 1024 /dev/urandom > "$dir/munge/munge.key"
     chmod 400 "$dir/munge/munge.key"
@@ -111,11 +112,9 @@ EOF
     export SLURM_CONF=$dir/slurm.conf
     slurmctld -f "$SLURM_CONF"
     slurmd -f "$SLURM_CONF"
-    if ! wait_for 60 "the node to be idle (see $dir/slurmctld.log, $dir/slurmd.log)" \
-            bash -c '[ "$(sinfo -h -N -o %t)" = idle ]'; then
-        stop "$dir"
-        exit 1
-    fi
+    wait_for 60 "the node to be idle (see $dir/slurmctld.log, $dir/slurmd.log)" \
+        bash -c '[ "$(sinfo -h -N -o %t)" = idle ]'
+    trap - EXIT
     echo "export SLURM_CONF=$SLURM_CONF"
 }
 
