@@ -366,7 +366,7 @@ def test_templates_run_locally(random_model, tmp_path):
     """certify.sbatch as two array tasks, then merge_analyze.sbatch, all as plain bash (tiny N)."""
     out = str(tmp_path / "res" / "np.tsv")
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
-    env.update(REPO=ROOT, MODEL=random_model, SIGMA="0.25", N0="10", N="100", MAX="6", OUT=out,
+    env.update(REPO=ROOT, VENV=sys.prefix, MODEL=random_model, SIGMA="0.25", N0="10", N="100", MAX="6", OUT=out,
                OMP_NUM_THREADS="1", SLURM_ARRAY_TASK_COUNT="2", ANALYSIS=str(tmp_path / "analysis"))
     for i in range(2):
         r = subprocess.run(["bash", os.path.join(SLURM, "certify.sbatch")], capture_output=True, text=True,
