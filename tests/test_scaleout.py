@@ -440,3 +440,35 @@ def test_done_when_4_shards_one_killed_equals_single_run(trained_model, tmp_path
     accuracy = sum(r["correct"] == "1" for r in b.values()) / 200
     print(f"done-when: 200 rows equal; killed shard resumed after {killed_at} rows; "
           f"clean accuracy {accuracy:.3f}, {n_abstain} abstains")
+
+
+@pytest.mark.parametrize("template, env, want, unwanted", [
+    ("certify.sbatch", {"METHOD": "np"}, ["--method np", "--N0 100"], ["--iss", "--q-dist"]),
+    ("certify.sbatch", {"METHOD": "dsrs"}, ["--method dsrs", "--q-dist truncated", "--N0 100"], ["--iss"]),
+    ("certify.sbatch", {"METHOD": "iss-np"}, ["--iss absolute --iss-n0 2000"], ["--N0", "--q-dist"]),
+    ("certify.sbatch", {"METHOD": "iss-dsrs", "Q_DIST": "rescaled"},
+     ["--iss absolute", "--q-dist rescaled"], ["--N0"]),
+    ("sample.sbatch", {"Q_DIST": "truncated"}, ["--q-dist truncated", "--N0 100"], ["--iss"]),
+    ("sample.sbatch", {"ISS": "relative"}, ["--iss relative --iss-n0 2000"], ["--N0", "--q-dist"]),
+])
+def test_templates_bring_the_flags_of_their_method(tmp_path, template, env, want, unwanted):
+    """METHOD=dsrs|iss-* (certify) and Q_DIST/ISS (sample) add the sampling flags they need, and never --N0
+    under ISS (certify.py refuses it there)."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "python").write_text("#!/bin/sh\necho \"$@\"\n")
+    (fake / "python").chmod(0o755)
+    r = subprocess.run(["bash", os.path.join(SLURM, template)], capture_output=True, text=True, timeout=60,
+                       env={"PATH": f"{fake}:{os.environ['PATH']}", "REPO": ROOT, "VENV": str(tmp_path / "none"),
+                            "SLURM_ARRAY_TASK_ID": "0", "SLURM_ARRAY_TASK_COUNT": "2", **env})
+    assert r.returncode == 0, r.stderr
+    for flag in want:
+        assert flag in r.stdout, (flag, r.stdout)
+    for flag in unwanted:
+        assert flag not in r.stdout, (flag, r.stdout)
+
+
+def test_certify_template_refuses_an_unknown_method():
+    r = subprocess.run(["bash", os.path.join(SLURM, "certify.sbatch")], capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "REPO": ROOT, "METHOD": "iss_np", "SLURM_ARRAY_TASK_COUNT": "2"})
+    assert r.returncode == 2 and "METHOD must be np, dsrs, iss-np or iss-dsrs" in r.stderr
