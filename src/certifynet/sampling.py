@@ -27,6 +27,14 @@ from certifynet.errors import CertifyNetError, check_alpha, check_sample_sizes
 from certifynet.noise import GaussianNoise, Noise
 
 STREAM_SELECT, STREAM_P, STREAM_Q, STREAM_Q_PILOT = 0, 1, 2, 3
+_progress_hook = None
+
+
+def set_progress_hook(hook) -> None:
+    """Call hook(b) after every batch of b forward passes in this process (None: off). For front ends that
+    report progress (the web app's job worker); sampling never imports them."""
+    global _progress_hook
+    _progress_hook = hook
 
 
 def input_generator(seed: int, idx: int, stream: int, device) -> torch.Generator:
@@ -118,6 +126,8 @@ class Sampler:
                 pred = (traced if (traced is not None and b == self.batch) else self.model)(view).argmax(1)
                 counts += torch.bincount(pred, minlength=self.num_classes)[: self.num_classes]
                 remaining -= b
+                if _progress_hook is not None:
+                    _progress_hook(b)
         return counts
 
     def counts_np(self, x, noise, n, generator=None) -> np.ndarray:

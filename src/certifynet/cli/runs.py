@@ -1,6 +1,7 @@
 """Shared driver for the per-input scripts: open model + data, pick the shard, resume, loop with tqdm."""
 from __future__ import annotations
 
+import os
 import sys
 
 from tqdm import tqdm
@@ -11,6 +12,8 @@ import argparse
 from certifynet.pipeline import InputSampler, add_common_run_args, add_noise_args, load_smoothing_model, open_inputs
 from certifynet.sampling import resolve_device
 from certifynet.records import RowLog, parse_shard, select_indices, shard_path
+from certifynet.data import image_dataset
+from certifynet.models import file_sha256
 
 
 def per_input_parser(prog: str, doc: str, out_help: str) -> argparse.ArgumentParser:
@@ -19,6 +22,7 @@ def per_input_parser(prog: str, doc: str, out_help: str) -> argparse.ArgumentPar
     p.add_argument("--out", help=out_help)
     add_common_run_args(p)
     add_noise_args(p)
+    add_image_args(p)
     return p
 
 
@@ -34,7 +38,13 @@ def open_run(args):
     device = resolve_device(args.device)
     model, ckpt, model_meta = load_smoothing_model(args.model, args.dataset, args.arch, args.denoiser,
                                                    args.sigma, device, args.normalization)
-    data, info = open_inputs(ckpt.dataset, args.split, args.data_dir)
+    if args.image:  # one image file instead of a dataset (add_image_args)
+        if args.select == "label" and args.image_label < 0:
+            raise CertifyNetError("--select label needs the image's --image-label")
+        data, info = image_dataset(args.image, ckpt.dataset, args.image_label)
+        model_meta.update(image=os.path.abspath(args.image), image_sha256=file_sha256(args.image))
+    else:
+        data, info = open_inputs(ckpt.dataset, args.split, args.data_dir)
     shard = parse_shard(args.shard)
     indices = select_indices(len(data), args.start, args.end, args.skip, args.max, shard)
     sampler = InputSampler(model, info.num_classes, info.dim, args, device)
@@ -57,3 +67,11 @@ def run_rows(log: RowLog, indices, make_row, desc: str) -> int:
 
 def output_path(args, shard, default: str) -> str:
     return shard_path(args.out or default, shard)
+
+
+def add_image_args(p):
+    """--image: certify one image file (e.g. one uploaded to the web app) instead of dataset inputs."""
+    g = p.add_argument_group("one image instead of the dataset")
+    g.add_argument("--image", help="a PNG/JPEG of the model's size and channels (8-bit, read as value/255) or a "
+                                   ".npy float array (C,H,W) in [0,1]; it is input idx 0")
+    g.add_argument("--image-label", type=int, default=-1, help="its true label (default -1: unknown)")
