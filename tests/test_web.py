@@ -219,7 +219,8 @@ BAD_FORMS = [  # (form fields over a valid gallery request, uploaded image or No
     ({"input_kind": "upload"}, ("anim.png", _gif()), "is a GIF image; upload a PNG or JPEG"),
     ({"input_kind": "upload"}, ("tiny.png", _png(np.zeros((4, 4)))), "at least 8 pixels per side"),
     ({"input_kind": "upload"}, None, "choose an image file to upload"),
-    ({"input_kind": "upload", "label": "12"}, ("d.png", _png(np.zeros((28, 28)))), "true label must be a class in [0, 9]"),
+    ({"input_kind": "upload", "label": "12"}, ("d.png", _png(np.zeros((28, 28)))),
+     "true label must be a class in [0, 9]"),
     ({"input_kind": "upload", "select": "label"}, ("d.png", _png(np.zeros((28, 28)))), "--select label needs"),
     ({"input_kind": "draw", "drawing": _drawing(stroke=False)}, None, "the drawing is empty"),
     ({"input_kind": "draw", "drawing": "javascript:alert(1)"}, None, "did not arrive as a PNG"),
@@ -242,6 +243,39 @@ def test_bad_form_values_one_line_message(client, app_root, fields, image, fragm
 
 def test_ten_bad_inputs_counted():
     assert len(BAD_FORMS) >= 10
+
+
+def test_cross_site_posts_and_internal_errors_show_one_line(client, app_root, monkeypatch):
+    r = client.post("/certify", data={"model": "models/lenet.pth"}, headers={"Origin": "http://evil.example"})
+    assert r.status_code == 403 and "refused a form posted from another site" in _form_error(r)
+    st = client.application.extensions["certifynet"]
+    monkeypatch.setattr(st.catalog, "entries", lambda: 1 / 0)
+    r = client.get("/models")
+    assert r.status_code == 500
+    assert _form_error(r) == "internal error (ZeroDivisionError); the server's log has the details"
+
+
+@pytest.mark.parametrize("method, extra, expect", [
+    ("np", {}, {"q_dist": "none", "iss": None}),
+    ("dsrs", {"q_dist": "truncated", "q_percentile": "0.9"}, {"q_dist": "truncated", "q_percentile": "0.9"}),
+    ("dsrs", {"q_dist": "rescaled", "q_sigma": "0.2"}, {"q_dist": "rescaled", "q_sigma": 0.2}),
+    ("iss-np", {"iss": "relative", "iss_decline": "0.1", "iss_n0": "50"},
+     {"iss": "relative", "iss_decline": 0.1, "iss_n0": 50}),
+    ("iss-dsrs", {"q_dist": "truncated"}, {"iss": "absolute", "q_dist": "truncated", "q_percentile": "x"}),
+])
+def test_job_commands_are_valid_cli_for_every_method(client, app_root, method, extra, expect):
+    from certifynet.cli import analyze as analyze_cli, sample as sample_cli
+    r = client.post("/certify", data={"model": "models/lenet.pth", "method": method, "input_kind": "batch",
+                                      "dataset": "mnist5k", "count": "4", **TINY, "seed": "7", **extra})
+    job = client.application.extensions["certifynet"].jobs.get(_job_id(r))
+    args = sample_cli.build_parser().parse_args(job["argv"]["sample"])
+    assert (args.model, args.sigma, args.N0, args.N, args.batch, args.seed, args.max) == \
+        ("models/lenet.pth", 0.25, 10, 100, 100, 7, 4)
+    assert {k: getattr(args, k) for k in expect} == expect
+    c = certify_cli.build_parser().parse_args(job["argv"]["certify"])
+    assert c.method == method and c.counts == args.out and c.alpha == args.alpha == 0.001
+    assert analyze_cli.build_parser().parse_args(job["argv"]["analyze"]).logs == [c.out]
+    assert job["passes_per_input"] == {"np": 110, "dsrs": 210, "iss-np": 150, "iss-dsrs": 2 * 2100}[method]
 
 
 def test_unknown_routes_and_names_are_404(client):
@@ -283,10 +317,13 @@ def test_cli_image_flag_equals_the_dataset_input(ckpt, tmp_path, capsys):
     png.write_bytes(_png(_digit(7)))
     label = int(get_dataset("mnist5k", "test", DATA)[7][1])
     common = ["--model", ckpt, "--sigma", "0.25", "--N0", "20", "--N", "300", "--batch", "150"]
-    assert certify_cli.main([*common, "--data-dir", DATA, "--start", "7", "--max", "1", "--out", str(tmp_path / "a.tsv")]) == 0
-    assert certify_cli.main([*common, "--image", str(png), "--image-label", str(label), "--out", str(tmp_path / "b.tsv")]) == 0
+    assert certify_cli.main([*common, "--data-dir", DATA, "--start", "7", "--max", "1",
+                             "--out", str(tmp_path / "a.tsv")]) == 0
+    assert certify_cli.main([*common, "--image", str(png), "--image-label", str(label),
+                             "--out", str(tmp_path / "b.tsv")]) == 0
     (a,), (b,) = read_rows(str(tmp_path / "a.tsv"))[1], read_rows(str(tmp_path / "b.tsv"))[1]
-    assert {k: v for k, v in a.items() if k not in ("idx", "time")} == {k: v for k, v in b.items() if k not in ("idx", "time")}
+    same = lambda row: {k: v for k, v in row.items() if k not in ("idx", "time")}  # noqa: E731
+    assert same(a) == same(b)
     meta = json.load(open(tmp_path / "b.tsv.meta.json"))
     assert meta["image_sha256"] == file_sha256(str(png))
     np.save(tmp_path / "bad.npy", np.zeros((3, 28, 28), np.float32))
@@ -314,12 +351,15 @@ def _job_id(resp):
 
 
 def test_batch_job_writes_the_cli_files_and_survives_a_restart(app_root, monkeypatch, tmp_path):
-    app = _app(app_root, start_jobs=True, threads=1)
+    app = _app(app_root, start_jobs=True, threads=1, workers=2)
     c = app.test_client()
     job_id = _job_id(c.post("/certify", data={"model": "models/lenet.pth", "method": "np", "input_kind": "batch",
                                               "dataset": "mnist5k", "count": "3", **TINY}))
+    dsrs_id = _job_id(c.post("/certify", data={"model": "models/lenet.pth", "method": "dsrs", "q_dist": "truncated",
+                                               "input_kind": "gallery", "dataset": "mnist5k", "idx": "2", **TINY}))
     job = _wait(app, job_id)
     assert job["state"] == "done", job
+    assert _wait(app, dsrs_id)["state"] == "done"
     folder = app_root / "results" / "web" / job_id
     for name in ("counts.csv", "counts.csv.meta.json", "certify.tsv", "certify.tsv.meta.json",
                  "analysis/certified_accuracy.png", "analysis/table.csv"):
@@ -339,10 +379,18 @@ def test_batch_job_writes_the_cli_files_and_survives_a_restart(app_root, monkeyp
                              "--N0", "10", "--N", "100", "--batch", "100", "--out", str(tmp_path / "cli.tsv")]) == 0
     strip = lambda rows: [{k: v for k, v in r.items() if k != "time"} for r in rows]  # noqa: E731
     assert strip(read_rows(str(folder / "certify.tsv"))[1]) == strip(read_rows(str(tmp_path / "cli.tsv"))[1])
+    # DSRS on one test digit: q̲_A shown, the radius is certify.py's
+    html = c.get(f"/jobs/{dsrs_id}").get_data(as_text=True)
+    shown = re.search(r'id="radius" data-value="([^"]+)"', html).group(1)
+    assert 'id="qA_lower"' in html and 'id="pA_lower"' in html and "noisy/3.png" in html
+    assert shown == _cli_radius(["--model", "models/lenet.pth", "--data-dir", DATA, "--start", "2", "--max", "1",
+                                 "--sigma", "0.25", "--N0", "10", "--N", "100", "--batch", "100", "--method", "dsrs",
+                                 "--q-dist", "truncated"], tmp_path / "dsrs.tsv")
+    assert c.get(f"/jobs/{dsrs_id}/noisy/0.png").mimetype == "image/png"
     app.extensions["certifynet"].jobs.shutdown()
-    # a new server on the same folder lists the finished job again
+    # a new server on the same folder lists the finished jobs again
     again = _app(app_root)
-    assert [j["id"] for j in again.extensions["certifynet"].jobs.list()] == [job_id]
+    assert [j["id"] for j in again.extensions["certifynet"].jobs.list()] == sorted([job_id, dsrs_id], reverse=True)
     assert 'id="summary-table"' in again.test_client().get(f"/jobs/{job_id}").get_data(as_text=True)
 
 
@@ -398,7 +446,8 @@ def _driver():
 @pytest.fixture
 def server(app_root):
     """scripts/web.py on a free loopback port (--port 0), run from the app folder; yields its base URL."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (os.path.join(ROOT, "src"), os.environ.get("PYTHONPATH")) if p)}
+    paths = (os.path.join(ROOT, "src"), os.environ.get("PYTHONPATH"))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
     log = open(app_root / "server.log", "w")
     proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "scripts", "web.py"), "--port", "0", "--data-dir", DATA,
                              "--threads", "1"], cwd=app_root, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -432,6 +481,14 @@ def _cli_radius(argv, out):
     finally:
         torch.set_num_threads(threads)
     return read_rows(str(out))[1][0]["radius"]
+
+
+def _full_page_screenshot(driver, path):
+    height = driver.execute_script("return document.documentElement.scrollHeight")
+    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                           {"width": 1280, "height": height, "deviceScaleFactor": 1, "mobile": False})
+    driver.save_screenshot(str(path))
+    driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
 
 
 def _fill(driver, values):
@@ -486,8 +543,7 @@ def test_browser_upload_certify_and_compare_with_cli(server, ckpt, app_root, tmp
         driver.find_element(By.ID, "certify-submit").click()
         radius = _wait_result(driver)
         assert radius == _cli_radius(["--model", ckpt, "--image", str(png), *args], tmp_path / "upload.tsv")
-        driver.set_window_size(1280, driver.execute_script("return document.body.scrollHeight") + 40)
-        driver.save_screenshot(str(tmp_path / "result.png"))
+        _full_page_screenshot(driver, tmp_path / "result.png")
         assert (tmp_path / "result.png").stat().st_size > 10_000
         monkeypatch.chdir(app_root)
         for line in driver.find_element(By.ID, "cli-command").text.splitlines():
@@ -498,7 +554,6 @@ def test_browser_upload_certify_and_compare_with_cli(server, ckpt, app_root, tmp
             torch.set_num_threads(1)
             assert importlib.import_module(f"certifynet.cli.{stage}").main(argv) == 0
         assert read_rows(str(tmp_path / "replay_certify.tsv"))[1][0]["radius"] == radius
-        driver.set_window_size(1280, 1100)
 
         # a bad α comes back as its one-line message on the form
         driver.get(server + f"certify?model={uploaded}")

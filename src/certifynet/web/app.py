@@ -10,6 +10,8 @@ import functools
 import os
 import shutil
 import tempfile
+import threading
+from urllib.parse import urlsplit
 
 from flask import Flask, Response, abort, jsonify, redirect, render_template, request, send_from_directory, url_for
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
@@ -77,11 +79,19 @@ def _routes(app: Flask, st: WebState) -> None:  # noqa: C901 - one place for the
     app.jinja_env.filters["num"] = _fmt_num
     app.jinja_env.globals.update(methods=forms.METHODS)
 
+    @app.before_request
+    def same_origin_posts_only():
+        """Refuse form posts from other sites (a page elsewhere cannot start jobs or upload through the browser)."""
+        origin = request.headers.get("Origin")
+        if request.method == "POST" and origin and urlsplit(origin).netloc != request.host:
+            return _error_page(f"refused a form posted from another site ({origin[:80]})", 403)
+
     # ---------------------------------------------------------------- models
     def models_page(error: str = "", message: str = "", status: int = 200):
         entries = st.catalog.entries()
         return render_template("models.html", entries=entries, error=error, message=message,
-                               max_upload_mb=st.max_upload_mb, upload_dir=os.path.relpath(st.upload_dir, st.root)), status
+                               max_upload_mb=st.max_upload_mb,
+                               upload_dir=os.path.relpath(st.upload_dir, st.root)), status
 
     @app.get("/")
     def index():
@@ -102,8 +112,9 @@ def _routes(app: Flask, st: WebState) -> None:  # noqa: C901 - one place for the
 
     # ---------------------------------------------------------------- certify
     def certify_page(values, error: str = "", status: int = 200):
-        classifiers = [e for e in st.catalog.entries() if e.kind == "classifier"]
-        denoisers = [e for e in st.catalog.entries() if e.kind == "denoiser"]
+        entries = st.catalog.entries()
+        classifiers = [e for e in entries if e.kind == "classifier"]
+        denoisers = [e for e in entries if e.kind == "denoiser"]
         model = next((e for e in classifiers if e.path == values.get("model")), classifiers[0] if classifiers else None)
         ctx = dict(classifiers=classifiers, denoisers=denoisers, model=model, error=error, values=values,
                    defaults=forms.cli_defaults(), datasets=[], dataset=None, thumbs=[], pages=0, page=0)
@@ -114,7 +125,8 @@ def _routes(app: Flask, st: WebState) -> None:  # noqa: C901 - one place for the
             if ds:
                 try:
                     size = st.gallery.size(ds)
-                    page = min(max(_int(values.get("page"), 0), 0), (size - 1) // GALLERY_PAGE)
+                    picked = _int(values.get("idx"), 0) // GALLERY_PAGE   # a re-shown form keeps its pick in view
+                    page = min(max(_int(values.get("page"), picked), 0), (size - 1) // GALLERY_PAGE)
                     lo = page * GALLERY_PAGE
                     ctx.update(dataset=ds, size=size, page=page, pages=(size + GALLERY_PAGE - 1) // GALLERY_PAGE,
                                thumbs=[(i, st.gallery.item(ds, i)[1]) for i in range(lo, min(size, lo + GALLERY_PAGE))])
@@ -213,6 +225,22 @@ def _routes(app: Flask, st: WebState) -> None:  # noqa: C901 - one place for the
         return _error_page(f"internal error ({type(e).__name__}); the server's log has the details", 500)
 
 
+def warm_up(app: Flask) -> threading.Thread:
+    """Describe the checkpoints and load the gallery images in the background, so that the first page is quick."""
+    st = app.extensions["certifynet"]
+
+    def work():
+        try:
+            for e in st.catalog.entries():
+                for ds in st.gallery.datasets_for(e.dataset)[:1] if e.kind == "classifier" else ():
+                    st.gallery.size(ds)
+        except Exception:  # best effort: the pages report any problem themselves
+            pass
+    t = threading.Thread(target=work, name="certifynet-warm-up", daemon=True)
+    t.start()
+    return t
+
+
 def _int(text, default: int) -> int:
     try:
         return int(text)
@@ -268,23 +296,23 @@ def _store_checkpoint(st: WebState, upload) -> str:
 
 def _submit(st: WebState, form, files) -> dict:
     """Check the certify form and queue its job (CertifyNetError, one line, for any bad value)."""
-    model = st.catalog.find(forms._text(form, "model"), "classifier")
+    model = st.catalog.find(forms.field_text(form, "model"), "classifier")
     if model is None:
-        raise CertifyNetError(f"unknown model '{forms._text(form, 'model')[:MAX_NAME]}'; pick one listed on the "
+        raise CertifyNetError(f"unknown model '{forms.field_text(form, 'model')[:MAX_NAME]}'; pick one listed on the "
                               f"models page")
     denoiser = None
-    if forms._text(form, "denoiser"):
-        denoiser = st.catalog.find(forms._text(form, "denoiser"), "denoiser")
+    if forms.field_text(form, "denoiser"):
+        denoiser = st.catalog.find(forms.field_text(form, "denoiser"), "denoiser")
         if denoiser is None:
-            raise CertifyNetError(f"unknown denoiser '{forms._text(form, 'denoiser')[:MAX_NAME]}'")
+            raise CertifyNetError(f"unknown denoiser '{forms.field_text(form, 'denoiser')[:MAX_NAME]}'")
     info = dataset_info(model.dataset)
     settings = forms.parse_settings(form, info.dim)
     choice = forms.parse_input(form, files, model.dataset, st.gallery)
     if settings.select == "label" and choice.label < 0:
         raise CertifyNetError("--select label needs the image's true label")
     per_input, exact = settings.passes_per_input()
-    where = {"gallery": f"{choice.dataset} test #{choice.idx}", "batch": f"first {choice.count} {choice.dataset} test images",
-             "upload": f"uploaded {choice.filename}", "draw": "a drawing"}[choice.kind]
+    where = {"gallery": f"{choice.dataset} test #{choice.idx}", "upload": f"uploaded {choice.filename}",
+             "batch": f"first {choice.count} {choice.dataset} test images", "draw": "a drawing"}[choice.kind]
     title = (f"{forms.METHODS[settings.method]} σ={settings.sigma:g} N={settings.N} on {where} "
              f"({os.path.basename(model.path)})")
 
@@ -325,8 +353,12 @@ def _result(st: WebState, job: dict):
     if os.path.isfile(table):
         import pandas as pd
         df = pd.read_csv(table)
-        keep = [c for c in df.columns if c.startswith("r=") or c in ("m", "ACR", "abstain", "samples/input", "sec/input")]
-        out["table"] = {"columns": keep, "values": [[_fmt_num(v, 3) for v in row] for row in df[keep].to_numpy()]}
+        shown = ("m", "ACR", "abstain", "samples/input", "sec/input")
+        keep = [c for c in df.columns if c.startswith("r=") or c in shown]
+        from certifynet.analysis import METRICS
+        digits = [3 if c.startswith("r=") else METRICS[c][0] for c in keep]   # as analyze.py's tables show them
+        out["table"] = {"columns": keep, "values": [[_fmt_num(v, n) for v, n in zip(row, digits)]
+                                                    for row in df[keep].to_numpy()]}
         out["plot"] = os.path.isfile(os.path.join(folder, "analysis", "certified_accuracy.png"))
     out["downloads"] = [n for n in DOWNLOADS if os.path.isfile(os.path.join(folder, n))]
     return out

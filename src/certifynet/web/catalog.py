@@ -11,6 +11,7 @@ import threading
 from dataclasses import asdict, dataclass
 
 from certifynet.errors import CertifyNetError
+from certifynet.web.jobs import JOB_ID
 
 CHECKPOINT_SUFFIXES = (".pth", ".pth.tar")
 
@@ -81,7 +82,8 @@ class Catalog:
         seen = set()
         for top in [*self.model_dirs, self.upload_dir]:
             for folder, dirs, names in os.walk(top):
-                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                # job folders hold no checkpoints: skip them
+                dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not JOB_ID.match(d))
                 for name in sorted(names):
                     path = os.path.realpath(os.path.join(folder, name))
                     if is_checkpoint_name(name) and path not in seen and os.path.isfile(path):

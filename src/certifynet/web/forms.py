@@ -32,12 +32,13 @@ def cli_defaults() -> dict:
     return out
 
 
-def _text(form, name: str) -> str:
+def field_text(form, name: str) -> str:
+    """A form field, stripped ('' when absent)."""
     return (form.get(name) or "").strip()
 
 
 def _number(form, name: str, flag: str, cast, default=None):
-    text = _text(form, name)
+    text = field_text(form, name)
     if not text:
         if default is None:
             raise CertifyNetError(f"{flag} is required")
@@ -53,7 +54,7 @@ def _number(form, name: str, flag: str, cast, default=None):
 
 
 def _choice(form, name: str, flag: str, choices, default=None) -> str:
-    value = _text(form, name) or default
+    value = field_text(form, name) or default
     if value not in choices:
         raise CertifyNetError(f"{flag} must be one of {', '.join(choices)}, got '{(value or '')[:40]}'")
     return value
@@ -125,13 +126,13 @@ def parse_settings(form, dim: int) -> Settings:
     if s.dsrs:
         s.q_dist = _choice(form, "q_dist", "--q-dist", Q_DISTS, d["q_dist"])
         if s.q_dist == "truncated":
-            s.q_percentile = _text(form, "q_percentile") or d["q_percentile"]
+            s.q_percentile = field_text(form, "q_percentile") or d["q_percentile"]
             if s.q_percentile not in ("x", "x+"):
                 p = _number(form, "q_percentile", "--q-percentile", float)
                 if not 0.0 < p <= 1.0:
                     raise CertifyNetError(f"--q-percentile must be x, x+ or a number in (0, 1], got {p:g}")
                 s.q_percentile = repr(p)
-        elif _text(form, "q_sigma"):
+        elif field_text(form, "q_sigma"):
             s.q_sigma = _number(form, "q_sigma", "--q-sigma", float)
             if not (0.0 < s.q_sigma < math.inf):
                 raise CertifyNetError(f"--q-sigma must be > 0, got {s.q_sigma:g}")
@@ -163,7 +164,7 @@ class InputChoice:
 
 
 def parse_label(form, num_classes: int) -> int:
-    text = _text(form, "label")
+    text = field_text(form, "label")
     if not text:
         return -1
     label = _number(form, "label", "true label", int)
@@ -184,7 +185,7 @@ def parse_input(form, files, model_dataset: str, gallery) -> InputChoice:
         dataset = _choice(form, "dataset", "dataset", choices, choices[0])
         size = gallery.size(dataset)
         if kind == "gallery":
-            if not _text(form, "idx"):
+            if not field_text(form, "idx"):
                 raise CertifyNetError("pick a test image from the gallery")
             idx = _number(form, "idx", "gallery image", int)
             if not 0 <= idx < size:
@@ -208,7 +209,7 @@ def parse_input(form, files, model_dataset: str, gallery) -> InputChoice:
         invert = _choice(form, "invert", "invert", INVERT, "auto")
         array, suffix, note = convert_image(data, name[:60], model_dataset, invert)
         return InputChoice("upload", model_dataset, label=label, array=array, suffix=suffix, note=note, filename=name)
-    array, suffix, note = convert_drawing(_text(form, "drawing"), model_dataset)
+    array, suffix, note = convert_drawing(field_text(form, "drawing"), model_dataset)
     return InputChoice("draw", model_dataset, label=label, array=array, suffix=suffix, note=note)
 
 

@@ -219,7 +219,8 @@ class JobManager:
             if job["state"] == "running" and passes and elapsed > 0:
                 eta = (total - passes) * elapsed / passes
         return {"state": job["state"], "stage": prog.get("stage", ""), "passes": passes, "total": total,
-                "inputs_done": done_inputs, "inputs": inputs, "elapsed_s": elapsed, "eta_s": eta,
+                "exact": bool(job.get("passes_exact", True)), "inputs_done": done_inputs, "inputs": inputs,
+                "elapsed_s": elapsed, "eta_s": eta,
                 "queue_position": self.position(job["id"]), "error": job.get("error", "")}
 
     def shutdown(self) -> None:

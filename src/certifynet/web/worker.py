@@ -44,8 +44,8 @@ def main(argv=None) -> int:
     job_dir = argv[0]
     with open(os.path.join(job_dir, "job.json")) as f:
         job = json.load(f)
-    if job.get("nice"):
-        os.nice(int(job["nice"]))
+    if job.get("nice") and hasattr(os, "nice"):
+        os.nice(int(job["nice"]))   # the server's pages come first
     import torch
     torch.set_num_threads(int(job.get("threads") or 1))
     from certifynet.sampling import set_progress_hook

@@ -64,7 +64,7 @@
         const s = await (await fetch(job.dataset.statusUrl, { cache: "no-store" })).json();
         const bar = $("#progress");
         bar.max = s.total || 1; bar.value = s.passes;
-        let text = `${fmt(s.passes)} of ${fmt(s.total)} forward passes · ${s.inputs_done} of ${s.inputs} input${s.inputs === 1 ? "" : "s"}`;
+        let text = `${fmt(s.passes)} of ${s.exact ? "" : "≈ "}${fmt(s.total)} forward passes · ${s.inputs_done} of ${s.inputs} input${s.inputs === 1 ? "" : "s"}`;
         if (s.eta_s !== null) text += ` · ETA ${Math.round(s.eta_s)} s`;
         if (s.queue_position) text += ` · waiting, place ${s.queue_position} in the queue`;
         if (s.stage && s.state === "running") text += ` · ${s.stage}`;
