@@ -255,6 +255,40 @@ def test_cross_site_posts_and_internal_errors_show_one_line(client, app_root, mo
     assert _form_error(r) == "internal error (ZeroDivisionError); the server's log has the details"
 
 
+def test_web_command_warns_beyond_loopback(app_root, monkeypatch, capsys):
+    import signal
+
+    import werkzeug.serving
+
+    from certifynet.cli import web as web_cli
+    assert web_cli.is_loopback("127.0.0.1") and web_cli.is_loopback("::1") and web_cli.is_loopback("localhost")
+    assert not web_cli.is_loopback("0.0.0.0") and not web_cli.is_loopback("192.168.1.5")
+    assert web_cli.build_parser().parse_args([]).host == "127.0.0.1" and web_cli.build_parser().parse_args([]).port == 8000
+
+    class Server:   # stands in for werkzeug's: "Ctrl+C" at once
+        server_port = 4321
+
+        def serve_forever(self):
+            raise KeyboardInterrupt
+
+        def server_close(self):
+            pass
+
+    made = []
+    monkeypatch.setattr(werkzeug.serving, "make_server", lambda host, port, app, threaded: made.append(app) or Server())
+    threads, handler = torch.get_num_threads(), signal.getsignal(signal.SIGTERM)
+    try:
+        assert web_cli.main(["--host", "0.0.0.0", "--port", "0", "--root", str(app_root), "--data-dir", DATA]) == 0
+        assert web_cli.main(["--port", "70000"]) == 2
+    finally:
+        torch.set_num_threads(threads)
+        signal.signal(signal.SIGTERM, handler)
+    out = capsys.readouterr()
+    assert "warning: listening on 0.0.0.0, beyond loopback" in out.err and "http://0.0.0.0:4321/" in out.out
+    assert "error: --port must be in [0, 65535], got 70000" in out.err
+    assert made and made[0].debug is False
+
+
 @pytest.mark.parametrize("method, extra, expect", [
     ("np", {}, {"q_dist": "none", "iss": None}),
     ("dsrs", {"q_dist": "truncated", "q_percentile": "0.9"}, {"q_dist": "truncated", "q_percentile": "0.9"}),
@@ -276,6 +310,20 @@ def test_job_commands_are_valid_cli_for_every_method(client, app_root, method, e
     assert c.method == method and c.counts == args.out and c.alpha == args.alpha == 0.001
     assert analyze_cli.build_parser().parse_args(job["argv"]["analyze"]).logs == [c.out]
     assert job["passes_per_input"] == {"np": 110, "dsrs": 210, "iss-np": 150, "iss-dsrs": 2 * 2100}[method]
+
+
+def test_denoiser_listed_and_passed_to_the_cli(client, app_root):
+    from certifynet.denoise import get_denoiser, save_denoiser
+    save_denoiser(str(app_root / "models" / "drunet.pth"), get_denoiser("drunet_small", 1),
+                  sigma={"mode": "fixed", "values": [0.5]}, objective="mse")
+    html = client.get("/models").get_data(as_text=True)
+    assert "Denoisers" in html and "models/drunet.pth" in html and "drunet" in html
+    r = client.post("/certify", data={"model": "models/lenet.pth", "denoiser": "models/drunet.pth", "method": "np",
+                                      "input_kind": "gallery", "dataset": "mnist5k", "idx": "0", **TINY})
+    argv = client.application.extensions["certifynet"].jobs.get(_job_id(r))["argv"]["sample"]
+    assert argv[argv.index("--denoiser") + 1] == "models/drunet.pth"
+    r = client.post("/certify", data={"model": "models/drunet.pth", "input_kind": "gallery", "idx": "0", **TINY})
+    assert "unknown model 'models/drunet.pth'" in _form_error(r)     # a denoiser is no classifier
 
 
 def test_unknown_routes_and_names_are_404(client):
@@ -450,7 +498,7 @@ def server(app_root):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
     log = open(app_root / "server.log", "w")
     proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "scripts", "web.py"), "--port", "0", "--data-dir", DATA,
-                             "--threads", "1"], cwd=app_root, env=env, stdout=log, stderr=subprocess.STDOUT)
+                             "--threads", "1", "--workers", "2"], cwd=app_root, env=env, stdout=log, stderr=subprocess.STDOUT)
     url, deadline = None, time.time() + 120
     while url is None and proc.poll() is None and time.time() < deadline:
         found = re.search(r"(http://127\.0\.0\.1:\d+/)", (app_root / "server.log").read_text())
@@ -465,12 +513,11 @@ def server(app_root):
 
 def _wait_result(driver, timeout=240):
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions as EC
     from selenium.webdriver.support.ui import WebDriverWait
     WebDriverWait(driver, timeout, poll_frequency=0.5).until(
         lambda d: d.find_elements(By.ID, "result") or d.find_elements(By.ID, "job-error"))
     assert not driver.find_elements(By.ID, "job-error"), driver.find_element(By.ID, "job-error").text
-    return WebDriverWait(driver, 5).until(EC.presence_of_element_located((By.ID, "radius"))).get_attribute("data-value")
+    return _wait_id(driver, "radius", 5).get_attribute("data-value")
 
 
 def _cli_radius(argv, out):
@@ -491,6 +538,23 @@ def _full_page_screenshot(driver, path):
     driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
 
 
+def _wait_id(driver, element_id, timeout=60):
+    """The element with this id, once the (next) page has it."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+    return WebDriverWait(driver, timeout).until(EC.presence_of_element_located((By.ID, element_id)))
+
+
+def _submit_job(driver) -> str:
+    """Press Certify and return the job page's URL, once the browser is there."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+    driver.find_element(By.ID, "certify-submit").click()
+    WebDriverWait(driver, 60).until(lambda d: "/jobs/" in d.current_url)
+    return driver.current_url
+
+
 def _fill(driver, values):
     from selenium.webdriver.common.by import By
     for name, value in values.items():
@@ -508,7 +572,7 @@ def test_browser_upload_certify_and_compare_with_cli(server, ckpt, app_root, tmp
         driver.find_element(By.ID, "checkpoint-file").send_keys(ckpt)
         driver.find_element(By.ID, "upload-submit").click()
         sha = file_sha256(ckpt)
-        assert driver.find_element(By.ID, "message").text.startswith("uploaded results/web/uploads/")
+        assert _wait_id(driver, "message").text.startswith("uploaded results/web/uploads/")
         assert driver.find_elements(By.CSS_SELECTOR, f"tr[data-sha256='{sha}']")
         uploaded = f"results/web/uploads/{sha[:12]}-lenet_small.pth"
 
@@ -518,31 +582,33 @@ def test_browser_upload_certify_and_compare_with_cli(server, ckpt, app_root, tmp
         before = _files(app_root)
         driver.find_element(By.ID, "checkpoint-file").send_keys(str(evil))
         driver.find_element(By.ID, "upload-submit").click()
-        assert "pickled object" in driver.find_element(By.ID, "form-error").text
+        assert "pickled object" in _wait_id(driver, "form-error").text
         assert not marker.exists() and _files(app_root) == before
 
-        # certify gallery digit 5; the radius is certify.py's for the same model, seed and settings
+        # certify gallery digit 5 and an uploaded PNG (test digit 9); both jobs run at once (--workers 2)
         settings = {"sigma": "0.25", "N0": "20", "N": "400", "batch": "200", "seed": "3"}
         driver.get(server + f"certify?model={uploaded}")
         _fill(driver, settings)
         driver.find_element(By.CSS_SELECTOR, "label.thumb[title^='#5,']").click()
-        driver.find_element(By.ID, "certify-submit").click()
-        radius = _wait_result(driver)
-        args = [x for k, v in settings.items() for x in (f"--{k}", v)]
-        expected = _cli_radius(["--model", ckpt, "--data-dir", DATA, "--start", "5", "--max", "1", *args],
-                               tmp_path / "gallery.tsv")
-        assert radius == expected and float(radius) > 0
-
-        # an uploaded PNG (test digit 9); the radius is certify.py --image's, and the page's own commands agree
+        gallery_job = _submit_job(driver)
         png = tmp_path / "digit9.png"
         png.write_bytes(_png(_digit(9)))
         driver.get(server + f"certify?model={uploaded}")
         _fill(driver, settings)
         driver.find_element(By.ID, "kind-upload").click()
         driver.find_element(By.ID, "image-file").send_keys(str(png))
-        driver.find_element(By.ID, "certify-submit").click()
+        upload_job = _submit_job(driver)
+        # meanwhile: what certify.py gives for the same model, seed and settings (sample and certify in one go)
+        args = [x for k, v in settings.items() for x in (f"--{k}", v)]
+        expected_gallery = _cli_radius(["--model", ckpt, "--data-dir", DATA, "--start", "5", "--max", "1", *args],
+                                       tmp_path / "gallery.tsv")
+        expected_upload = _cli_radius(["--model", ckpt, "--image", str(png), *args], tmp_path / "upload.tsv")
+        driver.get(gallery_job)
         radius = _wait_result(driver)
-        assert radius == _cli_radius(["--model", ckpt, "--image", str(png), *args], tmp_path / "upload.tsv")
+        assert radius == expected_gallery and float(radius) > 0
+        driver.get(upload_job)
+        radius = _wait_result(driver)
+        assert radius == expected_upload
         _full_page_screenshot(driver, tmp_path / "result.png")
         assert (tmp_path / "result.png").stat().st_size > 10_000
         monkeypatch.chdir(app_root)
@@ -560,14 +626,13 @@ def test_browser_upload_certify_and_compare_with_cli(server, ckpt, app_root, tmp
         _fill(driver, {**settings, "alpha": "1.5"})
         driver.find_element(By.CSS_SELECTOR, "label.thumb[title^='#1,']").click()
         driver.find_element(By.ID, "certify-submit").click()
-        assert driver.find_element(By.ID, "form-error").text == "--alpha must be in (0, 1), got 1.5"
+        assert _wait_id(driver, "form-error").text == "--alpha must be in (0, 1), got 1.5"
 
         # while a 100-digit batch job runs, the models page answers in < 200 ms (median of 20)
         driver.get(server + f"certify?model={uploaded}")
         driver.find_element(By.ID, "kind-batch").click()
         _fill(driver, {"count": "100"})   # the CLI's defaults: N0 = 100, N = 100,000 per digit
-        driver.find_element(By.ID, "certify-submit").click()
-        status_url = driver.current_url + "/status"
+        status_url = _submit_job(driver) + "/status"
         status = lambda: json.load(urllib.request.urlopen(status_url, timeout=10))  # noqa: E731
         deadline = time.time() + 180
         while status()["passes"] < 100 + 2 * 1000 and time.time() < deadline:   # N0, then two batches of N

@@ -146,6 +146,10 @@ def _routes(app: Flask, st: WebState) -> None:  # noqa: C901 - one place for the
             return certify_page(request.form, error=str(e), status=400)
         return redirect(url_for("job_page", job_id=job["id"]), 303)
 
+    @app.get("/favicon.ico")
+    def favicon():
+        return Response(status=204)
+
     @app.get("/thumb/<dataset>/<int:idx>.png")
     def thumb(dataset, idx):
         return _png(_thumbnail(st, dataset, idx))
