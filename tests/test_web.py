@@ -405,9 +405,17 @@ def test_batch_job_writes_the_cli_files_and_survives_a_restart(app_root, monkeyp
                                               "dataset": "mnist5k", "count": "3", **TINY}))
     dsrs_id = _job_id(c.post("/certify", data={"model": "models/lenet.pth", "method": "dsrs", "q_dist": "truncated",
                                                "input_kind": "gallery", "dataset": "mnist5k", "idx": "2", **TINY}))
+    shutil.copy(app_root / "models" / "lenet.pth", app_root / "models" / "gone.pth")
+    gone_id = _job_id(c.post("/certify", data={"model": "models/gone.pth", "method": "np", "input_kind": "gallery",
+                                               "dataset": "mnist5k", "idx": "0", **TINY}))
+    os.unlink(app_root / "models" / "gone.pth")     # the CLI stage fails: its one-line error is the job's
     job = _wait(app, job_id)
     assert job["state"] == "done", job
     assert _wait(app, dsrs_id)["state"] == "done"
+    failed = _wait(app, gone_id)
+    assert failed["state"] == "failed" and failed["error"] == "checkpoint 'models/gone.pth' not found", failed
+    html = c.get(f"/jobs/{gone_id}").get_data(as_text=True)
+    assert "checkpoint &#39;models/gone.pth&#39; not found" in html and "Traceback" not in html
     folder = app_root / "results" / "web" / job_id
     for name in ("counts.csv", "counts.csv.meta.json", "certify.tsv", "certify.tsv.meta.json",
                  "analysis/certified_accuracy.png", "analysis/table.csv"):
@@ -438,7 +446,7 @@ def test_batch_job_writes_the_cli_files_and_survives_a_restart(app_root, monkeyp
     app.extensions["certifynet"].jobs.shutdown()
     # a new server on the same folder lists the finished jobs again
     again = _app(app_root)
-    assert [j["id"] for j in again.extensions["certifynet"].jobs.list()] == sorted([job_id, dsrs_id], reverse=True)
+    assert [j["id"] for j in again.extensions["certifynet"].jobs.list()] == sorted([job_id, dsrs_id, gone_id], reverse=True)
     assert 'id="summary-table"' in again.test_client().get(f"/jobs/{job_id}").get_data(as_text=True)
 
 
