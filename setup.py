@@ -12,7 +12,7 @@ REQUIRES = [ln.strip() for ln in (HERE / "requirements.txt").read_text().splitli
             if ln.strip() and not ln.startswith("#")]
 
 SCRIPTS = ["train", "train_smoothmix", "train_denoiser", "sample", "certify", "predict",
-           "analyze", "merge", "run_shards", "quickstart"]
+           "analyze", "merge", "run_shards", "quickstart", "web"]
 
 setup(
     name=NAME,
@@ -21,8 +21,9 @@ setup(
     license="MIT",
     package_dir={"": "src"},
     packages=find_packages("src"),
+    package_data={"certifynet.web": ["templates/*.html", "static/*"]},
     python_requires=">=3.9",
     install_requires=REQUIRES,
-    extras_require={"dev": ["pytest>=7"]},
+    extras_require={"dev": ["pytest>=7", "selenium>=4.10"]},
     entry_points={"console_scripts": [f"certifynet-{s.replace('_', '-')}=certifynet.cli.{s}:main" for s in SCRIPTS]},
 )

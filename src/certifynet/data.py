@@ -132,3 +132,66 @@ def get_dataset(name: str, split: str, data_dir: str = "data", download: bool = 
     if name == "mnist5k":
         return _mnist5k(split, data_dir)
     return _torchvision(name, split, data_dir, download)
+
+
+# ---------------------------------------------------------------- one image file as the input (--image)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".npy")
+
+
+def image_tensor(array: np.ndarray, dataset: str, what: str = "the image") -> torch.Tensor:
+    """The [C,H,W] float tensor in [0,1] of one image of `dataset`'s shape, checked.
+
+    uint8 arrays (H,W) or (H,W,C), as decoded from a PNG/JPEG, become value/255 (as the bundled digits);
+    float arrays must be (C,H,W) or (H,W) with finite values in [0,1]. No resizing: a wrong shape is an error.
+    """
+    c, h, w = dataset_info(dataset).shape
+    a = np.asarray(array)
+    if a.dtype == np.uint8:
+        if a.ndim == 3 and a.shape[2] == c:
+            a = a.transpose(2, 0, 1)
+        x = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32) / 255.0)
+    elif a.dtype.kind == "f":
+        x = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+    else:
+        raise CertifyNetError(f"{what} has pixel type {a.dtype}; expected 8-bit (PNG/JPEG) or float values in [0, 1]")
+    if x.ndim == 2 and c == 1:
+        x = x.unsqueeze(0)
+    if tuple(x.shape) != (c, h, w):
+        raise CertifyNetError(f"{what} has shape {tuple(np.shape(array))}; {dataset} inputs are {c}×{h}×{w} "
+                              f"(C,H,W{', or H,W' if c == 1 else ''})")
+    if not torch.isfinite(x).all():
+        raise CertifyNetError(f"{what} has NaN or Inf pixel values")
+    if x.min() < 0 or x.max() > 1:
+        raise CertifyNetError(f"{what} has pixel values in [{float(x.min()):g}, {float(x.max()):g}]; "
+                              f"expected [0, 1]")
+    return x
+
+
+def read_image_array(path: str) -> np.ndarray:
+    """The pixel array of a PNG/JPEG (uint8, as decoded, no conversion) or a .npy file (no pickles)."""
+    if not os.path.isfile(path):
+        raise CertifyNetError(f"image '{path}' not found")
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix not in IMAGE_SUFFIXES:
+        raise CertifyNetError(f"image '{path}': use a .png, .jpg or .npy file")
+    try:
+        if suffix == ".npy":
+            return np.load(path, allow_pickle=False)
+        from PIL import Image
+        with Image.open(path) as im:
+            if im.mode not in ("L", "RGB"):
+                raise CertifyNetError(f"image '{path}' has mode {im.mode}; use 8-bit grayscale (L) or RGB")
+            return np.asarray(im)
+    except CertifyNetError:
+        raise
+    except Exception as e:  # corrupt file, a pickled .npy, ...
+        raise CertifyNetError(f"image '{path}' cannot be read ({type(e).__name__})") from None
+
+
+def image_dataset(path: str, dataset: str, label: int = -1):
+    """(a one-item dataset holding the image file at `path` with `label`, DatasetInfo): its idx is 0."""
+    x = image_tensor(read_image_array(path), dataset, f"image '{path}'")
+    k = dataset_info(dataset).num_classes
+    if not -1 <= int(label) < k:
+        raise CertifyNetError(f"--image-label must be -1 (unknown) or a class in [0, {k - 1}], got {label}")
+    return TensorDataset(x.unsqueeze(0), torch.tensor([int(label)])), dataset_info(dataset)

@@ -27,6 +27,14 @@ from certifynet.errors import CertifyNetError, check_alpha, check_sample_sizes
 from certifynet.noise import GaussianNoise, Noise
 
 STREAM_SELECT, STREAM_P, STREAM_Q, STREAM_Q_PILOT = 0, 1, 2, 3
+_progress_hook = None
+
+
+def set_progress_hook(hook) -> None:
+    """Call hook(b) after every batch of b forward passes in this process (None: off). For front ends that
+    report progress (the web app's job worker); sampling never imports them."""
+    global _progress_hook
+    _progress_hook = hook
 
 
 def input_generator(seed: int, idx: int, stream: int, device) -> torch.Generator:
@@ -148,6 +156,8 @@ class Sampler:
                 finite &= torch.isfinite(logits).all()
                 counts += torch.bincount(logits.argmax(1), minlength=self.num_classes)[: self.num_classes]
                 remaining -= b
+                if _progress_hook is not None:
+                    _progress_hook(b)
         if n > 0 and not bool(finite):
             raise CertifyNetError("the model's outputs are not finite (NaN/Inf) on noisy inputs: the noise is too "
                                   "large for its float arithmetic, or its weights are broken")

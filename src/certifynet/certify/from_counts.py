@@ -110,7 +110,7 @@ def validate_counts_rows(header, rows, meta: dict, where: str) -> None:
                               f"(was its 'integrity' entry removed?)")
     for lineno, r in enumerate(rows, start=2):
         _row_int(r, "idx", lineno, where, 0)
-        _row_int(r, "label", lineno, where, 0, classes - 1)
+        _row_int(r, "label", lineno, where, -1, classes - 1)  # -1: an image of unknown label (--image)
         _row_int(r, "pred", lineno, where, 0, classes - 1)
         n = _row_int(r, "n", lineno, where, 0, big_n)
         if not iss and n != big_n:

@@ -48,6 +48,15 @@ def parse(parser: argparse.ArgumentParser, argv=None):
     return args
 
 
+def parse_strict(parser: argparse.ArgumentParser, argv):
+    """`parse` for callers that are not a command line (the web app): usage errors raise CertifyNetError."""
+    def error(message):
+        raise CertifyNetError(message)
+
+    parser.error = error
+    return parse(parser, argv)
+
+
 def refuse(args, names, why: str) -> None:
     """One-line error for the first explicitly given option among `names` (dests) that does not apply."""
     for name in names:

@@ -31,8 +31,8 @@ DSRS_COLUMNS = ["pA_upper", "qA_lower", "qA_upper"]
 # With --counts: flags that must agree with the sidecar field they would set, and flags that do not apply.
 SIDECAR_FLAGS = {"sigma": "sigma", "N": "N", "N0": "N0", "k": "k", "seed": "seed", "select": "select",
                  "iss": "iss", "iss_decline": "iss_decline", "iss_n0": "iss_n0", "batch": "batch"}
-SAMPLING_ONLY = ("arch", "dataset", "normalization", "split", "data_dir", "denoiser", "device", "amp", "optimize",
-                 "channels_last", "dist", "q_dist", "q_sigma", "q_percentile")
+SAMPLING_ONLY = ("arch", "dataset", "normalization", "split", "data_dir", "denoiser", "image", "image_label", "device",
+                 "amp", "optimize", "channels_last", "dist", "q_dist", "q_sigma", "q_percentile")
 
 
 def build_parser():

@@ -1,0 +1,123 @@
+"""The models page's catalogue: checkpoints found under the model folders, described once and cached.
+
+A file is described by `load_checkpoint` (weights_only, the CLI's one loader) or, failing that, by
+`load_denoiser`; the description (arch, dataset, training σ and k, parameter count, SHA-256, source layout)
+is cached per (path, size, mtime), so listing the page costs a directory walk, not a hash or a load.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import asdict, dataclass
+
+from certifynet.errors import CertifyNetError
+from certifynet.web.jobs import JOB_ID
+
+CHECKPOINT_SUFFIXES = (".pth", ".pth.tar")
+
+
+def is_checkpoint_name(name: str) -> bool:
+    return name.lower().endswith(CHECKPOINT_SUFFIXES) and not name.startswith(".")
+
+
+@dataclass
+class ModelEntry:
+    """One checkpoint file: kind 'classifier', 'denoiser' or 'refused' (with the loader's one-line error)."""
+    path: str            # relative to the app root (what forms and CLI commands use)
+    kind: str
+    size: int
+    sha256: str = ""
+    arch: str = ""
+    dataset: str = ""
+    sigma: float | str | None = None   # a denoiser's: its training σ values, joined
+    k: int = 0
+    params: int = 0
+    source: str = ""
+    layout: str = ""
+    error: str = ""
+    uploaded: bool = False
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _param_count(module) -> int:
+    return int(sum(p.numel() for p in module.parameters()))
+
+
+def describe_checkpoint(abspath: str, shown: str) -> dict:
+    """Fields of a ModelEntry for the file at `abspath` (errors name it as `shown`)."""
+    from certifynet.models import file_sha256, load_checkpoint
+    try:
+        ck = load_checkpoint(abspath)
+        return dict(kind="classifier", sha256=ck.sha256, arch=ck.arch, dataset=ck.dataset, sigma=ck.sigma, k=ck.k,
+                    params=_param_count(ck.model), source=ck.source, layout=ck.layout)
+    except CertifyNetError as e:
+        classifier_error = str(e).replace(abspath, shown)
+    try:
+        from certifynet.denoise import load_denoiser
+        den = load_denoiser(abspath)
+    except CertifyNetError:
+        return dict(kind="refused", error=classifier_error)
+    trained = (den.sigma or {}).get("values") or []
+    return dict(kind="denoiser", sha256=file_sha256(abspath), arch=str((den.config or {}).get("arch", "")),
+                sigma=", ".join(f"{float(v):g}" for v in trained) or None, params=_param_count(den.model),
+                source=den.source)
+
+
+class Catalog:
+    """Checkpoints under `model_dirs` (relative to `root`), the upload folder among them."""
+
+    def __init__(self, root: str, model_dirs, upload_dir: str):
+        self.root = os.path.abspath(root)
+        self.model_dirs = [os.path.join(self.root, d) for d in model_dirs]
+        self.upload_dir = os.path.join(self.root, upload_dir)
+        self._cache = {}     # abspath -> ((size, mtime_ns), fields)
+        self._lock = threading.Lock()
+
+    def rel(self, abspath: str) -> str:
+        return os.path.relpath(abspath, self.root)
+
+    def _files(self):
+        seen = set()
+        for top in [*self.model_dirs, self.upload_dir]:
+            for folder, dirs, names in os.walk(top):
+                # job folders hold no checkpoints: skip them
+                dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not JOB_ID.match(d))
+                for name in sorted(names):
+                    path = os.path.realpath(os.path.join(folder, name))
+                    if is_checkpoint_name(name) and path not in seen and os.path.isfile(path):
+                        seen.add(path)
+                        yield os.path.join(folder, name)
+
+    def entry(self, abspath: str) -> ModelEntry:
+        """The (cached) description of one file."""
+        st = os.stat(abspath)
+        key = (st.st_size, st.st_mtime_ns)
+        with self._lock:
+            hit = self._cache.get(abspath)
+        if hit is None or hit[0] != key:
+            hit = (key, describe_checkpoint(abspath, self.rel(abspath)))
+            with self._lock:
+                self._cache[abspath] = hit
+        uploaded = os.path.dirname(abspath) == self.upload_dir
+        return ModelEntry(path=self.rel(abspath), size=st.st_size, uploaded=uploaded, **hit[1])
+
+    def remember(self, abspath: str, fields: dict) -> None:
+        """Cache a description computed elsewhere (the upload check already loaded the file)."""
+        st = os.stat(abspath)
+        with self._lock:
+            self._cache[abspath] = ((st.st_size, st.st_mtime_ns), fields)
+
+    def entries(self) -> list:
+        out = []
+        for path in self._files():
+            try:
+                out.append(self.entry(path))
+            except OSError:   # vanished while listing
+                continue
+        return out
+
+    def find(self, rel: str, kind: str):
+        """The entry of kind `kind` whose relative path is `rel`, else None (form values are never trusted)."""
+        return next((e for e in self.entries() if e.path == rel and e.kind == kind), None)
