@@ -57,6 +57,12 @@ def add_common_run_args(p):
                    help="on the CPU, run the eager model instead of a frozen TorchScript trace")
     g.add_argument("--no-channels-last", dest="channels_last", action="store_false",
                    help="keep NCHW memory (channels_last is on by default: faster convolutions)")
+    g.add_argument("--inputs-per-batch", type=int, default=1, metavar="K",
+                   help="sample the N0 selection / ISS pilot draws of K inputs together, sharing forward passes of "
+                        "up to --batch rows (each input keeps its own noise stream; pays when N0 << --batch)")
+    g.add_argument("--cuda-graph", action="store_true",
+                   help="on CUDA, replay each full batch from a captured CUDA graph (off by default: not yet "
+                        "measured on a GPU; no effect on the CPU)")
 
 
 def add_noise_args(p):
@@ -87,7 +93,10 @@ class InputSampler:
         check_alpha(args.alpha)
         check_sample_sizes(args.N0 if args.select == "n0" else 0, args.N)
         self.args, self.device, self.dim = args, device, dim
-        self.sampler = Sampler(model, num_classes, args.batch, device, args.amp, args.channels_last, args.optimize)
+        self.sampler = Sampler(model, num_classes, args.batch, device, args.amp, args.channels_last, args.optimize,
+                               getattr(args, "cuda_graph", False))
+        self.inputs_per_batch = check_inputs_per_batch(getattr(args, "inputs_per_batch", 1))
+        self._prefetched = {}  # (idx, stream) → counts sampled ahead by prefetch()
         dist = "general_gaussian" if args.k else args.dist  # --k K alone selects the generalized Gaussian
         self.p_noise = make_noise(dist, args.sigma, dim, args.k)
         self.q_dist = args.q_dist
@@ -161,7 +170,7 @@ class InputSampler:
         row = {"idx": idx, "label": label}
         q = None
         if a.iss:
-            pilot = s.counts_np(x, self.p_noise, a.iss_n0, self._gen(idx, STREAM_SELECT))
+            pilot = self._counts(idx, STREAM_SELECT, x, self.p_noise, a.iss_n0)
             pred = int(pilot.argmax()) if a.select == "n0" else label
             k0 = int(pilot[pred])
             row.update(n0=a.iss_n0, pilot_n=a.iss_n0, pilot_count=k0)
@@ -170,13 +179,13 @@ class InputSampler:
             else:
                 from certifynet.certify.iss import dsrs_expected_radius_fn, iss_dsrs_budget
                 q = self._choose_q(k0, a.iss_n0, 2 * a.alpha)  # one-sided pilot bound at α
-                kq0 = int(s.counts_np(x, q[0], a.iss_n0, self._gen(idx, STREAM_Q_PILOT))[pred])
+                kq0 = int(self._counts(idx, STREAM_Q_PILOT, x, q[0], a.iss_n0)[pred])
                 row.update(pilot_n_q=a.iss_n0, pilot_count_q=kq0)
                 radius_fn = dsrs_expected_radius_fn(a.sigma, self.dim, a.k, self.q_dist, q[2], a.alpha)
                 n, n_q = iss_dsrs_budget(k0, kq0, a.iss_n0, a.N, self.iss_step, a.alpha, a.iss_decline, a.iss, radius_fn)
         else:
             if a.select == "n0":
-                pred = int(s.counts(x, self.p_noise, a.N0, self._gen(idx, STREAM_SELECT)).argmax())
+                pred = int(self._counts(idx, STREAM_SELECT, x, self.p_noise, a.N0).argmax())
                 row["n0"] = a.N0
             else:
                 pred, row["n0"] = label, 0
@@ -190,8 +199,54 @@ class InputSampler:
         row["time"] = round(time.time() - t0, 4)
         return row
 
+    # ---- cross-input batching of the selection / pilot draws (--inputs-per-batch)
+    def _counts(self, idx, stream, x, noise, n):
+        """Counts of input idx's `stream` draws: sampled ahead by prefetch(), or now."""
+        ahead = self._prefetched.pop((idx, stream), None)
+        return ahead if ahead is not None else self.sampler.counts_np(x, noise, n, self._gen(idx, stream))
+
+    def prefetch(self, items) -> None:
+        """Sample the first draws of several inputs [(idx, x, label)] together (`Sampler.counts_many`): the N0
+        selection draws, or the ISS pilot (and, for ISS-DSRS, the Q pilot, with Q fixed from each P pilot).
+        Each input's draws come from its own (seed, idx, stream) generator in the chunks `sample` would use, so
+        its noise is the same as alone, and so are its rows wherever f's output on a row does not depend on the
+        other rows of its forward pass (see `Sampler.counts_many`). These draws only choose ĉ_A and the sample
+        sizes; the certificate's counts are always drawn afresh, input by input."""
+        a = self.args
+        n_first = a.iss_n0 if a.iss else (a.N0 if a.select == "n0" else 0)
+        if n_first <= 0 or len(items) < 2:
+            return
+        for idx, x, _ in items:
+            check_finite_input(x, idx)
+        xs = [x for _, x, _ in items]
+        pilots = self.sampler.counts_many(xs, self.p_noise, [n_first] * len(xs),
+                                          [self._gen(idx, STREAM_SELECT) for idx, _, _ in items]).cpu().numpy()
+        self._prefetched.update({(idx, STREAM_SELECT): c for (idx, _, _), c in zip(items, pilots)})
+        if a.iss and self.q_dist != "none":
+            preds = [int(c.argmax()) if a.select == "n0" else label for c, (_, _, label) in zip(pilots, items)]
+            qs = [self._choose_q(int(c[p]), n_first, 2 * a.alpha)[0] for c, p in zip(pilots, preds)]
+            q_pilots = self.sampler.counts_many(xs, qs, [n_first] * len(xs),
+                                                [self._gen(idx, STREAM_Q_PILOT) for idx, _, _ in items]).cpu().numpy()
+            self._prefetched.update({(idx, STREAM_Q_PILOT): c for (idx, _, _), c in zip(items, q_pilots)})
+
+    def prefetcher(self, data, item):
+        """For run_rows: prefetch(idxs) sampling the first draws of `inputs_per_batch` inputs at a time
+        (item(data, i) → (x, label)); None when --inputs-per-batch is 1."""
+        if self.inputs_per_batch <= 1:
+            return None
+
+        def prefetch(idxs):
+            self.prefetch([(i, *item(data, i)) for i in idxs])
+        prefetch.group = self.inputs_per_batch
+        return prefetch
+
 
 def open_inputs(dataset: str, split: str, data_dir: str):
     """The dataset and its static facts (shape, classes, d)."""
     return get_dataset(dataset, split, data_dir), dataset_info(dataset)
 
+
+def check_inputs_per_batch(k) -> int:
+    if int(k) < 1:
+        raise CertifyNetError(f"--inputs-per-batch must be >= 1, got {k}")
+    return int(k)

@@ -68,7 +68,7 @@ def _sample_and_certify(args):
             row = certify_row(counts, meta, args.method, args.alpha)
             row["time"] = counts["time"]
             return row
-        run_rows(log, indices, make, f"certify {args.method}")
+        run_rows(log, indices, make, f"certify {args.method}", prefetch=sampler.prefetcher(data, _item))
     return out
 
 

@@ -45,12 +45,16 @@ def open_run(args):
     return sampler, data, indices, meta, shard
 
 
-def run_rows(log: RowLog, indices, make_row, desc: str) -> int:
-    """Write make_row(idx) for every idx not yet in the log; returns how many were written."""
+def run_rows(log: RowLog, indices, make_row, desc: str, prefetch=None) -> int:
+    """Write make_row(idx) for every idx not yet in the log; returns how many were written.
+    `prefetch(idxs)` (InputSampler.prefetcher) is called ahead of each group of `prefetch.group` inputs."""
     todo = [i for i in indices if i not in log.done]
     if len(todo) < len(indices):
         print(f"resuming: {len(indices) - len(todo)} of {len(indices)} inputs already in {log.path}", file=sys.stderr)
-    for idx in tqdm(todo, desc=desc, unit="input", file=sys.stderr, dynamic_ncols=True):
+    group = getattr(prefetch, "group", 1)
+    for k, idx in enumerate(tqdm(todo, desc=desc, unit="input", file=sys.stderr, dynamic_ncols=True)):
+        if prefetch is not None and k % group == 0:
+            prefetch(todo[k:k + group])
         log.write(make_row(idx))
     return len(todo)
 

@@ -16,7 +16,8 @@ def main(argv=None):
     sampler, data, indices, meta, shard = open_run(args)
     out = output_path(args, shard, "results/counts.csv")
     with RowLog(out, sampler.columns(), {**meta, "kind": "counts"}, sep=",") as log:
-        run_rows(log, indices, lambda i: sampler.sample(i, *_item(data, i)), "sampling")
+        run_rows(log, indices, lambda i: sampler.sample(i, *_item(data, i)), "sampling",
+                 prefetch=sampler.prefetcher(data, _item))
     print(f"counts: {out}")
 
 
