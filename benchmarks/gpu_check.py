@@ -31,7 +31,7 @@ GPU_BENCH = [
 ]
 CPU_BENCH = [
     ("LeNet MNIST", ["--arch", "lenet", "--dataset", "mnist5k", "--N", "400", "--batch", "200", "--inputs", "1",
-                     "--repeats", "2", "--inputs-per-batch", "4", "--n0", "50"], 20),
+                     "--repeats", "2", "--inputs-per-batch", "4", "--n0", "50"], 30),
     ("ResNet-20 CIFAR-10", ["--arch", "cifar_resnet20", "--dataset", "cifar10", "--N", "100", "--batch", "50",
                             "--inputs", "1", "--repeats", "1", "--inputs-per-batch", "2", "--n0", "25"], 20),
 ]
@@ -211,7 +211,7 @@ def build_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cpu", action="store_true", help="CPU mode: small sizes (CUDA tests are then recorded as skipped)")
     p.add_argument("--budget", type=float, default=None, help="total seconds (default 330 on CUDA, 55 on the CPU)")
-    p.add_argument("--stretch", type=float, default=2.0, help="a piece may run this many times its planned seconds")
+    p.add_argument("--stretch", type=float, default=1.5, help="a piece may run this many times its planned seconds")
     p.add_argument("--out", default=os.path.join(ROOT, "results", "gpu_check.json"))
     p.add_argument("--pieces", default="environment,cuda_tests,bench", help="comma-separated subset to run")
     p.add_argument("--models", default=None, help="comma-separated bench labels or --arch names (default: all)")
@@ -232,7 +232,7 @@ def main(argv=None):
     if "environment" in pieces:
         check.piece("environment", 30, lambda t: environment(t, a.cpu))
     if "cuda_tests" in pieces:
-        check.piece("cuda_tests", 15 if a.cpu else 150, lambda t: cuda_tests(t, os.path.join(work, "cuda_tests.xml")))
+        check.piece("cuda_tests", 20 if a.cpu else 115, lambda t: cuda_tests(t, os.path.join(work, "cuda_tests.xml")))
     if "bench" in pieces:
         for i, (label, args, seconds) in enumerate(bench_plan(CPU_BENCH if a.cpu else GPU_BENCH, a.models)):
             check.piece(f"bench {label}", seconds, lambda t, args=args, i=i: bench(
