@@ -15,6 +15,7 @@ on CUDA bf16, and for fp32 models TF32 when cuDNN convolutions run in TF32, as t
 The selection pass (N0 draws per input, e.g. 100) is timed input by input and with --inputs-per-batch K
 inputs sharing forward passes (Sampler.counts_many). --baseline-sampling FILE times the Sampler of another
 revision side by side (`git show REV:src/certifynet/sampling.py > /tmp/old.py`): the no-slowdown check.
+On a shared CPU, `--clock process` counts passes per CPU second of this process (steadier than wall time).
 
   python benchmarks/bench_sampler.py [--arch lenet --dataset mnist5k] [--N 20000 --batch 1000] [--json OUT]
 """
@@ -82,8 +83,8 @@ def flops_per_pass(model, shape) -> float:
     return 2 * sum(macs) / 2
 
 
-def matmul_peak(device, dtype, tf32=False, n=None, reps=None) -> float:
-    """Dense n×n matmul throughput (FLOP/s, median of reps) that torch reaches on `device` in `dtype`."""
+def matmul_peak(device, dtype, tf32=False, n=None, reps=None, clock=time.perf_counter) -> float:
+    """Dense n×n matmul throughput (FLOP per second of `clock`, median of reps) torch reaches on `device`."""
     cuda = device.type == "cuda"
     n = n or (8192 if cuda else 1024)
     reps = reps or (10 if cuda else 5)
@@ -96,11 +97,11 @@ def matmul_peak(device, dtype, tf32=False, n=None, reps=None) -> float:
         times = []
         for i in range(reps + 2):
             sync(device)
-            t = time.perf_counter()
+            t = clock()
             torch.mm(a, b)
             sync(device)
             if i >= 2:  # warm-up
-                times.append(time.perf_counter() - t)
+                times.append(clock() - t)
     finally:
         torch.backends.cuda.matmul.allow_tf32 = flag
     return 2 * n ** 3 / statistics.median(times)
@@ -111,10 +112,11 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def peaks(device) -> dict:
+def peaks(device, clock="wall") -> dict:
     """Matmul peaks by precision name; 'fp32_models' names the one an fp32 model's convolutions run in."""
     if device.type != "cuda":
-        return {"fp32": matmul_peak(device, torch.float32), "fp32_models": "fp32"}
+        tick = time.process_time if clock == "process" else time.perf_counter
+        return {"fp32": matmul_peak(device, torch.float32, clock=tick), "fp32_models": "fp32"}
     out = {"fp32": matmul_peak(device, torch.float32), "tf32": matmul_peak(device, torch.float32, tf32=True),
            "bf16": matmul_peak(device, torch.bfloat16)}
     out["fp32_models"] = "tf32" if torch.backends.cudnn.allow_tf32 else "fp32"
@@ -130,17 +132,19 @@ def load_baseline(path):
 
 
 class Timer:
-    """Interleaved rounds of named variants; passes/s per round, medians at the end."""
+    """Interleaved rounds of named variants; passes/s per round, medians at the end. `clock` 'process'
+    counts this process's CPU seconds instead of wall seconds (steadier on a shared CPU; CPU only)."""
 
-    def __init__(self, device, deadline):
+    def __init__(self, device, deadline, clock="wall"):
         self.device, self.deadline, self.runs = device, deadline, {}
+        self.clock = time.process_time if clock == "process" else time.perf_counter
 
     def time(self, name, fn, passes):
         sync(self.device)
-        t = time.perf_counter()
+        t = self.clock()
         fn()
         sync(self.device)
-        self.runs.setdefault(name, []).append(passes / (time.perf_counter() - t))
+        self.runs.setdefault(name, []).append(passes / (self.clock() - t))
 
     def median(self, name):
         return statistics.median(self.runs[name])
@@ -156,6 +160,8 @@ def run(a) -> dict:
     info = dataset_info(a.dataset)
     shape, k = tuple(info.shape), info.num_classes
     deadline = time.monotonic() + a.max_seconds
+    if cuda and a.clock == "process":
+        raise SystemExit("--clock process measures CPU seconds: CUDA work runs asynchronously, use --clock wall")
     torch.manual_seed(0)
     model = get_architecture(a.arch, a.dataset).eval()
     ref_model = copy.deepcopy(model).to(device)  # the Cohen loop's own (NCHW, fp32) copy
@@ -163,11 +169,11 @@ def run(a) -> dict:
     noise = GaussianNoise(SIGMA)
     res = {"device": str(device), "device_name": torch.cuda.get_device_name(device) if cuda else cpu_name(),
            "torch": torch.__version__, "threads": torch.get_num_threads(), "arch": a.arch, "dataset": a.dataset,
-           "shape": list(shape), "N": a.N, "batch": a.batch, "inputs": a.inputs, "sigma": SIGMA,
+           "shape": list(shape), "N": a.N, "batch": a.batch, "inputs": a.inputs, "sigma": SIGMA, "clock": a.clock,
            "cudnn_allow_tf32": bool(torch.backends.cudnn.allow_tf32) if cuda else None}
     save(a, res)
     res["flops_per_pass"] = flops_per_pass(model, shape)
-    res["peak_flops"] = peaks(device)
+    res["peak_flops"] = peaks(device, a.clock)
     save(a, res)
 
     precisions = ["fp32", "bf16"] if cuda else ["fp32"]
@@ -184,7 +190,7 @@ def run(a) -> dict:
         old = load_baseline(a.baseline_sampling)(copy.deepcopy(model), k, a.batch, device,  # it converts in place
                                                  precisions[-1] == "bf16")
         variants["baseline (old sampling.py)"] = (_ours(old, xs, noise, a.N, device), precisions[-1])
-    timer = Timer(device, deadline)
+    timer = Timer(device, deadline, a.clock)
     for fn, _ in variants.values():  # warm-up: traces, graphs, cuDNN autotuning, allocator
         fn()
     for r in range(a.repeats):
@@ -264,7 +270,7 @@ def report(res) -> str:
     peak = res["peak_flops"]
     lines = [f"device={res['device']} ({res['device_name']}) arch={res['arch']} shape={res['shape']} N={res['N']} "
              f"batch={res['batch']} inputs={res['inputs']} repeats={res.get('repeats_done', 0)} "
-             f"threads={res['threads']} torch={res['torch']}",
+             f"threads={res['threads']} torch={res['torch']} clock={res.get('clock', 'wall')}",
              f"FLOPs per forward pass: {res['flops_per_pass'] / 1e9:.4g} GFLOP; matmul peak measured here: " +
              ", ".join(f"{k} {v / 1e12:.3g} TFLOP/s" for k, v in peak.items() if k != "fp32_models"),
              f"{'variant':>28} {'passes/s':>12} {'x Cohen':>8} {'of peak':>8} {'s/input N=100k':>15}"]
@@ -297,6 +303,8 @@ def build_parser():
     p.add_argument("--n0", type=int, default=100, help="selection draws per input in the selection-pass timing")
     p.add_argument("--inputs-per-batch", type=int, default=10, help="K for the selection pass (1: skip it)")
     p.add_argument("--baseline-sampling", help="a sampling.py of another revision, timed side by side")
+    p.add_argument("--clock", default="wall", choices=["wall", "process"],
+                   help="passes per wall second, or per CPU second of this process (CPU only; steadier when shared)")
     p.add_argument("--max-seconds", type=float, default=1e9, help="stop the timed rounds after this long")
     p.add_argument("--json", help="write the results here (rewritten after every round)")
     return p
