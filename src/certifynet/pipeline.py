@@ -59,7 +59,8 @@ def add_common_run_args(p):
                    help="keep NCHW memory (channels_last is on by default: faster convolutions)")
     g.add_argument("--inputs-per-batch", type=int, default=1, metavar="K",
                    help="sample the N0 selection / ISS pilot draws of K inputs together, sharing forward passes of "
-                        "up to --batch rows (each input keeps its own noise stream; pays when N0 << --batch)")
+                        "up to --batch rows (each input keeps its own noise stream). Meant for GPUs, where small "
+                        "forward passes are launch-bound; no gain measured on the CPU")
     g.add_argument("--cuda-graph", action="store_true",
                    help="on CUDA, replay each full batch from a captured CUDA graph (off by default: not yet "
                         "measured on a GPU; no effect on the CPU)")
