@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-slow bench install clean
+.PHONY: demo test test-slow bench gpu-check gpu-check-prep install clean
 
 $(STAMP): setup.py requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,16 @@ test-slow: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_sampler.py
 	$(PY) benchmarks/bench_dsrs.py
+
+# The device check (issue #18): CUDA tests + sampler benchmarks in <= 6 min on one GPU -> results/gpu_check.json.
+# No venv is made (a GPU machine may have no network): it uses .venv if present, else $(PYTHON).
+gpu-check:
+	PYTHON=$(if $(wildcard $(PY)),$(PY),$(PYTHON)) bash benchmarks/gpu_check.sh
+
+# Here, before a GPU run: cache the bundled MNIST digits as data/mnist5k.npz (then carry that file).
+gpu-check-prep: $(STAMP)
+	PYTHONPATH=src $(PY) -c "from certifynet.data import get_dataset; get_dataset('mnist5k', 'test')"
+	@ls -l data/mnist5k.npz
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info

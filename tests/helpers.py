@@ -33,3 +33,10 @@ class LinearBinary(nn.Module):
 
     def point_at(self, dist: float, shape):
         return (dist * self.w).reshape(shape)
+
+
+def cuda_test(fn):
+    """Mark a test `cuda` (benchmarks/gpu_check.sh runs these) and skip it, with the reason, without CUDA."""
+    import pytest
+    reason = "needs a CUDA device (benchmarks/gpu_check.sh runs the cuda-marked tests on a GPU)"
+    return pytest.mark.cuda(pytest.mark.skipif(not torch.cuda.is_available(), reason=reason)(fn))

@@ -114,7 +114,8 @@ def _sample_and_certify(args):
             row = certify_row(counts, run.meta, args.method, args.alpha)
             row["time"] = counts["time"]
             return row
-        run_rows(log, run.indices, make, f"certify {args.method}", args.progress)
+        run_rows(log, run.indices, make, f"certify {args.method}", args.progress,
+                 run.sampler.prefetcher(run.data, item))
     return run.out
 
 

@@ -70,14 +70,18 @@ def nothing_to_do(indices, shard) -> bool:
     return True
 
 
-def run_rows(log: RowLog, indices, make_row, desc: str, show: bool = True) -> int:
-    """Write make_row(idx) for every idx not yet in the log; returns how many were written."""
+def run_rows(log: RowLog, indices, make_row, desc: str, show: bool = True, prefetch=None) -> int:
+    """Write make_row(idx) for every idx not yet in the log; returns how many were written.
+    `prefetch(idxs)` (InputSampler.prefetcher) is called ahead of each group of `prefetch.group` inputs."""
     todo = [i for i in indices if i not in log.done]
     if len(todo) < len(indices):
         print(f"resuming: {len(indices) - len(todo)} of {len(indices)} inputs already in {shown(log.path)}",
               file=sys.stderr)
+    group = getattr(prefetch, "group", 1)
     with progress(len(todo), desc, "input", enabled=show) as bar:
-        for idx in todo:
+        for k, idx in enumerate(todo):
+            if prefetch is not None and k % group == 0:
+                prefetch(todo[k:k + group])
             log.write(make_row(idx))
             bar.update(1)
     return len(todo)

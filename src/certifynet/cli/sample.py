@@ -30,5 +30,6 @@ def main(argv=None):
         return 0
     s = run.sampler
     with RowLog(run.out, s.columns(), {**run.meta, "kind": "counts"}, sep=",", integrity=True) as log:
-        run_rows(log, run.indices, lambda i: s.sample(i, *item(run.data, i)), "sampling", args.progress)
+        run_rows(log, run.indices, lambda i: s.sample(i, *item(run.data, i)), "sampling", args.progress,
+                 s.prefetcher(run.data, item))
     print(f"counts: {shown(run.out)}")

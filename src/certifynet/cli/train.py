@@ -74,7 +74,7 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     r.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:N")
     r.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true",
                    help="build data, model and optimizer, run one batch forward, write nothing, exit")
-    r.add_argument("--no-progress", dest="progress", action="store_false", help="no tqdm progress bar")
+    r.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar (without a terminal, progress is printed as plain lines every 30 s)")
 
 
 def check_noise_flags(args) -> None:

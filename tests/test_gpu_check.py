@@ -1,0 +1,212 @@
+"""The device check (benchmarks/gpu_check.sh): its CPU mode end to end, its robustness, and the CUDA-marked
+device tests it runs on a GPU (training steps, torchrun with NCCL, DRUNet + classifier)."""
+import copy
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from certifynet.models import get_architecture
+from certifynet.noise import GaussianNoise, GeneralizedGaussianNoise
+from certifynet.sampling import Sampler, input_generator
+from certifynet.training.loop import LossSpec
+
+from helpers import cuda_test
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _load_check():
+    spec = importlib.util.spec_from_file_location("gpu_check", os.path.join(ROOT, "benchmarks", "gpu_check.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_check_cpu_mode(tmp_path):
+    """`gpu_check.sh --cpu --models lenet`: every piece recorded in one JSON, the CUDA tests as skipped with
+    their reason, the LeNet benchmark with passes/s, the ratio to the Cohen-style loop and the fraction of
+    the fp32 matmul peak, and the printed table."""
+    out = str(tmp_path / "gpu_check.json")
+    t = time.monotonic()
+    r = subprocess.run(["bash", os.path.join(ROOT, "benchmarks", "gpu_check.sh"), "--cpu", "--models", "lenet",
+                        "--budget", "55", "--out", out], capture_output=True, text=True, timeout=150, cwd=ROOT,
+                       env={**os.environ, "PYTHON": sys.executable})
+    assert r.returncode == 0, r.stderr[-2000:]
+    res, seconds = json.load(open(out)), time.monotonic() - t
+    pieces = res["pieces"]
+    assert res["mode"] == "cpu" and seconds < 55 + 20 and list(pieces) == ["environment", "cuda_tests",
+                                                                           "bench LeNet MNIST"]
+    assert pieces["environment"]["status"] == "ok" and torch.__version__.startswith(pieces["environment"]["torch"])
+    tests = pieces["cuda_tests"]
+    assert tests["status"] == "ok" and tests["counts"]["skipped"] >= 10 and not tests["counts"]["passed"]
+    assert all("CUDA" in t["message"] for t in tests["tests"]), tests["tests"][:2]
+    lenet = pieces["bench LeNet MNIST"]
+    assert lenet["status"] == "ok", lenet
+    b = lenet["result"]
+    assert b["flops_per_pass"] == 4_586_000 and b["peak_flops"]["fp32"] > 1e8 and b["device"] == "cpu"
+    for name in ("reference", "certifynet fp32"):
+        v = b["rates"][name]
+        assert v["passes_per_s"] > 0 and 0 < v["fraction_of_peak"] < 2 and v["peak"] == "fp32"
+        assert v["fraction_of_peak"] == pytest.approx(b["flops_per_pass"] * v["passes_per_s"] / b["peak_flops"]["fp32"])
+    assert b["selection"]["identical_counts"] is True
+    assert "| LeNet MNIST | certifynet fp32 |" in r.stdout and "of fp32 matmul peak" in r.stdout
+    assert set(res["targets"]) and all(v["met"] is None for v in res["targets"].values())  # GPU-only targets
+
+
+def test_gpu_check_records_a_broken_piece_and_goes_on(tmp_path):
+    """A piece that raises, or a benchmark that cannot build its model, records its error and the next piece
+    still runs; once the budget is spent, the remaining pieces are skipped with the reason."""
+    gc = _load_check()
+    a = gc.build_parser().parse_args(["--cpu", "--budget", "40", "--out", str(tmp_path / "r.json")])
+    check = gc.Check(a)
+    check.piece("raises", 10, lambda t: 1 / 0)
+    check.piece("bench no_such_arch", 10, lambda t: gc.bench(t, ["--arch", "no_such_arch"], str(tmp_path / "b.json"),
+                                                             "cpu"))
+    check.piece("fine", 10, lambda t: {"status": "ok"})
+    check.a.budget = 0
+    check.piece("late", 10, lambda t: {"status": "ok"})
+    got = json.load(open(tmp_path / "r.json"))["pieces"]
+    assert got["raises"]["status"] == "error" and "ZeroDivisionError" in got["raises"]["error"]
+    assert got["bench no_such_arch"]["status"] == "error" and "no_such_arch" in got["bench no_such_arch"]["output_tail"]
+    assert got["fine"]["status"] == "ok" and got["late"] == {"status": "skipped", "reason": "time budget (0 s) spent"}
+    assert [p[0] for p in gc.bench_plan(gc.GPU_BENCH)] == ["LeNet MNIST", "ResNet-110 CIFAR-10", "ResNet-50 ImageNet"]
+    extra = gc.bench_plan(gc.CPU_BENCH, "mnist_43,lenet")
+    assert [p[0] for p in extra] == ["mnist_43", "LeNet MNIST"] and "mnist_43" in extra[0][1]
+
+
+def test_flops_per_pass_equals_torch_flop_counter():
+    """bench_sampler's hook count of convolution/linear FLOPs equals torch.utils.flop_counter's."""
+    from torch.utils.flop_counter import FlopCounterMode
+    from certifynet.denoise import DenoisedClassifier, get_denoiser
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    from bench_sampler import flops_per_pass
+    for model, shape in ((get_architecture("lenet", "mnist5k"), (1, 28, 28)),
+                         (get_architecture("cifar_resnet20", "cifar10"), (3, 32, 32)),
+                         (DenoisedClassifier(get_denoiser("drunet_small", 1), get_architecture("lenet", "mnist5k"), 0.5),
+                          (1, 28, 28))):
+        meta = copy.deepcopy(model).to("meta")
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            meta(torch.empty(2, *shape, device="meta"))
+        assert flops_per_pass(model, shape) == counter.get_total_flops() / 2 > 0
+
+
+# ---------------------------------------------------------------- CUDA (skipped without a GPU)
+
+LOSSES = {
+    "gaussian": dict(method="gaussian", m=1),
+    "consistency": dict(method="consistency", m=2, lbd=5.0, eta=0.5),
+    "smoothmix": dict(method="smoothmix", m=2, num_steps=2, mix_step=1, eta=5.0, num_classes=10),
+}
+
+
+@cuda_test
+@pytest.mark.parametrize("method", list(LOSSES))
+@pytest.mark.parametrize("k", [0, 380])
+def test_one_training_step_on_cuda(method, k):
+    """One optimizer step of each training method on CUDA (Gaussian and generalized-Gaussian noise drawn on
+    the device): finite loss, every parameter with a gradient moves."""
+    torch.manual_seed(0)
+    model = get_architecture("lenet", "mnist5k").cuda().train()
+    g = torch.Generator("cuda").manual_seed(0)
+    noise = GaussianNoise(0.25) if k == 0 else GeneralizedGaussianNoise(0.25, k, 784)
+    x, y = torch.rand(32, 1, 28, 28, device="cuda"), torch.randint(0, 10, (32,), device="cuda")
+    before = [p.detach().clone() for p in model.parameters()]
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    loss, _ = LossSpec(**LOSSES[method])(model, x, y, lambda t: noise.sample_like(t, g), 0, g)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    assert torch.isfinite(loss) and loss.device.type == "cuda"
+    assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+@cuda_test
+def test_train_cli_on_cuda(tmp_path):
+    """scripts/train.py --device cuda: one short epoch on mnist5k through the real loop and checkpoint."""
+    from certifynet.cli import train as cli_train
+    from certifynet.models import load_checkpoint
+    out = str(tmp_path / "run")
+    assert cli_train.main(["mnist5k", "lenet", "--epochs", "1", "--train-subset", "256", "--test-subset", "128",
+                           "--batch", "64", "--workers", "0", "--device", "cuda", "--no-progress", "--noise", "0.25",
+                           "--outdir", out]) == 0
+    ck = load_checkpoint(os.path.join(out, "checkpoint.pth"))
+    assert ck.epoch == 1 and json.load(open(os.path.join(out, "log.meta.json")))["device"].startswith("cuda")
+
+
+NCCL_WORKER = r'''
+import json, os, sys, torch, torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+from certifynet.models import get_architecture
+from certifynet.noise import GaussianNoise
+from certifynet.training import ddp
+from certifynet.training.loop import LossSpec
+torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+dist.init_process_group("nccl")  # torchrun's env; world size 1 (one GPU)
+model = DDP(get_architecture("lenet", "mnist5k").cuda(), device_ids=[0])
+g = torch.Generator("cuda").manual_seed(0)
+x, y = torch.rand(16, 1, 28, 28, device="cuda"), torch.randint(0, 10, (16,), device="cuda")
+loss, _ = LossSpec(method="gaussian")(model, x, y, lambda t: GaussianNoise(0.25).sample_like(t, g))
+loss.backward()
+total = ddp.all_reduce_sum(torch.ones(3, device="cuda"))
+obj = ddp.broadcast_object({"rank": dist.get_rank()})
+ddp.barrier()
+print(json.dumps({"backend": dist.get_backend(), "world": ddp.world_size(), "main": ddp.is_main(),
+                  "sum": total.tolist(), "obj": obj, "loss": float(loss),
+                  "grad": all(p.grad is not None for p in model.parameters())}))
+ddp.cleanup()
+'''
+
+
+@cuda_test
+def test_torchrun_one_process_nccl(tmp_path):
+    """`torchrun --nproc_per_node=1` on one GPU: an NCCL process group, DDP forward/backward and the library's
+    collective helpers; and scripts/train.py under torchrun on CUDA. (With one GPU, init_distributed itself
+    opens no group: WORLD_SIZE is 1; its multi-rank NCCL branch needs 2+ GPUs.)"""
+    from test_ddp import TORCHRUN_ENV, free_port
+    env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_ENV}
+    run = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=1", "--master_addr=127.0.0.1"]
+    worker = tmp_path / "nccl_worker.py"
+    worker.write_text(NCCL_WORKER)
+    r = subprocess.run([*run, f"--master_port={free_port()}", str(worker)], capture_output=True, text=True, env=env,
+                       timeout=90, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    assert got["backend"] == "nccl" and got["world"] == 1 and got["main"] and got["sum"] == [1.0, 1.0, 1.0]
+    assert got["obj"] == {"rank": 0} and got["grad"]
+    out = str(tmp_path / "run")
+    r = subprocess.run([*run, f"--master_port={free_port()}", os.path.join(ROOT, "scripts", "train.py"), "mnist5k",
+                        "lenet", "--epochs", "1", "--train-subset", "128", "--test-subset", "64", "--batch", "32",
+                        "--workers", "0", "--device", "cuda", "--no-progress", "--noise", "0.25", "--outdir", out],
+                       capture_output=True, text=True, env=env, timeout=90, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert os.path.exists(os.path.join(out, "checkpoint.pth"))
+
+
+@cuda_test
+@pytest.mark.parametrize("amp", [False, True], ids=["fp32", "bf16"])
+def test_drunet_and_classifier_on_cuda(amp):
+    """DRUNet → LeNet (denoised smoothing) sampled on CUDA (channels_last, optionally bf16): counts sum to n,
+    the caller's modules stay on the CPU, and fp32 CUDA predictions match the CPU's on ≥ 99% of noisy inputs."""
+    from certifynet.denoise import DenoisedClassifier, get_denoiser
+    torch.manual_seed(0)
+    model = DenoisedClassifier(get_denoiser("drunet_small", 1), get_architecture("lenet", "mnist5k"), 0.5).eval()
+    s = Sampler(model, 10, batch=256, device="cuda", amp=amp)
+    x = torch.rand(1, 28, 28)
+    counts = s.counts_np(x, GaussianNoise(0.5), 1000, input_generator(0, 0, 1, "cuda"))
+    assert counts.sum() == 1000 and next(model.parameters()).device.type == "cpu"
+    if not amp:
+        noisy = x + 0.5 * torch.randn(512, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+        flag = torch.backends.cudnn.allow_tf32
+        torch.backends.cudnn.allow_tf32 = False  # compare fp32 with fp32
+        try:
+            with torch.inference_mode():
+                cpu, gpu = model(noisy).argmax(1), s.model(noisy.cuda()).argmax(1).cpu()
+        finally:
+            torch.backends.cudnn.allow_tf32 = flag
+        assert (cpu == gpu).float().mean() >= 0.99
