@@ -2,6 +2,7 @@
 import csv
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -210,3 +211,40 @@ def test_peer_logs_match_hand_computation_and_readme():
     assert set(env.index) == {"cifar10", "imagenet"}
     for dataset, acc in best.items():
         assert [env.loc[dataset, f"r={r:g}"] for r in radii] == pytest.approx(acc, abs=1e-9, rel=0)
+
+
+# ------------------------------------------------------------------------------------------- pandas reader
+HEAD6 = "idx\tlabel\tpredict\tradius\tcorrect\ttime\n"
+
+
+@pytest.mark.parametrize("content, where", [
+    # the earliest offending line is reported, whatever the kind of error on later lines
+    (HEAD6 + "0\t1\t1\tabc\t1\t1\n1\t1\t1\t0.5\t1\t1\t9\n", "line 2: column 'radius'"),
+    (HEAD6 + "0\t1\t1\t0.5\t1\t1\n1\t1\t1\t0.5\t1\t1\t9\n2\t1\t1\tabc\t1\t1\n", "line 3: expected 6 tab-separated fields, got 7"),
+    (HEAD6 + "0\t1\t2\t0.5\t1\t1\n1\t1\t1\t0.5\t1\n", "line 2: correct=1 but predict=2"),
+    (HEAD6 + "0\t1\t1\t0.5\t1\t1\n0\t1\t1\t0.5\t1\t1\n1\t1\t1\t-1\t1\t1\n", "line 3: duplicate idx 0 (first at line 2)"),
+    (HEAD6 + "0\t1\t1\t0.5\t1\t1\n\n   \n0\t1\t1\t0.5\t1\t1\n", "line 5: duplicate idx 0 (first at line 2)"),
+    (HEAD6 + "0\t1\t1\t0.5\t1\t1\n1\t1\t1\t0.5\t1\t\n", "line 3: column 'time': not seconds or H:MM:SS: ''"),
+    (HEAD6 + "0\t1\t1\t0.5\t2\t1\n", "line 2: column 'correct': correct must be 0 or 1, got '2'"),
+    (HEAD6 + "0\t1.5\t1\t0.5\t1\t1\n", "line 2: column 'label': not an integer: '1.5'"),
+    (HEAD6 + "0\t1\t1\tinf\t1\t1\n", "line 2: column 'radius': radius must be finite and >= 0, got 'inf'"),
+    ("idx\tidx\tlabel\tpredict\tradius\tcorrect\ttime\n", "line 1: duplicate column names"),
+    ("\n \n\t\t\n", "empty file"),
+])
+def test_reader_reports_the_first_offending_line(tmp_path, content, where):
+    path = tmp_path / "bad.tsv"
+    path.write_text(content)
+    with pytest.raises(CertifyNetError, match="^" + re.escape(f"{path}{', ' if 'line' in where else ': '}{where}")):
+        analysis.read_log(path)
+
+
+def test_reader_accepts_what_cohen_and_we_write(tmp_path):
+    """BOM, CRLF, blank lines, padded fields, true/false, H:MM:SS, quotes kept verbatim, numeric extra columns."""
+    path = tmp_path / "ok.tsv"
+    path.write_bytes(("\ufeff" + "idx\tlabel\tpredict\tradius\tcorrect\ttime\tn\tmethod\tnote\r\n"
+                      "0\t1\t1\t 0.5 \tTrue\t0:00:01.5\t100\tnp\t\"a\r\n\r\n"
+                      "1\t2\t-1\t0\tfalse\t2\t100\tnp\tb c\r\n").encode("utf-8"))
+    d = analysis.read_log(path).data
+    assert d["idx"].tolist() == [0, 1] and d["radius"].tolist() == [0.5, 0.0] and d["correct"].tolist() == [1, 0]
+    assert d["time"].tolist() == [1.5, 2.0] and d["n"].dtype.kind == "i" and d["note"].tolist() == ['"a', "b c"]
+    assert d["predict"].dtype.kind == "i" and analysis.read_log(path).method == "np"

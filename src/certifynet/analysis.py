@@ -14,6 +14,7 @@ For m inputs with radius R_i and correct_i ∈ {0, 1}:
 """
 from __future__ import annotations
 
+import csv
 import json
 import math
 import re
@@ -169,23 +170,62 @@ def _default_label(path: Path, meta: dict) -> str:
     return " ".join(parts) or path.stem
 
 
+class _TooLong:
+    """Stands in for a line with more fields than the header (pandas' on_bad_lines hook)."""
+
+    def __init__(self, fields: int):
+        self.fields = fields
+
+
+def _read_table(path: Path) -> pd.DataFrame:
+    """Every line of a tab-separated file as strings: header row included, blank lines kept (row i is line i + 1),
+    fields verbatim (no quoting, no NA conversion), a missing trailing field NaN (the C engine would pad it with
+    ""), a line with too many fields a _TooLong in column 0 (a blank one stays blank)."""
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            width = len(f.readline().rstrip("\r\n").split("\t"))
+        return pd.read_csv(path, sep="\t", header=None, names=range(width), dtype=object, keep_default_na=False,
+                           na_values=[], quoting=csv.QUOTE_NONE, skip_blank_lines=False, encoding="utf-8-sig",
+                           engine="python",
+                           on_bad_lines=lambda fields: [_TooLong(len(fields)) if "".join(fields).strip() else ""])
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame(columns=[0], dtype=object)
+    except UnicodeDecodeError:
+        raise CertifyNetError(f"{path}: not a text log (not UTF-8)") from None
+
+
+def _parse_column(text: pd.Series, parse):
+    """(values, (position, message) of the first entry `parse` rejects, or None), ignoring surrounding blanks.
+    Vectorised by pd.to_numeric; every entry it does not accept goes through `parse`, whose value or error wins."""
+    num = np.array(pd.to_numeric(text, errors="coerce"), dtype=float)  # a writable copy
+    floats = parse in (_parse_radius, parse_time)
+    with np.errstate(invalid="ignore"):
+        ok = np.isfinite(num) & ((num >= 0) if floats else (num == np.floor(num)))
+        if parse is _parse_correct:
+            ok &= (num == 0) | (num == 1)
+    for pos in np.flatnonzero(~ok):
+        try:
+            num[pos] = parse(text.iloc[pos].strip())
+        except ValueError as e:
+            return num, (int(pos), str(e))
+    return (num if floats else num.astype(np.int64)), None
+
+
 def read_log(path, label: Optional[str] = None) -> CertifyLog:
-    """Parse one tab-separated certify log (ours or Cohen's) and its sidecar.
+    """Parse one tab-separated certify log (ours or Cohen's) with pandas.read_csv, and its sidecar.
 
     Raises CertifyNetError naming the file and line for empty files, missing columns, wrong field counts,
-    non-numeric values, inconsistent `correct` and duplicate `idx`.
+    non-numeric values, inconsistent `correct` and duplicate `idx` (the first offending line is reported).
     """
     path = Path(path)
     if not path.is_file():
         raise CertifyNetError(f"{path}: " + ("not a file" if path.exists() else "no such log file"))
-    try:
-        lines = [ln.rstrip("\r") for ln in path.read_text(encoding="utf-8-sig").split("\n")]
-    except UnicodeDecodeError:
-        raise CertifyNetError(f"{path}: not a text log (not UTF-8)") from None
-    if not any(ln.strip() for ln in lines):
+    raw = _read_table(path)
+    blank = _blank_rows(raw)
+    if blank.all():
         raise CertifyNetError(f"{path}: empty file")
 
-    header = [h.strip() for h in lines[0].split("\t")]
+    header = [str(h).strip() for h in raw.iloc[0].fillna("")] if len(raw) else []
     missing = [c for c in REQUIRED_COLUMNS if c not in header]
     if missing:
         hint = " (a PREDICT log has no radius)" if header == ["idx", "label", "predict", "correct", "time"] else ""
@@ -194,48 +234,72 @@ def read_log(path, label: Optional[str] = None) -> CertifyLog:
     if len(set(header)) != len(header):
         raise CertifyNetError(f"{path}, line 1: duplicate column names in header")
 
-    parsers = [_PARSERS.get(c, _parse_int if c in _INT_COLUMNS else str) for c in header]
-    cols = {c: [] for c in header}
-    first_line_of = {}
-    for lineno, line in enumerate(lines[1:], start=2):
-        if not line.strip():
+    body = raw.iloc[1:][~blank[1:]].copy()
+    too_long = body[0].map(lambda v: v.fields if isinstance(v, _TooLong) else 0).to_numpy()
+    body.loc[too_long > 0, 0] = ""
+    body.columns = header
+    lines = body.index.to_numpy() + 1  # raw row i is line i + 1
+    first = [len(body), None]  # (position, message) of the earliest error; checks run in the order they rank
+
+    def note(pos, message):
+        if pos < first[0]:
+            first[:] = [pos, message]
+
+    fields = np.where(too_long > 0, too_long, body.notna().sum(axis=1).to_numpy())
+    wrong_width = np.flatnonzero(fields != len(header))
+    if wrong_width.size:
+        note(wrong_width[0], f"expected {len(header)} tab-separated fields, got {fields[wrong_width[0]]}")
+    data = {}
+    for c in header:
+        parse = _PARSERS.get(c, _parse_int if c in _INT_COLUMNS else None)
+        if parse is None:  # extra columns (pA_upper, method, ...): numeric where all are numbers
+            data[c] = _numeric_or_text(body[c].fillna("").str.strip())
             continue
-        fields = line.split("\t")
-        if len(fields) != len(header):
-            raise CertifyNetError(f"{path}, line {lineno}: expected {len(header)} tab-separated fields, "
-                                  f"got {len(fields)}")
-        row = {}
-        for c, parse, text in zip(header, parsers, fields):
-            try:
-                row[c] = parse(text.strip())
-            except ValueError as e:
-                raise CertifyNetError(f"{path}, line {lineno}: column {c!r}: {e}") from None
-        if row["correct"] != int(row["predict"] == row["label"]):
-            raise CertifyNetError(f"{path}, line {lineno}: correct={row['correct']} but predict={row['predict']}, "
-                                  f"label={row['label']}")
-        if row["idx"] in first_line_of:
-            raise CertifyNetError(f"{path}, line {lineno}: duplicate idx {row['idx']} "
-                                  f"(first at line {first_line_of[row['idx']]})")
-        first_line_of[row["idx"]] = lineno
-        for c in header:
-            cols[c].append(row[c])
-    if not first_line_of:
+        data[c], bad = _parse_column(body[c].fillna(""), parse)
+        if bad:
+            note(bad[0], f"column {c!r}: {bad[1]}")
+    ok = slice(0, first[0])  # every column parsed on the rows before the earliest error
+    correct, predict, label_ = data["correct"][ok], data["predict"][ok], data["label"][ok]
+    wrong = np.flatnonzero(correct != (predict == label_))
+    if wrong.size:
+        i = wrong[0]
+        note(i, f"correct={int(correct[i])} but predict={int(predict[i])}, label={int(label_[i])}")
+    idx = pd.Series(data["idx"][ok])
+    dup = np.flatnonzero(idx.duplicated().to_numpy())
+    if dup.size:
+        i = dup[0]
+        note(i, f"duplicate idx {int(idx.iloc[i])} (first at line {lines[np.flatnonzero(idx == idx.iloc[i])[0]]})")
+    if first[1] is not None:
+        raise CertifyNetError(f"{path}, line {lines[first[0]]}: {first[1]}")
+    if not len(body):
         raise CertifyNetError(f"{path}: no data rows after the header")
 
-    data = pd.DataFrame(cols)
-    for c, parse in zip(header, parsers):  # extra columns (pA_upper, method, ...): numeric where all are numbers
-        if parse is str:
-            try:
-                data[c] = pd.to_numeric(data[c])
-            except (ValueError, TypeError):
-                pass
-
+    data = pd.DataFrame(data)
     meta = {**_meta_from_name(path), **read_meta(path)}  # the sidecar wins over the file name
     if not meta.get("method"):
         methods = data["method"].unique() if "method" in data else []
         # a log without sidecar or method column is Cohen's certify.py, i.e. Neyman–Pearson
         meta["method"] = str(methods[0]) if len(methods) == 1 else ("mixed" if len(methods) else "np")
     return CertifyLog(path=path, data=data, meta=meta, label=label or _default_label(path, meta))
+
+
+def _blank_rows(raw: pd.DataFrame) -> np.ndarray:
+    """True for rows whose fields are all missing or blank (only rows with a blank first field are inspected)."""
+    if raw.empty:
+        return np.ones(len(raw), dtype=bool)
+    def empty(v):
+        return v is None or (isinstance(v, str) and not v.strip()) or (isinstance(v, float) and math.isnan(v))
+    blank = np.array(raw[0].map(empty), dtype=bool)
+    for pos in np.flatnonzero(blank):
+        blank[pos] = all(map(empty, raw.iloc[pos]))
+    return blank
+
+
+def _numeric_or_text(text: pd.Series) -> pd.Series:
+    try:
+        return pd.to_numeric(text)
+    except (ValueError, TypeError):
+        return text.astype(str)
 
 
 def read_logs(paths: Sequence, labels: Optional[Sequence[str]] = None) -> list:
