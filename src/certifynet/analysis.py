@@ -18,6 +18,7 @@ import csv
 import json
 import math
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
@@ -336,15 +337,21 @@ def hp_correction(alpha: float, rho: float, m: int) -> float:
     return alpha + math.sqrt(alpha * (1.0 - alpha) * lr / m) + lr / (3.0 * m)
 
 
-def mean_samples(log: CertifyLog) -> float:
-    """Forward passes per input: mean(samples), else mean(n) + N0 (sidecar), else N + N0 (sidecar), else NaN."""
+def samples_per_input(log: CertifyLog) -> Optional[np.ndarray]:
+    """Forward passes spent on each input: `samples`, else n + N0 (sidecar), else N + N0 (sidecar), else None."""
     d, n0 = log.data, log._get("N0", float) or 0.0
     if "samples" in d:
-        return float(d["samples"].mean())
+        return d["samples"].to_numpy(float)
     if "n" in d:
-        return float(d["n"].mean()) + n0
+        return d["n"].to_numpy(float) + n0
     n = log._get("N", float)
-    return n + n0 if n is not None else math.nan
+    return np.full(len(d), n + n0) if n is not None else None
+
+
+def mean_samples(log: CertifyLog) -> float:
+    """Forward passes per input: mean(samples), else mean(n) + N0 (sidecar), else N + N0 (sidecar), else NaN."""
+    per_input = samples_per_input(log)
+    return float(per_input.mean()) if per_input is not None else math.nan
 
 
 def _radius_columns(radii) -> list:
@@ -437,22 +444,34 @@ def _display_frame(df: pd.DataFrame) -> pd.DataFrame:
     return df[keep]
 
 
-def best_mask(values: pd.Series, decimals: int, best: Optional[str]) -> pd.Series:
-    """True where the value, rounded as displayed, equals the column's best (max, or min when lower is better).
-    Ties are all True; nothing is marked when fewer than two values are present."""
+def comparable_groups(df: pd.DataFrame) -> pd.Series:
+    """Group of each row: runs are comparable when they share the dataset and σ (columns `dataset`, `sigma`,
+    where present; a missing value is its own "unknown" group)."""
+    keys = [df[c].astype(object).where(df[c].notna(), "?").astype(str) for c in ("dataset", "sigma") if c in df]
+    if not keys:
+        return pd.Series("", index=df.index)
+    return pd.Series(list(zip(*keys)), index=df.index).astype(str)
+
+
+def best_mask(values: pd.Series, decimals: int, best: Optional[str], groups: Optional[pd.Series] = None) -> pd.Series:
+    """True where the value, rounded as displayed, equals the best of its group (max, or min when lower is
+    better); `groups` (default: one group) holds comparable runs. Ties are all True; nothing is marked in a group
+    with fewer than two values."""
     rounded = pd.to_numeric(values, errors="coerce").round(decimals)
-    if best is None or rounded.notna().sum() < 2:
+    groups = pd.Series("", index=values.index) if groups is None else groups
+    if best is None:
         return pd.Series(False, index=values.index)
-    target = rounded.max() if best == "max" else rounded.min()
-    return rounded == target
+    by = rounded.groupby(groups, sort=False)
+    target = by.transform("max" if best == "max" else "min")
+    return (rounded == target) & (by.transform("count") >= 2)
 
 
-def _cells(df: pd.DataFrame, bold, nan: str, bold_best: bool) -> list:
-    """Formatted cell strings, row-major; `bold` wraps a string."""
+def _cells(df: pd.DataFrame, bold, nan: str, bold_best: bool, groups: pd.Series) -> list:
+    """Formatted cell strings, row-major; `bold` wraps a string (the best of each column within each group)."""
     out = [[None] * len(df.columns) for _ in range(len(df))]
     for j, col in enumerate(df.columns):
         spec = _column_spec(col)
-        mask = best_mask(df[col], *spec) if spec and bold_best else pd.Series(False, index=df.index)
+        mask = best_mask(df[col], *spec, groups) if spec and bold_best else pd.Series(False, index=df.index)
         for i, (v, b) in enumerate(zip(df[col], mask)):
             if spec is None:
                 s = nan if v is None or (isinstance(v, float) and math.isnan(v)) or v == "" else str(v)
@@ -463,38 +482,97 @@ def _cells(df: pd.DataFrame, bold, nan: str, bold_best: bool) -> list:
 
 
 def to_markdown(df: pd.DataFrame, bold_best: bool = True) -> str:
-    """GitHub Markdown table; the best value of each metric column in **bold**."""
-    df = _display_frame(df)
+    """GitHub Markdown table; the best value of each metric column among comparable runs (`comparable_groups`)
+    in **bold**. Our own 7 lines: DataFrame.to_markdown would add the `tabulate` dependency and pad the cells."""
+    groups, df = comparable_groups(df), _display_frame(df)
     esc = lambda s: str(s).replace("|", "\\|")  # noqa: E731
-    cells = _cells(df, lambda s: f"**{s}**", "–", bold_best)
+    cells = _cells(df, lambda s: f"**{s}**", "–", bold_best, groups)
     align = ["---:" if _column_spec(c) else ":---" for c in df.columns]
     lines = ["| " + " | ".join(esc(c) for c in df.columns) + " |", "|" + "|".join(align) + "|"]
     lines += ["| " + " | ".join(esc(s) for s in row) + " |" for row in cells]
     return "\n".join(lines) + "\n"
 
 
+# LaTeX for symbols that are not letters with accents: text mode (str) or math mode (a 1-tuple)
 _TEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-                "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-                "σ": r"$\sigma$", "α": r"$\alpha$", "ρ": r"$\rho$", "–": "--"}
+                "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "<": r"\textless{}",
+                ">": r"\textgreater{}", "|": r"\textbar{}", "–": "--", "—": "---", "‘": "`", "’": "'", "“": "``",
+                "”": "''", "…": r"\ldots{}", "•": r"\textbullet{}", "°": r"\textdegree{}", "\u00a0": "~",
+                "§": r"\S{}", "¶": r"\P{}", "©": r"\copyright{}", "£": r"\pounds{}", "ß": r"\ss{}", "æ": r"\ae{}",
+                "Æ": r"\AE{}", "ø": r"\o{}", "Ø": r"\O{}", "œ": r"\oe{}", "Œ": r"\OE{}", "å": r"\aa{}", "Å": r"\AA{}",
+                "ł": r"\l{}", "Ł": r"\L{}", "ı": r"\i{}",
+                "≥": (r"\geq",), "≤": (r"\leq",), "≠": (r"\neq",), "≈": (r"\approx",), "×": (r"\times",),
+                "·": (r"\cdot",), "±": (r"\pm",), "−": ("-",), "→": (r"\to",), "←": (r"\leftarrow",),
+                "⇒": (r"\Rightarrow",), "∞": (r"\infty",), "∧": (r"\wedge",), "∨": (r"\vee",), "∈": (r"\in",),
+                "∉": (r"\notin",), "‖": (r"\|",), "ℓ": (r"\ell",), "√": (r"\surd",), "∑": (r"\sum",),
+                "∏": (r"\prod",), "∫": (r"\int",), "∂": (r"\partial",), "∇": (r"\nabla",), "∼": (r"\sim",),
+                "÷": (r"\div",), "′": ("'",), "µ": (r"\mu",), "ϵ": (r"\epsilon",), "ε": (r"\varepsilon",),
+                "ϕ": (r"\phi",), "φ": (r"\varphi",), "ς": (r"\varsigma",), "ϑ": (r"\vartheta",),
+                "¹": ("^{1}",), "²": ("^{2}",), "³": ("^{3}",), "⁻": ("^{-}",), "⁺": ("^{+}",)}
+_TEX_ESCAPES.update({chr(0x2070 + i): (f"^{{{i}}}",) for i in (0, 4, 5, 6, 7, 8, 9)})
+_TEX_ESCAPES.update({chr(0x2080 + i): (f"_{{{i}}}",) for i in range(10)})
+_GREEK_CAPITALS = {"Gamma", "Delta", "Theta", "Lambda", "Xi", "Pi", "Sigma", "Upsilon", "Phi", "Psi", "Omega"}
+# combining mark → (text-mode accent command, math-mode accent command)
+_TEX_ACCENTS = {0x300: ("\\`", r"\grave"), 0x301: ("\\'", r"\acute"), 0x302: (r"\^", r"\hat"), 0x303: (r"\~", r"\tilde"),
+                0x304: (r"\=", r"\bar"), 0x306: (r"\u", r"\breve"), 0x307: (r"\.", r"\dot"), 0x308: (r'\"', r"\ddot"),
+                0x30A: (r"\r", r"\mathring"), 0x30B: (r"\H", r"\bar"), 0x30C: (r"\v", r"\check"),
+                0x323: (r"\d", r"\underline"), 0x327: (r"\c", r"\bar"), 0x328: (r"\k", r"\bar"),
+                0x331: (r"\b", r"\underline"), 0x332: (r"\underline", r"\underline")}
+
+
+def _tex_symbol(ch: str):
+    """LaTeX for one character: a str (text mode) or a 1-tuple (math mode); ASCII `[U+XXXX]` when unknown."""
+    if ch in _TEX_ESCAPES:
+        return _TEX_ESCAPES[ch]
+    if ord(ch) < 128:
+        return ch
+    name = unicodedata.name(ch, "")
+    m = re.fullmatch(r"(?:MATHEMATICAL ITALIC )?(?:GREEK )?(SMALL|CAPITAL) (?:LETTER )?([A-Z]+)", name)
+    if m and ("GREEK" in name or name.startswith("MATHEMATICAL")):
+        letter = m[2].capitalize() if m[1] == "CAPITAL" else m[2].lower()
+        if letter == "omicron":
+            return ("o",)
+        if m[1] == "CAPITAL" and letter not in _GREEK_CAPITALS:  # Alpha, Beta, ... look like Latin capitals
+            return ("\\mathrm{" + unicodedata.lookup(f"LATIN CAPITAL LETTER {m[2][0]}") + "}",)
+        return ("\\" + letter,)
+    return f"[U+{ord(ch):04X}]"
 
 
 def tex_escape(text: str) -> str:
-    return "".join(_TEX_ESCAPES.get(ch, ch) for ch in str(text))
+    """`text` as LaTeX that pdflatex compiles without extra packages: pure ASCII. TeX specials escaped, Greek and
+    maths symbols in $…$, accented letters with accent commands (ĉ → \\^{c}, p̲ → \\underline{p}, σ̂ → $\\hat{\\sigma}$)."""
+    tokens = []  # [tex, is_math]
+    for ch in unicodedata.normalize("NFD", str(text)):
+        mark = unicodedata.combining(ch) and _TEX_ACCENTS.get(ord(ch))
+        if mark and tokens:
+            tex, math_mode = tokens[-1]
+            tokens[-1][0] = f"{mark[1 if math_mode else 0]}{{{tex}}}"
+            continue
+        sym = _tex_symbol(unicodedata.normalize("NFC", ch)) if not unicodedata.combining(ch) else ""
+        tokens.append([sym[0], True] if isinstance(sym, tuple) else [sym, False])
+    out, in_math = [], False
+    for tex, math_mode in tokens:
+        if math_mode != in_math:
+            out.append("$")
+            in_math = math_mode
+        out.append(tex)
+    tex, merged = "".join(out) + ("$" if in_math else ""), None
+    while merged != tex:  # one script per base: ⁻¹² → ^{-}^{1}^{2} → ^{-12}
+        merged, tex = tex, re.sub(r"([\^_])\{([^{}$]*)\}\1\{", r"\1{\2", tex)
+    return tex
 
 
 def to_latex(df: pd.DataFrame, title: Optional[str] = None, bold_best: bool = True) -> str:
-    """booktabs table (needs \\usepackage{booktabs}); the best value of each metric column in \\textbf."""
-    df = _display_frame(df)
+    """booktabs table (needs \\usepackage{booktabs}), pure ASCII; the best value of each metric column among
+    comparable runs in \\textbf. Written by pandas' Styler.to_latex from cells we format and escape."""
+    groups, df = comparable_groups(df), _display_frame(df)
     head = [f"${c}$" if c.startswith("r=") or c == "m" else tex_escape(c) for c in df.columns]
-    cells = _cells(df, lambda s: rf"\textbf{{{s}}}", "--", bold_best)
+    cells = _cells(df, lambda s: rf"\textbf{{{tex_escape(s)}}}", "--", bold_best, groups)
+    cells = [[s if s.startswith(r"\textbf") else tex_escape(s) for s in row] for row in cells]
     spec = "".join("r" if _column_spec(c) else "l" for c in df.columns)
-    lines = [r"\begin{table}[t]", r"\centering"]
-    if title:
-        lines.append(rf"\caption{{{tex_escape(title)}}}")
-    lines += [rf"\begin{{tabular}}{{{spec}}}", r"\toprule", " & ".join(head) + r" \\", r"\midrule"]
-    lines += [" & ".join(s if s.startswith(r"\textbf") else tex_escape(s) for s in row) + r" \\" for row in cells]
-    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
-    return "\n".join(lines) + "\n"
+    return pd.DataFrame(cells, columns=head).style.hide(axis="index").to_latex(
+        column_format=spec, hrules=True, caption=tex_escape(title) if title else None, position="t",
+        position_float="centering")
 
 
 def write_tables(df: pd.DataFrame, out_dir, stem: str = "table", title: Optional[str] = None,
@@ -509,63 +587,207 @@ def write_tables(df: pd.DataFrame, out_dir, stem: str = "table", title: Optional
 
 
 # ----------------------------------------------------------------------------------------------- plots
-def _new_figure():
+# A colour per σ (Okabe–Ito, colour-blind safe), a line style + hollow marker per method; curves drawn first
+# are wider and lie below, and markers are staggered, so coinciding curves all stay visible.
+SIGMA_COLOURS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442")
+_USUAL_SIGMAS = (0.25, 1.0, 0.5, 0.12, 0.75, 1.5, 2.0)  # the same σ gets the same colour in every figure
+METHOD_STYLES = (("-", "o"), ("--", "s"), (":", "^"), ("-.", "D"), ((0, (6, 2, 1, 2, 1, 2)), "v"),
+                 ((0, (1, 1)), "P"), ((0, (8, 3)), "X"), ((0, (3, 1, 1, 1)), "*"))
+_PAPER_RC = {"pdf.fonttype": 42, "ps.fonttype": 42, "font.size": 9, "axes.titlesize": 9, "legend.fontsize": 7.5}
+
+
+class _Styles:
+    """Consistent styles across figures: colour by σ; style by (method, k-th log of that method and σ)."""
+
+    def __init__(self, logs):
+        self.sigmas = sorted({log.sigma for log in logs if log.sigma is not None})
+        self.keys = {}
+        seen = {}
+        for log in logs:
+            k = seen[(log.method, log.sigma)] = seen.get((log.method, log.sigma), -1) + 1
+            self.keys[id(log)] = (log.method, k)
+        self.order = list(dict.fromkeys(self.keys.values()))
+
+    def colour(self, sigma):
+        if sigma is None:
+            return "0.35"
+        usual = [k for k, s in enumerate(_USUAL_SIGMAS) if math.isclose(s, sigma)]
+        other = [s for s in self.sigmas if not any(math.isclose(s, u) for u in _USUAL_SIGMAS)]
+        return SIGMA_COLOURS[usual[0] if usual else (len(_USUAL_SIGMAS) + other.index(sigma)) % len(SIGMA_COLOURS)]
+
+    def line(self, log):
+        return METHOD_STYLES[self.order.index(self.keys[id(log)]) % len(METHOD_STYLES)]
+
+
+def _figure(width: float, height: float):
     """A Figure drawn by the Agg canvas (no pyplot, no global backend switch, safe without a display)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(6.0, 4.0), dpi=150)
+    fig = Figure(figsize=(width, height), dpi=150)
     FigureCanvasAgg(fig)
-    return fig, fig.add_subplot(1, 1, 1)
+    return fig
+
+
+def _new_figure(panels: int = 1, width: float = 4.0, height: float = 3.0, sharey: bool = True):
+    """A figure with `panels` axes of width × height inches each, in rows of at most 3."""
+    cols = min(panels, 3)
+    rows = -(-panels // cols)
+    fig = _figure(width * cols, height * rows)
+    axes = fig.subplots(rows, cols, squeeze=False, sharey=sharey).ravel()
+    for ax in axes[panels:]:
+        ax.set_visible(False)
+    return fig, list(axes[:panels])
 
 
 def _save(fig, stem: Path) -> list:
+    """PNG and PDF; the PDF embeds TrueType (Type 42) fonts, never Type 3 (rejected by IEEE/ACM checks)."""
+    import matplotlib
     paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
-    fig.savefig(paths[0])
-    fig.savefig(paths[1], metadata={"CreationDate": None})
+    with matplotlib.rc_context(_PAPER_RC):
+        fig.savefig(paths[0])
+        fig.savefig(paths[1], metadata={"CreationDate": None})
     return paths
+
+
+def _sigma_title(sigma) -> str:
+    return f"σ = {sigma:g}" if sigma is not None else "σ unknown"
+
+
+def _step_curves(logs, hp_rho, alpha):
+    """(grid, certified accuracy of each log on it): the exact step functions, constant on (R_k, R_k+1]."""
+    radii = np.concatenate([log.data["radius"].to_numpy(float) for log in logs])
+    grid = np.unique(np.concatenate([[0.0, max(radii.max() * 1.05, 0.1)], radii]))
+    return grid, _accuracies(logs, grid, hp_rho, alpha)
+
+
+def _draw_curves(ax, grid, curves, styles, colours, labels, *, lw_top=1.2, markers=True):
+    """Step curves; the first is widest and lowest, markers staggered along the curve (hollow)."""
+    n = len(curves)
+    for k, (curve, (ls, marker), colour, label) in enumerate(zip(curves, styles, colours, labels)):
+        ax.plot(grid, curve, color=colour, ls=ls, lw=lw_top + 0.8 * (n - 1 - k), drawstyle="steps-pre",
+                marker=marker if markers else None, markevery=(0.015 + 0.09 * k / max(n, 1), 0.09), ms=4.5,
+                mfc="white", mew=1.0, zorder=2 + k, label=label)
+
+
+def _finish_accuracy_axes(ax, grid, curves, hp_rho, title):
+    ax.set_xlabel("radius (ℓ2)")
+    ax.set_xlim(0.0, grid[-1])
+    ax.set_ylim(min(0.0, float(np.min(curves))), 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", framealpha=0.85)
+    ax.set_title(title)
+    if ax.get_subplotspec().is_first_col():
+        ax.set_ylabel("certified accuracy" + (" (high-probability)" if hp_rho is not None else ""))
 
 
 def plot_certified_accuracy(logs: Sequence[CertifyLog], out_stem, *, title: Optional[str] = None,
                             grouped: bool = False, hp_rho=None, alpha=None) -> list:
-    """Certified accuracy vs radius, one line per log → <out_stem>.png/.pdf.
-    With `grouped`, one solid line per (dataset, method) for the envelope over σ, its logs dashed."""
-    # exact step function: acc is constant on (R_k, R_k+1] between consecutive observed radii → steps-pre
-    radii = np.concatenate([log.data["radius"].to_numpy(float) for log in logs])
-    grid = np.unique(np.concatenate([[0.0, max(radii.max() * 1.05, 0.1)], radii]))
-    curves = _accuracies(logs, grid, hp_rho, alpha)
-    fig, ax = _new_figure()
-    if grouped:
-        groups = {}
-        for log, curve in zip(logs, curves):
-            groups.setdefault(envelope_group(log), []).append(curve)
-        for k, ((dataset, method), members) in enumerate(groups.items()):
-            color = f"C{k % 10}"
-            for curve in members:
-                ax.plot(grid, curve, color=color, lw=0.8, ls="--", alpha=0.45, drawstyle="steps-pre")
-            ax.plot(grid, np.max(members, axis=0), color=color, lw=2.0, drawstyle="steps-pre",
-                    label=f"{dataset} {method} (envelope of {len(members)})")
-    else:
-        for log, curve in zip(logs, curves):
-            ax.plot(grid, curve, lw=1.5, drawstyle="steps-pre", label=log.label)
-    ax.set_xlabel("radius (ℓ2)")
-    ax.set_ylabel("certified accuracy" + (" (high-probability)" if hp_rho is not None else ""))
-    ax.set_xlim(0.0, grid[-1])
-    ax.set_ylim(min(0.0, float(np.min(curves))), 1.0)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    """Certified accuracy vs radius → <out_stem>.png/.pdf. One panel per σ (runs at different σ never share an
+    axis), a colour per σ, a line style + marker per method. With `grouped`, Cohen's envelope over σ instead:
+    one panel per dataset, per method a thick envelope line (method style) over its logs (thin, σ colours)."""
+    styles = _Styles(logs)
+    key = (lambda log: log.dataset or "?") if grouped else (lambda log: log.sigma)
+    panels = {}
+    for log in logs:
+        panels.setdefault(key(log), []).append(log)
+    order = sorted(panels, key=lambda v: (v is None, v)) if not grouped else list(panels)
+    fig, axes = _new_figure(len(order))
+    for ax, value in zip(axes, order):
+        members = panels[value]
+        grid, curves = _step_curves(members, hp_rho, alpha)
+        if grouped:
+            methods = {}
+            for log, curve in zip(members, curves):
+                methods.setdefault(log.method or "?", []).append((log, curve))
+            for log, curve in zip(members, curves):
+                ax.plot(grid, curve, color=styles.colour(log.sigma), lw=0.8, ls="--", alpha=0.7,
+                        drawstyle="steps-pre", zorder=1, label=f"{log.method} {_sigma_title(log.sigma)}")
+            env = [np.max([c for _, c in group], axis=0) for group in methods.values()]
+            _draw_curves(ax, grid, env, [styles.line(group[0][0]) for group in methods.values()],
+                         ["0.1"] * len(env), [f"{m} envelope of {len(g)}" for m, g in methods.items()])
+            panel_title = f"{value}: envelope over σ"
+        else:
+            _draw_curves(ax, grid, curves, [styles.line(log) for log in members],
+                         [styles.colour(log.sigma) for log in members], [log.label for log in members])
+            panel_title = _sigma_title(value)
+        _finish_accuracy_axes(ax, grid, curves, hp_rho, panel_title)
     if title:
-        ax.set_title(title)
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, Path(out_stem))
+
+
+def plot_cost(logs: Sequence[CertifyLog], out_stem, *, title: Optional[str] = None) -> Optional[list]:
+    """Where methods differ in cost → <out_stem>.png/.pdf: forward passes per input of every log that knows them
+    (box of the per-input counts, diamond = mean; ISS and sequential runs vary per input), and ACR against the mean
+    forward passes. Colour per σ, marker per method as in the accuracy plot. None when no log has sample counts."""
+    styles = _Styles(logs)
+    runs = [(log, samples_per_input(log)) for log in logs]
+    runs = [(log, s) for log, s in runs if s is not None]
+    if not runs:
+        return None
+    fig, (ax_box, ax_acr) = _new_figure(2, width=4.4, height=0.35 * len(runs) + 1.6, sharey=False)
+    ys = np.arange(len(runs))[::-1]
+    import matplotlib
+    horizontal = ({"orientation": "horizontal"} if tuple(map(int, matplotlib.__version__.split(".")[:2])) >= (3, 10)
+                  else {"vert": False})
+    for y, (log, per_input) in zip(ys, runs):
+        colour, (_, marker) = styles.colour(log.sigma), styles.line(log)
+        ax_box.boxplot(per_input, positions=[y], **horizontal, widths=0.55, showfliers=True,
+                       patch_artist=True, boxprops=dict(facecolor=colour, alpha=0.35, edgecolor=colour),
+                       medianprops=dict(color=colour), whiskerprops=dict(color=colour), capprops=dict(color=colour),
+                       flierprops=dict(marker=".", markersize=3, markeredgecolor=colour))
+        ax_box.plot(per_input.mean(), y, marker="D", color=colour, ms=5, mec="black", mew=0.6, zorder=5)
+        acr = float((log.data["radius"] * log.data["correct"]).mean())
+        ax_acr.plot(per_input.mean(), acr, marker=marker, color=colour, ls="none", ms=7, mfc="white", mew=1.6,
+                    label=log.label)
+    ax_box.set_yticks(ys, [log.label for log, _ in runs])
+    ax_box.set_xlabel("forward passes per input (◆ mean)")
+    ax_box.set_xlim(left=0)
+    ax_box.grid(axis="x", alpha=0.3)
+    ax_acr.set_xlabel("mean forward passes per input")
+    ax_acr.set_ylabel("ACR")
+    ax_acr.set_xlim(left=0)
+    ax_acr.grid(alpha=0.3)
+    ax_acr.legend(loc="best", framealpha=0.85)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, Path(out_stem))
+
+
+def plot_gain(base: CertifyLog, others: Sequence[CertifyLog], out_stem, *, title: Optional[str] = None) -> list:
+    """What `others` add over `base` (e.g. + denoiser over the plain classifier, DSRS over NP) → <out_stem>.png/.pdf:
+    top, their certified accuracy curves; bottom, the difference to `base` in percentage points, by radius."""
+    logs = [base, *others]
+    styles = _Styles(logs)
+    fig = _figure(4.8, 4.4)
+    ax, ax_gain = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": (2, 1)})
+    grid, curves = _step_curves(logs, None, None)
+    colours = [styles.colour(log.sigma) for log in logs]
+    _draw_curves(ax, grid, curves, [styles.line(log) for log in logs], colours, [log.label for log in logs])
+    _finish_accuracy_axes(ax, grid, curves, None, title or f"gain over {base.label}")
+    ax.set_xlabel("")
+    ax.set_ylabel("certified accuracy")
+    ax_gain.axhline(0.0, color="0.3", lw=0.8)
+    _draw_curves(ax_gain, grid, [100 * (c - curves[0]) for c in curves[1:]], [styles.line(log) for log in others],
+                 colours[1:], [f"{log.label} − {base.label}" for log in others])
+    ax_gain.set_ylabel("gain (points)")
+    ax_gain.set_xlabel("radius (ℓ2)")
+    ax_gain.grid(alpha=0.3)
     fig.tight_layout()
     return _save(fig, Path(out_stem))
 
 
 # ----------------------------------------------------------------------------------------------- report
-_BOLD_NOTE = ("Best value per column in bold (ties all bold; compared as displayed); higher is better for "
-              "certified accuracy (r=…), ACR and speed-up, lower for abstain, samples/input and sec/input.")
+_BOLD_NOTE = ("Best value per column among comparable runs (same dataset and σ) in bold (ties all bold; compared "
+              "as displayed); higher is better for certified accuracy (r=…), ACR and speed-up, lower for abstain, "
+              "samples/input and sec/input.")
 
 
-def write_report(out_dir, logs, summary, env=None, *, title=None, hp_rho=None, alpha=None, baseline=None) -> Path:
+def write_report(out_dir, logs, summary, env=None, *, title=None, hp_rho=None, alpha=None, baseline=None,
+                 cost: bool = False) -> Path:
     """One-page report.md: the inputs, the plot(s) and the table(s) (all files already in out_dir)."""
     lines = [f"# {title or 'Certification results'}", "", "Logs:", ""]
     for log in logs:
@@ -580,6 +802,9 @@ def write_report(out_dir, logs, summary, env=None, *, title=None, hp_rho=None, a
         lines.append(f"Certified accuracies are high-probability (ρ={hp_rho:g}, "
                      f"α={'sidecar' if alpha is None else alpha}): each is lowered by "
                      "α + sqrt(α(1−α)·ln(1/ρ)/m) + ln(1/ρ)/(3m).")
+    if cost:
+        lines += ["", "## Cost", "", "Forward passes per input (box: per-input counts, ◆ mean) and ACR against them.",
+                  "", "![Forward passes per input](cost.png)"]
     if env is not None:
         lines += ["", "## Envelope over σ", "",
                   "Per (dataset, method) and radius, the maximum certified accuracy over the logs at different σ.",
@@ -591,7 +816,8 @@ def write_report(out_dir, logs, summary, env=None, *, title=None, hp_rho=None, a
 
 def write_outputs(out_dir, logs, summary, env=None, *, title=None, hp_rho=None, alpha=None, baseline=None) -> Path:
     """Write table.md/.tex/.csv, certified_accuracy.png/.pdf and report.md into out_dir; with an envelope
-    table `env` also envelope.md/.tex/.csv and certified_accuracy_envelope.png/.pdf. Returns out_dir."""
+    table `env` also envelope.md/.tex/.csv and certified_accuracy_envelope.png/.pdf; when any log knows its
+    forward passes per input, cost.png/.pdf (see `plot_cost`). Returns out_dir."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise CertifyNetError(f"--out {out_dir} exists and is not a directory")
@@ -604,7 +830,9 @@ def write_outputs(out_dir, logs, summary, env=None, *, title=None, hp_rho=None, 
                          bold_best=False)
             plot_certified_accuracy(logs, out_dir / "certified_accuracy_envelope", title=title, grouped=True,
                                     hp_rho=hp_rho, alpha=alpha)
-        write_report(out_dir, logs, summary, env, title=title, hp_rho=hp_rho, alpha=alpha, baseline=baseline)
+        cost = plot_cost(logs, out_dir / "cost", title=title) is not None
+        write_report(out_dir, logs, summary, env, title=title, hp_rho=hp_rho, alpha=alpha, baseline=baseline,
+                     cost=cost)
     except OSError as e:
         raise CertifyNetError(f"cannot write outputs to {out_dir}: {e.strerror or e}") from None
     return out_dir
