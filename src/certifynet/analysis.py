@@ -456,14 +456,14 @@ def comparable_groups(df: pd.DataFrame) -> pd.Series:
 def best_mask(values: pd.Series, decimals: int, best: Optional[str], groups: Optional[pd.Series] = None) -> pd.Series:
     """True where the value, rounded as displayed, equals the best of its group (max, or min when lower is
     better); `groups` (default: one group) holds comparable runs. Ties are all True; nothing is marked in a group
-    with fewer than two values."""
+    with fewer than two values or where all values are equal (no run is better there)."""
     rounded = pd.to_numeric(values, errors="coerce").round(decimals)
     groups = pd.Series("", index=values.index) if groups is None else groups
     if best is None:
         return pd.Series(False, index=values.index)
     by = rounded.groupby(groups, sort=False)
     target = by.transform("max" if best == "max" else "min")
-    return (rounded == target) & (by.transform("count") >= 2)
+    return (rounded == target) & (by.transform("count") >= 2) & (by.transform("nunique") >= 2)
 
 
 def _cells(df: pd.DataFrame, bold, nan: str, bold_best: bool, groups: pd.Series) -> list:
@@ -591,32 +591,51 @@ def write_tables(df: pd.DataFrame, out_dir, stem: str = "table", title: Optional
 # are wider and lie below, and markers are staggered, so coinciding curves all stay visible.
 SIGMA_COLOURS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442")
 _USUAL_SIGMAS = (0.25, 1.0, 0.5, 0.12, 0.75, 1.5, 2.0)  # the same σ gets the same colour in every figure
-METHOD_STYLES = (("-", "o"), ("--", "s"), (":", "^"), ("-.", "D"), ((0, (6, 2, 1, 2, 1, 2)), "v"),
-                 ((0, (1, 1)), "P"), ((0, (8, 3)), "X"), ((0, (3, 1, 1, 1)), "*"))
+METHOD_STYLES = (("-", "o"), ("--", "s"), (":", "^"), ("-.", "D"), ((0, (6, 2, 1, 2, 1, 2)), "P"),
+                 ((0, (1, 1)), "X"), ((0, (3, 1, 1, 1)), "h"), ((0, (8, 2)), "v"))
 _PAPER_RC = {"pdf.fonttype": 42, "ps.fonttype": 42, "font.size": 9, "axes.titlesize": 9, "legend.fontsize": 7.5}
 
 
+_KNOWN_METHODS = ("np", "dsrs", "iss-np", "iss-dsrs")  # fixed styles 0-3; other methods next; repeats from the end
+
+
 class _Styles:
-    """Consistent styles across figures: colour by σ; style by (method, k-th log of that method and σ)."""
+    """Styles that agree across figures: the hue is σ's; the line style, marker and shade are the method's (a
+    second log of one method at one σ, e.g. + denoiser, takes the last style, a third the one before ...)."""
 
     def __init__(self, logs):
         self.sigmas = sorted({log.sigma for log in logs if log.sigma is not None})
-        self.keys = {}
-        seen = {}
+        self.keys, seen = {}, {}
         for log in logs:
             k = seen[(log.method, log.sigma)] = seen.get((log.method, log.sigma), -1) + 1
             self.keys[id(log)] = (log.method, k)
-        self.order = list(dict.fromkeys(self.keys.values()))
+        self.others = list(dict.fromkeys(m for m, _ in self.keys.values() if m not in _KNOWN_METHODS))
 
-    def colour(self, sigma):
+    def index(self, log) -> int:
+        method, k = self.keys[id(log)]
+        if k:
+            return (len(METHOD_STYLES) - k) % len(METHOD_STYLES)
+        known = _KNOWN_METHODS.index(method) if method in _KNOWN_METHODS else len(_KNOWN_METHODS) + self.others.index(method)
+        return known % len(METHOD_STYLES)
+
+    def hue(self, sigma) -> str:
         if sigma is None:
-            return "0.35"
+            return "#595959"
         usual = [k for k, s in enumerate(_USUAL_SIGMAS) if math.isclose(s, sigma)]
         other = [s for s in self.sigmas if not any(math.isclose(s, u) for u in _USUAL_SIGMAS)]
         return SIGMA_COLOURS[usual[0] if usual else (len(_USUAL_SIGMAS) + other.index(sigma)) % len(SIGMA_COLOURS)]
 
+    def colour(self, log):
+        """σ's hue, shaded by the method: base, lighter, darker, lighter still, ..."""
+        shade = _SHADES[self.index(log) % len(_SHADES)]
+        rgb = np.array([int(self.hue(log.sigma)[i:i + 2], 16) / 255 for i in (1, 3, 5)])
+        return tuple(rgb + (1 - rgb) * shade if shade > 0 else rgb * (1 + shade))
+
     def line(self, log):
-        return METHOD_STYLES[self.order.index(self.keys[id(log)]) % len(METHOD_STYLES)]
+        return METHOD_STYLES[self.index(log)]
+
+
+_SHADES = (0.0, 0.5, -0.5, 0.25, -0.25, 0.65, -0.65, -0.35)
 
 
 def _figure(width: float, height: float):
@@ -671,11 +690,15 @@ def _draw_curves(ax, grid, curves, styles, colours, labels, *, lw_top=1.2, marke
 
 
 def _finish_accuracy_axes(ax, grid, curves, hp_rho, title):
+    """Labels, limits, grid, title; the legend inside where it fits (≤ 4 entries), else beside the axes."""
     ax.set_xlabel("radius (ℓ2)")
     ax.set_xlim(0.0, grid[-1])
     ax.set_ylim(min(0.0, float(np.min(curves))), 1.02)
     ax.grid(alpha=0.3)
-    ax.legend(loc="best", framealpha=0.85)
+    if len(ax.get_legend_handles_labels()[0]) <= 4:
+        ax.legend(loc="best", framealpha=0.85)
+    else:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
     ax.set_title(title)
     if ax.get_subplotspec().is_first_col():
         ax.set_ylabel("certified accuracy" + (" (high-probability)" if hp_rho is not None else ""))
@@ -683,16 +706,23 @@ def _finish_accuracy_axes(ax, grid, curves, hp_rho, title):
 
 def plot_certified_accuracy(logs: Sequence[CertifyLog], out_stem, *, title: Optional[str] = None,
                             grouped: bool = False, hp_rho=None, alpha=None) -> list:
-    """Certified accuracy vs radius → <out_stem>.png/.pdf. One panel per σ (runs at different σ never share an
-    axis), a colour per σ, a line style + marker per method. With `grouped`, Cohen's envelope over σ instead:
-    one panel per dataset, per method a thick envelope line (method style) over its logs (thin, σ colours)."""
+    """Certified accuracy vs radius → <out_stem>.png/.pdf (see `certified_accuracy_figure`)."""
+    fig = certified_accuracy_figure(logs, title=title, grouped=grouped, hp_rho=hp_rho, alpha=alpha)
+    return _save(fig, Path(out_stem))
+
+
+def certified_accuracy_figure(logs: Sequence[CertifyLog], *, title: Optional[str] = None, grouped: bool = False,
+                              hp_rho=None, alpha=None):
+    """The certified accuracy figure. One panel per σ (runs at different σ never share an axis); σ's hue, and a
+    line style, marker and shade per method. With `grouped`, Cohen's envelope over σ instead: one panel per
+    dataset, per method a thick envelope line (method style) over its logs (thin, dashed, σ colours)."""
     styles = _Styles(logs)
     key = (lambda log: log.dataset or "?") if grouped else (lambda log: log.sigma)
     panels = {}
     for log in logs:
         panels.setdefault(key(log), []).append(log)
     order = sorted(panels, key=lambda v: (v is None, v)) if not grouped else list(panels)
-    fig, axes = _new_figure(len(order))
+    fig, axes = _new_figure(len(order), width=6.0 if grouped else 4.0)
     for ax, value in zip(axes, order):
         members = panels[value]
         grid, curves = _step_curves(members, hp_rho, alpha)
@@ -700,57 +730,57 @@ def plot_certified_accuracy(logs: Sequence[CertifyLog], out_stem, *, title: Opti
             methods = {}
             for log, curve in zip(members, curves):
                 methods.setdefault(log.method or "?", []).append((log, curve))
-            for log, curve in zip(members, curves):
-                ax.plot(grid, curve, color=styles.colour(log.sigma), lw=0.8, ls="--", alpha=0.7,
-                        drawstyle="steps-pre", zorder=1, label=f"{log.method} {_sigma_title(log.sigma)}")
+            labelled = set()
+            for log, curve in zip(members, curves):  # one legend entry per σ for the logs
+                ax.plot(grid, curve, color=styles.hue(log.sigma), lw=0.8, ls="--", alpha=0.8, drawstyle="steps-pre",
+                        zorder=1, label=None if log.sigma in labelled else f"logs at {_sigma_title(log.sigma)}")
+                labelled.add(log.sigma)
             env = [np.max([c for _, c in group], axis=0) for group in methods.values()]
             _draw_curves(ax, grid, env, [styles.line(group[0][0]) for group in methods.values()],
-                         ["0.1"] * len(env), [f"{m} envelope of {len(g)}" for m, g in methods.items()])
+                         [str(0.12 * k) for k in range(len(env))],
+                         [f"{m}: envelope of {len(g)}" for m, g in methods.items()])
             panel_title = f"{value}: envelope over σ"
         else:
             _draw_curves(ax, grid, curves, [styles.line(log) for log in members],
-                         [styles.colour(log.sigma) for log in members], [log.label for log in members])
+                         [styles.colour(log) for log in members], [log.label for log in members])
             panel_title = _sigma_title(value)
         _finish_accuracy_axes(ax, grid, curves, hp_rho, panel_title)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    return _save(fig, Path(out_stem))
+    return fig
 
 
 def plot_cost(logs: Sequence[CertifyLog], out_stem, *, title: Optional[str] = None) -> Optional[list]:
-    """Where methods differ in cost → <out_stem>.png/.pdf: forward passes per input of every log that knows them
-    (box of the per-input counts, diamond = mean; ISS and sequential runs vary per input), and ACR against the mean
-    forward passes. Colour per σ, marker per method as in the accuracy plot. None when no log has sample counts."""
+    """Where methods differ in cost → <out_stem>.png/.pdf, one row per log that knows its forward passes:
+    left, the forward passes per input (box over the inputs, marker = mean; ISS and sequential runs vary per
+    input); right, the ACR of the same run. Colours and markers as in the accuracy plot. None without counts."""
     styles = _Styles(logs)
     runs = [(log, samples_per_input(log)) for log in logs]
     runs = [(log, s) for log, s in runs if s is not None]
     if not runs:
         return None
-    fig, (ax_box, ax_acr) = _new_figure(2, width=4.4, height=0.35 * len(runs) + 1.6, sharey=False)
-    ys = np.arange(len(runs))[::-1]
     import matplotlib
     horizontal = ({"orientation": "horizontal"} if tuple(map(int, matplotlib.__version__.split(".")[:2])) >= (3, 10)
                   else {"vert": False})
+    fig = _figure(8.0, 0.32 * len(runs) + 1.5)
+    ax_box, ax_acr = fig.subplots(1, 2, sharey=True, gridspec_kw={"width_ratios": (3, 2)})
+    ys = np.arange(len(runs))[::-1]
     for y, (log, per_input) in zip(ys, runs):
-        colour, (_, marker) = styles.colour(log.sigma), styles.line(log)
-        ax_box.boxplot(per_input, positions=[y], **horizontal, widths=0.55, showfliers=True,
-                       patch_artist=True, boxprops=dict(facecolor=colour, alpha=0.35, edgecolor=colour),
-                       medianprops=dict(color=colour), whiskerprops=dict(color=colour), capprops=dict(color=colour),
+        colour, (_, marker) = styles.colour(log), styles.line(log)
+        ax_box.boxplot(per_input, positions=[y], **horizontal, widths=0.5, patch_artist=True,
+                       boxprops=dict(facecolor=colour, alpha=0.3, edgecolor=colour), medianprops=dict(color=colour),
+                       whiskerprops=dict(color=colour), capprops=dict(color=colour),
                        flierprops=dict(marker=".", markersize=3, markeredgecolor=colour))
-        ax_box.plot(per_input.mean(), y, marker="D", color=colour, ms=5, mec="black", mew=0.6, zorder=5)
         acr = float((log.data["radius"] * log.data["correct"]).mean())
-        ax_acr.plot(per_input.mean(), acr, marker=marker, color=colour, ls="none", ms=7, mfc="white", mew=1.6,
-                    label=log.label)
+        for ax, x in ((ax_box, per_input.mean()), (ax_acr, acr)):
+            ax.plot(x, y, marker=marker, color=colour, ms=6.5, mfc="white", mew=1.6, zorder=5)
     ax_box.set_yticks(ys, [log.label for log, _ in runs])
-    ax_box.set_xlabel("forward passes per input (◆ mean)")
-    ax_box.set_xlim(left=0)
-    ax_box.grid(axis="x", alpha=0.3)
-    ax_acr.set_xlabel("mean forward passes per input")
-    ax_acr.set_ylabel("ACR")
-    ax_acr.set_xlim(left=0)
-    ax_acr.grid(alpha=0.3)
-    ax_acr.legend(loc="best", framealpha=0.85)
+    ax_box.set_xlabel("forward passes per input (box over inputs, marker: mean)")
+    ax_acr.set_xlabel("ACR")
+    for ax in (ax_box, ax_acr):
+        ax.set_xlim(0, ax.get_xlim()[1] * 1.06)
+        ax.grid(axis="x", alpha=0.3)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
@@ -765,7 +795,7 @@ def plot_gain(base: CertifyLog, others: Sequence[CertifyLog], out_stem, *, title
     fig = _figure(4.8, 4.4)
     ax, ax_gain = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": (2, 1)})
     grid, curves = _step_curves(logs, None, None)
-    colours = [styles.colour(log.sigma) for log in logs]
+    colours = [styles.colour(log) for log in logs]
     _draw_curves(ax, grid, curves, [styles.line(log) for log in logs], colours, [log.label for log in logs])
     _finish_accuracy_axes(ax, grid, curves, None, title or f"gain over {base.label}")
     ax.set_xlabel("")
