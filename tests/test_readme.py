@@ -59,7 +59,8 @@ class Block:
 
     @property
     def where(self):
-        return f"{self.path.relative_to(ROOT)}:{self.line}"
+        path = self.path.relative_to(ROOT) if self.path.is_relative_to(ROOT) else self.path
+        return f"{path}:{self.line}"
 
 
 def parse_blocks(path: Path):
@@ -149,20 +150,59 @@ def clone(tmp_path_factory):
     return dst, env
 
 
-def _run(block: Block, cwd: Path, env: dict):
+def block_failure(block: Block, cwd: Path, env: dict):
+    """None when the block runs (exit status 0) in cwd, else the message naming its file, line and output."""
+    if block.lang == "shell" and _TOUCHES_VENV.search(block.text):
+        return (f"{block.where}: this block runs make or pip, which would install into the test's virtual "
+                f"environment; mark it <!-- needs: venv install -->:\n{block.text}")
     cmd = (["bash", "-e", "-o", "pipefail", "-c", block.text] if block.lang == "shell"
            else [str(cwd / ".venv" / "bin" / "python"), "-c", block.text])
-    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=BLOCK_TIMEOUT_S)
+    try:
+        r = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=BLOCK_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        return (f"{block.where}: {block.lang} block ran past {BLOCK_TIMEOUT_S} s; make it smaller or mark it "
+                f"<!-- needs: long run -->:\n{block.text}")
+    if r.returncode == 0:
+        return None
+    return (f"{block.where}: {block.lang} block failed with exit status {r.returncode}. Fix it, or mark it on the "
+            f"line above its fence with <!-- needs: ... --> ({', '.join(NEEDS)}).\n"
+            f"--- block ---\n{block.text}--- output (end) ---\n{(r.stdout + r.stderr)[-3000:]}")
+
+
+def marker_problems(paths):
+    """Unclosed fences, markers without a block, unknown needs items."""
+    problems = []
+    for path in paths:
+        blocks, found = parse_blocks(path)
+        problems += found
+        problems += [f"{path.name}:{b.marker_line}: unknown needs {[i for i in b.needs if i not in NEEDS]}; "
+                     f"known: {', '.join(NEEDS)}" for b in blocks if any(i not in NEEDS for i in b.needs)]
+    return problems
 
 
 def test_docs_have_runnable_blocks_and_valid_markers():
-    problems = [p for doc in DOCS for p in parse_blocks(doc)[1]]
-    for b in ALL_BLOCKS:
-        unknown = [i for i in b.needs if i not in NEEDS]
-        if unknown:
-            problems.append(f"{b.path.name}:{b.marker_line}: unknown needs {unknown}; known: {', '.join(NEEDS)}")
+    problems = marker_problems(DOCS)
     assert not problems, "\n".join(problems)
     assert len(RUNNABLE) >= 5, [b.where for b in ALL_BLOCKS]
+
+
+def test_harness_catches_bad_blocks_and_markers(tmp_path, clone):
+    """Control: a failing block, a make call, a dangling marker and an unknown item are all reported."""
+    doc = tmp_path / "bad.md"
+    doc.write_text("<!-- needs: gpu -->\n\n```bash\nnvidia-smi\n```\n\n```bash\necho ok\n```\n\n"
+                   "```python\nimport certifynet\nraise SystemExit(3)\n```\n\n  ```sh\n  make demo\n  ```\n\n"
+                   "<!-- needs: gpu -->\ntext\n\n<!-- needs: a tpu -->\n```bash\ntrue\n```\n")
+    blocks, _ = parse_blocks(doc)
+    assert [(b.line, b.lang, b.needs) for b in blocks] == [(3, "shell", ("gpu",)), (7, "shell", ()),
+                                                          (11, "python", ()), (16, "shell", ()),
+                                                          (24, "shell", ("a tpu",))]
+    assert marker_problems([doc]) == ["bad.md:20: marker not followed by a code block",
+                                      "bad.md:23: unknown needs ['a tpu']; known: " + ", ".join(NEEDS)]
+    cwd, env = clone
+    assert block_failure(blocks[1], cwd, env) is None
+    failed = block_failure(blocks[2], cwd, env)
+    assert failed.startswith(f"{doc}:11: python block failed with exit status 3") and "raise SystemExit(3)" in failed
+    assert "mark it <!-- needs: venv install -->" in block_failure(blocks[3], cwd, env)
 
 
 def test_readme_says_how_to_use_the_installed_environment():
@@ -182,17 +222,6 @@ def test_marked_block_is_valid_syntax(block):
 
 @pytest.mark.parametrize("block", RUNNABLE, ids=[b.where for b in RUNNABLE])
 def test_block_runs(block, clone):
-    if block.lang == "shell" and _TOUCHES_VENV.search(block.text):
-        pytest.fail(f"{block.where}: this block runs make or pip, which would install into the test's virtual "
-                    f"environment; mark it <!-- needs: venv install -->:\n{block.text}", pytrace=False)
-    cwd, env = clone
-    try:
-        r = _run(block, cwd, env)
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"{block.where}: {block.lang} block ran past {BLOCK_TIMEOUT_S} s; make it smaller or mark it "
-                    f"<!-- needs: long run -->:\n{block.text}")
-    if r.returncode != 0:
-        output = (r.stdout + r.stderr)[-3000:]
-        pytest.fail(f"{block.where}: {block.lang} block failed with exit status {r.returncode}. Fix it, or mark it "
-                    f"on the line above its fence with <!-- needs: ... --> ({', '.join(NEEDS)}).\n"
-                    f"--- block ---\n{block.text}--- output (end) ---\n{output}", pytrace=False)
+    failure = block_failure(block, *clone)
+    if failure:
+        pytest.fail(failure, pytrace=False)
