@@ -587,16 +587,15 @@ def write_tables(df: pd.DataFrame, out_dir, stem: str = "table", title: Optional
 
 
 # ----------------------------------------------------------------------------------------------- plots
-# A colour per σ (Okabe–Ito, colour-blind safe), a line style + hollow marker per method; curves drawn first
+# A hue per σ (Okabe–Ito, colour-blind safe); a line style, hollow marker and shade per method. Curves drawn first
 # are wider and lie below, and markers are staggered, so coinciding curves all stay visible.
 SIGMA_COLOURS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442")
 _USUAL_SIGMAS = (0.25, 1.0, 0.5, 0.12, 0.75, 1.5, 2.0)  # the same σ gets the same colour in every figure
 METHOD_STYLES = (("-", "o"), ("--", "s"), (":", "^"), ("-.", "D"), ((0, (6, 2, 1, 2, 1, 2)), "P"),
                  ((0, (1, 1)), "X"), ((0, (3, 1, 1, 1)), "h"), ((0, (8, 2)), "v"))
-_PAPER_RC = {"pdf.fonttype": 42, "ps.fonttype": 42, "font.size": 9, "axes.titlesize": 9, "legend.fontsize": 7.5}
-
-
+_SHADES = (0.0, 0.5, -0.5, 0.25, -0.25, 0.65, -0.65, -0.35)  # of METHOD_STYLES[i]: > 0 towards white, < 0 black
 _KNOWN_METHODS = ("np", "dsrs", "iss-np", "iss-dsrs")  # fixed styles 0-3; other methods next; repeats from the end
+_PAPER_RC = {"pdf.fonttype": 42, "ps.fonttype": 42, "font.size": 9, "axes.titlesize": 9, "legend.fontsize": 7.5}
 
 
 class _Styles:
@@ -615,8 +614,9 @@ class _Styles:
         method, k = self.keys[id(log)]
         if k:
             return (len(METHOD_STYLES) - k) % len(METHOD_STYLES)
-        known = _KNOWN_METHODS.index(method) if method in _KNOWN_METHODS else len(_KNOWN_METHODS) + self.others.index(method)
-        return known % len(METHOD_STYLES)
+        if method in _KNOWN_METHODS:
+            return _KNOWN_METHODS.index(method)
+        return (len(_KNOWN_METHODS) + self.others.index(method)) % len(METHOD_STYLES)
 
     def hue(self, sigma) -> str:
         if sigma is None:
@@ -627,15 +627,12 @@ class _Styles:
 
     def colour(self, log):
         """σ's hue, shaded by the method: base, lighter, darker, lighter still, ..."""
-        shade = _SHADES[self.index(log) % len(_SHADES)]
+        shade = _SHADES[self.index(log)]
         rgb = np.array([int(self.hue(log.sigma)[i:i + 2], 16) / 255 for i in (1, 3, 5)])
         return tuple(rgb + (1 - rgb) * shade if shade > 0 else rgb * (1 + shade))
 
     def line(self, log):
         return METHOD_STYLES[self.index(log)]
-
-
-_SHADES = (0.0, 0.5, -0.5, 0.25, -0.25, 0.65, -0.65, -0.35)
 
 
 def _figure(width: float, height: float):
@@ -680,13 +677,13 @@ def _step_curves(logs, hp_rho, alpha):
     return grid, _accuracies(logs, grid, hp_rho, alpha)
 
 
-def _draw_curves(ax, grid, curves, styles, colours, labels, *, lw_top=1.2, markers=True):
-    """Step curves; the first is widest and lowest, markers staggered along the curve (hollow)."""
+def _draw_curves(ax, grid, curves, styles, colours, labels, lw_top=1.2):
+    """Step curves; the first is widest and lowest, hollow markers staggered along each curve."""
     n = len(curves)
     for k, (curve, (ls, marker), colour, label) in enumerate(zip(curves, styles, colours, labels)):
         ax.plot(grid, curve, color=colour, ls=ls, lw=lw_top + 0.8 * (n - 1 - k), drawstyle="steps-pre",
-                marker=marker if markers else None, markevery=(0.015 + 0.09 * k / max(n, 1), 0.09), ms=4.5,
-                mfc="white", mew=1.0, zorder=2 + k, label=label)
+                marker=marker, markevery=(0.015 + 0.09 * k / n, 0.09), ms=4.5, mfc="white", mew=1.0, zorder=2 + k,
+                label=label)
 
 
 def _finish_accuracy_axes(ax, grid, curves, hp_rho, title):
