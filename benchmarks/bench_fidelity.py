@@ -27,6 +27,7 @@ from certifynet.cli import certify, sample, train  # noqa: E402
 # NP → DSRS, MNIST consistency-trained; N = 100,000 for NP against 50,000 + 50,000 for DSRS (α = 0.001)
 PUBLISHED_MNIST = {0.5: (97.5, 97.5), 1.0: (92.3, 93.5), 1.5: (67.5, 71.8), 2.0: (35.6, 41.9)}
 PUBLISHED_ACR_SIGMA1 = (1.550, 1.629)  # MNIST, Gaussian training, σ = 1.0: NP → DSRS
+RADIUS_BINS = (0.0, 1.0, 2.0, float("inf"))
 
 
 def run(mod, argv):
@@ -111,10 +112,18 @@ def compare(a, runs, n):
         losses = int((other["radius"][both] < base["radius"][both]).sum())
         p = binomtest(wins, wins + losses, 0.5).pvalue if wins + losses else float("nan")
         gain = 100 * (df.loc[j, acc].to_numpy(float) - df.loc[0, acc].to_numpy(float))
+        delta = (other["radius"] - base["radius"])[both]
+        by_radius = []
+        for lo, hi in zip(RADIUS_BINS[:-1], RADIUS_BINS[1:]):
+            sel = delta[(base["radius"][both] >= lo) & (base["radius"][both] < hi)]
+            if len(sel):
+                by_radius.append(f"[{lo:g}, {hi:g}): {sel.mean():+.3f} ({len(sel)})")
         print(f"  {log.label}: larger radius than NP on {wins} of {int(both.sum())} digits both certify "
-              f"(smaller on {losses}; sign test p={p:.2g}), mean radius gain there "
-              f"{float((other['radius'] - base['radius'])[both].mean()):+.3f}; ACR {df.loc[0, 'ACR']:.3f} → "
-              f"{df.loc[j, 'ACR']:.3f}; gain by radius (points): " + " ".join(f"{g:+.1f}" for g in gain))
+              f"(smaller on {losses}; two-sided sign test p={p:.2g}); ACR {df.loc[0, 'ACR']:.3f} → "
+              f"{df.loc[j, 'ACR']:.3f}; certified accuracy gain at the radii above (points): "
+              + " ".join(f"{g:+.1f}" for g in gain)
+              + "\n    mean radius gain over those digits, by NP radius (digits): "
+              + (", ".join(by_radius) or "–"))
     return df
 
 
