@@ -221,9 +221,11 @@ HEAD6 = "idx\tlabel\tpredict\tradius\tcorrect\ttime\n"
 @pytest.mark.parametrize("content, where", [
     # the earliest offending line is reported, whatever the kind of error on later lines
     (HEAD6 + "0\t1\t1\tabc\t1\t1\n1\t1\t1\t0.5\t1\t1\t9\n", "line 2: column 'radius'"),
-    (HEAD6 + "0\t1\t1\t0.5\t1\t1\n1\t1\t1\t0.5\t1\t1\t9\n2\t1\t1\tabc\t1\t1\n", "line 3: expected 6 tab-separated fields, got 7"),
+    (HEAD6 + "0\t1\t1\t0.5\t1\t1\n1\t1\t1\t0.5\t1\t1\t9\n2\t1\t1\tabc\t1\t1\n",
+     "line 3: expected 6 tab-separated fields, got 7"),
     (HEAD6 + "0\t1\t2\t0.5\t1\t1\n1\t1\t1\t0.5\t1\n", "line 2: correct=1 but predict=2"),
-    (HEAD6 + "0\t1\t1\t0.5\t1\t1\n0\t1\t1\t0.5\t1\t1\n1\t1\t1\t-1\t1\t1\n", "line 3: duplicate idx 0 (first at line 2)"),
+    (HEAD6 + "0\t1\t1\t0.5\t1\t1\n0\t1\t1\t0.5\t1\t1\n1\t1\t1\t-1\t1\t1\n",
+     "line 3: duplicate idx 0 (first at line 2)"),
     (HEAD6 + "0\t1\t1\t0.5\t1\t1\n\n   \n0\t1\t1\t0.5\t1\t1\n", "line 5: duplicate idx 0 (first at line 2)"),
     (HEAD6 + "0\t1\t1\t0.5\t1\t1\n1\t1\t1\t0.5\t1\t\n", "line 3: column 'time': not seconds or H:MM:SS: ''"),
     (HEAD6 + "0\t1\t1\t0.5\t2\t1\n", "line 2: column 'correct': correct must be 0 or 1, got '2'"),
@@ -364,4 +366,5 @@ def test_outputs_include_cost_figure_and_ascii_table(tmp_path, ours):
     out = tmp_path / "out"
     analysis.summarize_runs([ours], out, labels=["NP σ=0.25 ε-free"], title="σ=0.25")
     assert (out / "table.tex").read_text().isascii()
-    assert (out / "cost.png").stat().st_size > 0 and "![Forward passes per input](cost.png)" in (out / "report.md").read_text()
+    assert (out / "cost.png").stat().st_size > 0
+    assert "![Forward passes per input](cost.png)" in (out / "report.md").read_text()

@@ -47,7 +47,8 @@ def test_bench_fidelity_smoke(tmp_path):
     r = subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-1500:]
     for fragment in ("== N = 400", "== N = 200", "NP N=400", "DSRS truncated N=200+200", "DSRS rescaled N=100+100",
-                     "digits both certify", "sign test", "by NP radius", "R=2: 35.6 → 41.9", "ACR gain of DSRS over NP"):
+                     "digits both certify", "sign test", "by NP radius", "R=2: 35.6 → 41.9",
+                     "ACR gain of DSRS over NP"):
         assert fragment in r.stdout, (fragment, r.stdout[-2000:])
     for name in ("fidelity_N400.png", "fidelity_N200.pdf", "table_N400.md", "table_N200.tex"):
         assert (out / name).stat().st_size > 0, name

@@ -513,8 +513,9 @@ _TEX_ESCAPES.update({chr(0x2070 + i): (f"^{{{i}}}",) for i in (0, 4, 5, 6, 7, 8,
 _TEX_ESCAPES.update({chr(0x2080 + i): (f"_{{{i}}}",) for i in range(10)})
 _GREEK_CAPITALS = {"Gamma", "Delta", "Theta", "Lambda", "Xi", "Pi", "Sigma", "Upsilon", "Phi", "Psi", "Omega"}
 # combining mark → (text-mode accent command, math-mode accent command)
-_TEX_ACCENTS = {0x300: ("\\`", r"\grave"), 0x301: ("\\'", r"\acute"), 0x302: (r"\^", r"\hat"), 0x303: (r"\~", r"\tilde"),
-                0x304: (r"\=", r"\bar"), 0x306: (r"\u", r"\breve"), 0x307: (r"\.", r"\dot"), 0x308: (r'\"', r"\ddot"),
+_TEX_ACCENTS = {0x300: ("\\`", r"\grave"), 0x301: ("\\'", r"\acute"), 0x302: (r"\^", r"\hat"),
+                0x303: (r"\~", r"\tilde"), 0x304: (r"\=", r"\bar"), 0x306: (r"\u", r"\breve"), 0x307: (r"\.", r"\dot"),
+                0x308: (r'\"', r"\ddot"),
                 0x30A: (r"\r", r"\mathring"), 0x30B: (r"\H", r"\bar"), 0x30C: (r"\v", r"\check"),
                 0x323: (r"\d", r"\underline"), 0x327: (r"\c", r"\bar"), 0x328: (r"\k", r"\bar"),
                 0x331: (r"\b", r"\underline"), 0x332: (r"\underline", r"\underline")}
@@ -540,7 +541,8 @@ def _tex_symbol(ch: str):
 
 def tex_escape(text: str) -> str:
     """`text` as LaTeX that pdflatex compiles without extra packages: pure ASCII. TeX specials escaped, Greek and
-    maths symbols in $…$, accented letters with accent commands (ĉ → \\^{c}, p̲ → \\underline{p}, σ̂ → $\\hat{\\sigma}$)."""
+    maths symbols in $…$, accented letters with accent commands (ĉ → \\^{c}, p̲ → \\underline{p},
+    σ̂ → $\\hat{\\sigma}$)."""
     tokens = []  # [tex, is_math]
     for ch in unicodedata.normalize("NFD", str(text)):
         mark = unicodedata.combining(ch) and _TEX_ACCENTS.get(ord(ch))
