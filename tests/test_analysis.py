@@ -2,6 +2,7 @@
 import csv
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -108,7 +109,8 @@ def test_bold_best_ties_and_lower_is_better():
     tex = analysis.to_latex(df, title="T")
     assert r"b & 5 & \textbf{0.700} & 0.200 & \textbf{1.00} \\" in tex
     assert r"\toprule" in tex and r"\caption{T}" in tex and "$r=0$" in tex
-    assert analysis.best_mask(pd.Series([0.1234, 0.1231]), 3, "max").tolist() == [True, True]  # equal as shown
+    assert analysis.best_mask(pd.Series([0.1234, 0.1231, 0.1]), 3, "max").tolist() == [True, True, False]  # as shown
+    assert analysis.best_mask(pd.Series([0.1234, 0.1231]), 3, "max").tolist() == [False, False]  # all tie: none
 
 
 def test_summarize_runs_writes_everything(tmp_path, ours):
@@ -210,3 +212,159 @@ def test_peer_logs_match_hand_computation_and_readme():
     assert set(env.index) == {"cifar10", "imagenet"}
     for dataset, acc in best.items():
         assert [env.loc[dataset, f"r={r:g}"] for r in radii] == pytest.approx(acc, abs=1e-9, rel=0)
+
+
+# ------------------------------------------------------------------------------------------- pandas reader
+HEAD6 = "idx\tlabel\tpredict\tradius\tcorrect\ttime\n"
+
+
+@pytest.mark.parametrize("content, where", [
+    # the earliest offending line is reported, whatever the kind of error on later lines
+    (HEAD6 + "0\t1\t1\tabc\t1\t1\n1\t1\t1\t0.5\t1\t1\t9\n", "line 2: column 'radius'"),
+    (HEAD6 + "0\t1\t1\t0.5\t1\t1\n1\t1\t1\t0.5\t1\t1\t9\n2\t1\t1\tabc\t1\t1\n",
+     "line 3: expected 6 tab-separated fields, got 7"),
+    (HEAD6 + "0\t1\t2\t0.5\t1\t1\n1\t1\t1\t0.5\t1\n", "line 2: correct=1 but predict=2"),
+    (HEAD6 + "0\t1\t1\t0.5\t1\t1\n0\t1\t1\t0.5\t1\t1\n1\t1\t1\t-1\t1\t1\n",
+     "line 3: duplicate idx 0 (first at line 2)"),
+    (HEAD6 + "0\t1\t1\t0.5\t1\t1\n\n   \n0\t1\t1\t0.5\t1\t1\n", "line 5: duplicate idx 0 (first at line 2)"),
+    (HEAD6 + "0\t1\t1\t0.5\t1\t1\n1\t1\t1\t0.5\t1\t\n", "line 3: column 'time': not seconds or H:MM:SS: ''"),
+    (HEAD6 + "0\t1\t1\t0.5\t2\t1\n", "line 2: column 'correct': correct must be 0 or 1, got '2'"),
+    (HEAD6 + "0\t1.5\t1\t0.5\t1\t1\n", "line 2: column 'label': not an integer: '1.5'"),
+    (HEAD6 + "0\t1\t1\tinf\t1\t1\n", "line 2: column 'radius': radius must be finite and >= 0, got 'inf'"),
+    ("idx\tidx\tlabel\tpredict\tradius\tcorrect\ttime\n", "line 1: duplicate column names"),
+    ("\n \n\t\t\n", "empty file"),
+])
+def test_reader_reports_the_first_offending_line(tmp_path, content, where):
+    path = tmp_path / "bad.tsv"
+    path.write_text(content)
+    with pytest.raises(CertifyNetError, match="^" + re.escape(f"{path}{', ' if 'line' in where else ': '}{where}")):
+        analysis.read_log(path)
+
+
+def test_reader_accepts_what_cohen_and_we_write(tmp_path):
+    """BOM, CRLF, blank lines, padded fields, true/false, H:MM:SS, quotes kept verbatim, numeric extra columns."""
+    path = tmp_path / "ok.tsv"
+    path.write_bytes(("\ufeff" + "idx\tlabel\tpredict\tradius\tcorrect\ttime\tn\tmethod\tnote\r\n"
+                      "0\t1\t1\t 0.5 \tTrue\t0:00:01.5\t100\tnp\t\"a\r\n\r\n"
+                      "1\t2\t-1\t0\tfalse\t2\t100\tnp\tb c\r\n").encode("utf-8"))
+    d = analysis.read_log(path).data
+    assert d["idx"].tolist() == [0, 1] and d["radius"].tolist() == [0.5, 0.0] and d["correct"].tolist() == [1, 0]
+    assert d["time"].tolist() == [1.5, 2.0] and d["n"].dtype.kind == "i" and d["note"].tolist() == ['"a', "b c"]
+    assert d["predict"].dtype.kind == "i" and analysis.read_log(path).method == "np"
+
+
+# ------------------------------------------------------------------------------------------- paper-ready output
+def _method_logs(tmp_path, sigma, methods, rows=ROWS, stem=""):
+    """One log per method, all with the same rows (their curves coincide exactly)."""
+    return [write_log(tmp_path / f"{stem}{m}_{sigma}.tsv", rows,
+                      meta={"method": m, "sigma": sigma, "dataset": "mnist5k", "N0": 100, "N": 1000, "alpha": 0.001,
+                            "label": f"{m.upper()} σ={sigma}"}) for m in methods]
+
+
+def test_plot_has_a_panel_per_sigma_and_every_coinciding_curve_is_visible(tmp_path, monkeypatch):
+    """Four σ=0.25 methods with identical results and two σ=1.0 runs: two panels, and each curve's own colour
+    shows in the PNG (the NP curve is not hidden under the others)."""
+    from matplotlib.colors import to_hex
+    four = _method_logs(tmp_path, 0.25, ["np", "dsrs", "iss-np", "iss-dsrs"])
+    two = _method_logs(tmp_path, 1.0, ["np", "np"], stem="x")  # e.g. clean classifier and + denoiser
+    logs = analysis.read_logs(four + two, None)
+    fig = analysis.certified_accuracy_figure(logs)
+    assert [ax.get_title() for ax in fig.axes] == ["σ = 0.25", "σ = 1"]
+    legend_sets = [[t.get_text() for t in ax.get_legend().get_texts()] for ax in fig.axes]
+    assert legend_sets == [[log.label for log in logs[:4]], [log.label for log in logs[4:]]]
+    lines = [ln for ax in fig.axes for ln in ax.get_lines()]
+    styles = {(ln.get_linestyle(), ln.get_marker(), to_hex(ln.get_color())) for ln in lines}
+    assert len(styles) == 6  # every curve differs in line style, marker or shade
+    widths = [ln.get_linewidth() for ln in fig.axes[0].get_lines()]
+    assert widths == sorted(widths, reverse=True)  # the first (NP) is widest and lies below
+
+    assert min(_visible_pixels(fig, tmp_path / "ours.png")) > 100  # NP, drawn first, is still on screen
+
+    def naive(ax, grid, curves, styles, colours, labels, **kw):  # control: same width, no order, no markers
+        for curve, colour, label in zip(curves, colours, labels):
+            ax.plot(grid, curve, color=colour, lw=1.5, drawstyle="steps-pre", label=label)
+    monkeypatch.setattr(analysis, "_draw_curves", naive)
+    hidden = _visible_pixels(analysis.certified_accuracy_figure(logs), tmp_path / "naive.png")
+    assert hidden[0] < 20 and hidden[-1] > 100  # the check sees a hidden NP curve
+
+
+def _visible_pixels(fig, png):
+    """Pixels of each curve's own colour in the first panel, legends removed."""
+    import matplotlib.image
+    from matplotlib.colors import to_hex
+    for ax in fig.axes:
+        if ax.get_legend():
+            ax.get_legend().remove()
+    fig.savefig(png)
+    img = (matplotlib.image.imread(str(png))[..., :3] * 255).round().astype(int)
+    counts = []
+    for ln in fig.axes[0].get_lines():
+        rgb = [int(to_hex(ln.get_color())[i:i + 2], 16) for i in (1, 3, 5)]
+        counts.append(int((abs(img - rgb).max(axis=-1) <= 2).sum()))
+    return counts
+
+
+def _pdf_has_type3(path):
+    return b"/Type3" in Path(path).read_bytes()
+
+
+def test_pdfs_embed_truetype_not_type3(tmp_path, ours):
+    import shutil
+    logs = analysis.read_logs([ours])
+    paths = analysis.plot_certified_accuracy(logs, tmp_path / "acc", title="σ, ε, ℓ2 and ≥")
+    paths += analysis.plot_cost(logs, tmp_path / "cost") + analysis.plot_gain(logs[0], logs, tmp_path / "gain")
+    pdfs = [p for p in paths if p.suffix == ".pdf"]
+    assert len(pdfs) == 3 and not any(_pdf_has_type3(p) for p in pdfs)
+    assert b"/FontFile2" in pdfs[0].read_bytes()  # an embedded TrueType program
+    import matplotlib  # control: the same figure with Type 3 fonts is caught by the check
+    with matplotlib.rc_context({"pdf.fonttype": 3}):
+        analysis.certified_accuracy_figure(logs).savefig(tmp_path / "type3.pdf")
+    assert _pdf_has_type3(tmp_path / "type3.pdf")
+    if shutil.which("pdffonts"):
+        for p in pdfs:
+            out = subprocess.run(["pdffonts", str(p)], capture_output=True, text=True, check=True).stdout
+            assert "Type 3" not in out and "TrueType" in out, out
+
+
+def test_bold_only_within_comparable_runs():
+    df = pd.DataFrame({"log": ["a", "b", "c", "d", "e"], "dataset": ["mnist"] * 4 + ["cifar10"],
+                       "sigma": [0.25, 0.25, 1.0, 1.0, 0.25], "m": [5] * 5,
+                       "r=0": [0.9, 0.8, 0.6, 0.7, 0.5], "r=1": [0.0, 0.0, 0.3, 0.2, 0.1]})
+    md = analysis.to_markdown(df).splitlines()[2:]
+    assert md == ["| a | 5 | **0.900** | 0.000 |",   # σ=0.25: a beats b; r=1 ties at 0 → nothing bold
+                  "| b | 5 | 0.800 | 0.000 |",
+                  "| c | 5 | 0.600 | **0.300** |",   # σ=1.0 is its own group
+                  "| d | 5 | **0.700** | 0.200 |",
+                  "| e | 5 | 0.500 | 0.100 |"]       # the only cifar10 run: nothing to compare with
+    assert analysis.best_mask(pd.Series([0.5, 0.5]), 3, "max").tolist() == [False, False]
+
+
+def test_latex_is_pure_ascii_and_compiles(tmp_path):
+    import shutil
+    df = pd.DataFrame({"log": ["NP σ=0.25 ĉ_A p̲_A σ̂ ℓ₂ ≥ Φ⁻¹(α) → 1 – 2 é 日本 100% $ # & ~ ^ \\ | < > {}",
+                               "ISS-NP ε=0.05"], "sigma": [0.25, 0.25], "m": [5, 5], "r=0": [0.5, 0.7],
+                       "ACR": [0.3, 0.2]})
+    tex = analysis.to_latex(df, title="mnist5k, σ=0.25, α ≤ 0.001 & more")
+    assert tex.isascii(), [ch for ch in tex if not ch.isascii()]
+    for piece in (r"$\sigma$=0.25", r"\^{c}\_A", r"\underline{p}", r"$\hat{\sigma}$", r"$\ell_{2}$", r"$\geq$",
+                  r"$\Phi^{-1}$", r"$\varepsilon$=0.05", r"100\%", r"\$", r"\#", r"\&", r"\textbackslash{}",
+                  r"\caption{mnist5k, $\sigma$=0.25, $\alpha$ $\leq$ 0.001 \& more}", r"\textbf{0.700}"):
+        assert piece in tex, piece
+    if shutil.which("pdflatex"):
+        (tmp_path / "t.tex").write_text("\\documentclass{article}\\usepackage{booktabs}\\begin{document}\n" + tex
+                                        + "\\end{document}\n")
+        r = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "t.tex"], cwd=tmp_path,
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stdout[-2000:]
+        (tmp_path / "raw.tex").write_text("\\documentclass{article}\\begin{document}\na_b σ\n\\end{document}\n")
+        r = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "raw.tex"], cwd=tmp_path,
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode != 0  # control: unescaped text does not compile
+
+
+def test_outputs_include_cost_figure_and_ascii_table(tmp_path, ours):
+    out = tmp_path / "out"
+    analysis.summarize_runs([ours], out, labels=["NP σ=0.25 ε-free"], title="σ=0.25")
+    assert (out / "table.tex").read_text().isascii()
+    assert (out / "cost.png").stat().st_size > 0
+    assert "![Forward passes per input](cost.png)" in (out / "report.md").read_text()

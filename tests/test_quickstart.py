@@ -11,5 +11,6 @@ def test_quickstart_smoke(tmp_path, capsys):
     assert "clean test accuracy" in text and "quickstart finished" in text
     for method in ("NP", "DSRS", "ISS-NP", "ISS-DSRS"):
         assert f"| {method}" in text, method
-    for name in ("table.md", "table.tex", "table.csv", "certified_accuracy.png", "certified_accuracy.pdf", "report.md"):
+    for name in ("table.md", "table.tex", "table.csv", "certified_accuracy.png", "certified_accuracy.pdf", "cost.png",
+                 "cost.pdf", "report.md"):
         assert os.path.getsize(os.path.join(out, name)) > 0, name

@@ -472,3 +472,42 @@ def test_certify_template_refuses_an_unknown_method():
     r = subprocess.run(["bash", os.path.join(SLURM, "certify.sbatch")], capture_output=True, text=True, timeout=60,
                        env={**os.environ, "REPO": ROOT, "METHOD": "iss_np", "SLURM_ARRAY_TASK_COUNT": "2"})
     assert r.returncode == 2 and "METHOD must be np, dsrs, iss-np or iss-dsrs" in r.stderr
+
+
+SLEEPER = '''
+import os, sys, time
+i = sys.argv[sys.argv.index("--shard") + 1].split("/")[0]
+folder = sys.argv[1]
+open(os.path.join(folder, f"start{i}"), "w").write(f"{time.time()} {os.getpid()}")
+time.sleep(float(sys.argv[2]))
+open(os.path.join(folder, f"end{i}"), "w").write(str(time.time()))
+'''
+
+
+def test_run_shards_pool_caps_jobs_and_ctrl_c_stops_everything(tmp_path):
+    """At most --jobs shards run at once; Ctrl-C terminates the running shards and starts no more."""
+    import threading
+    from certifynet.cli.run_shards import run_all
+    script = tmp_path / "sleeper.py"
+    script.write_text(SLEEPER)
+    said = []
+    codes = run_all([str(script), str(tmp_path), "0.6"], 4, 2, None, str(tmp_path / "logs"), 1, say=said.append)
+    assert codes == {0: 0, 1: 0, 2: 0, 3: 0} and sum("done in" in s for s in said) == 4
+    spans = [(float((tmp_path / f"start{i}").read_text().split()[0]), float((tmp_path / f"end{i}").read_text()))
+             for i in range(4)]
+    assert max(sum(a <= t < b for a, b in spans) for t, _ in spans) == 2  # two at a time, never three
+
+    for f in tmp_path.glob("start*"):
+        f.unlink()
+    timer = threading.Timer(1.5, os.kill, (os.getpid(), signal.SIGINT))  # Ctrl-C
+    timer.start()
+    t0 = time.time()
+    with pytest.raises(KeyboardInterrupt):
+        run_all([str(script), str(tmp_path), "60"], 3, 1, None, str(tmp_path / "logs2"), 1, say=said.append)
+    assert time.time() - t0 < 30
+    started = sorted(tmp_path.glob("start*"))
+    assert [f.name for f in started] == ["start0"]  # the queued shards never started
+    pid = int(started[0].read_text().split()[1])
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # terminated and reaped
+    assert not (tmp_path / "logs2" / "sleeper.shard1of3.log").exists()

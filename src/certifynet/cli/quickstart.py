@@ -137,7 +137,8 @@ def main(argv=None):
     print(f"\n== all runs ({digits} digits, α=0.001) ==")
     summary = summarize_runs(demo.logs, a.out, labels=demo.labels, radii=RADII,
                              title=f"mnist5k, LeNet, {digits} test digits")
-    keep = [c for c in summary.columns if c.startswith("r=") or c in ("log", "ACR", "abstain", "samples/input")]
+    keep = [c for c in summary.columns  # dataset, sigma: bold only among comparable runs (not shown)
+            if c.startswith("r=") or c in ("log", "ACR", "abstain", "samples/input", "dataset", "sigma")]
     from certifynet.analysis import to_markdown
     print(to_markdown(summary[keep], bold_best=True))
     passes = dict(zip(summary["log"], summary["samples/input"]))
@@ -145,6 +146,7 @@ def main(argv=None):
           f"DSRS {passes[demo.labels[1]]:.0f} → ISS-DSRS {passes[demo.labels[3]]:.0f} "
           f"(ISS saves more at the usual N=100,000: benchmarks/bench_iss.py)")
     print(f"\nplots: {a.out}/certified_accuracy.png (.pdf); tables: {a.out}/table.md/.tex/.csv; report: {a.out}/report.md")
+    where_methods_differ(demo, a)
     print(f"quickstart finished in {time.time() - demo.t0:.0f}s")
 
 
@@ -165,3 +167,15 @@ def denoised_smoothing(demo: Demo, a):
         counts = demo.path(f"counts_{'den' if extra else 'clean'}.csv")
         demo.run("sample", [*common, *extra, "--out", counts])
         demo.certify(counts, "np", label)
+
+
+def where_methods_differ(demo: Demo, a):
+    """The figures where the runs differ: forward passes per input (cost.png, written with the tables: ISS
+    saves there) and, with the denoiser stage, the denoiser's lift over the clean classifier."""
+    from certifynet.analysis import plot_gain, read_logs
+    print(f"cost: {a.out}/cost.png (.pdf): forward passes per input of every run, and ACR against them")
+    if not a.skip_denoiser:
+        clean, denoised = read_logs(demo.logs[-2:], demo.labels[-2:])
+        plot_gain(clean, [denoised], demo.path("denoiser_lift"),
+                  title=f"denoised smoothing, σ={a.denoiser_sigma:g}: clean LeNet ± DRUNet")
+        print(f"denoiser lift: {a.out}/denoiser_lift.png (.pdf): certified accuracy with and without the denoiser")

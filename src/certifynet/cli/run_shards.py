@@ -14,12 +14,14 @@ environment says otherwise.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import datetime
 import os
 import re
 import shlex
 import subprocess
 import sys
+import threading
 import time
 
 from certifynet.cli import CliParser, HelpFormatter, one_line_errors
@@ -110,43 +112,61 @@ def _env(threads, jobs):
 
 
 def run_all(cmd, n, jobs, only, logs_dir, threads, say=print):
-    """Run the shards; returns {shard: exit code}."""
+    """Run the shards, at most `jobs` at a time (a thread pool, one thread waiting on each subprocess);
+    returns {shard: exit code}. On KeyboardInterrupt the running shards are terminated and waited for, and
+    none is started after it."""
     todo = sorted(set(only)) if only else list(range(n))
     jobs = max(1, min(jobs or n, len(todo)))
     env = _env(threads, jobs)
-    running, codes = {}, {}
-    try:
-        while todo or running:
-            while todo and len(running) < jobs:
-                i = todo.pop(0)
-                log = log_path(cmd, i, n, logs_dir)
-                os.makedirs(os.path.dirname(log) or ".", exist_ok=True)
-                full = shard_command(cmd, i, n)
-                f = open(log, "a")
-                f.write(f"=== {datetime.datetime.now().isoformat(timespec='seconds')} {shlex.join(full)}\n")
-                f.flush()
-                running[i] = (subprocess.Popen(full, stdout=f, stderr=subprocess.STDOUT, env=env), f, log, time.time())
-                say(f"shard {i}/{n}: started (log {log})")
-            time.sleep(0.2)
-            for i, (proc, f, log, t0) in list(running.items()):
-                if proc.poll() is None:
-                    continue
-                f.close()
+    running, lock, stopping = {}, threading.Lock(), threading.Event()
+
+    def run_one(i):
+        if stopping.is_set():
+            return None
+        log = log_path(cmd, i, n, logs_dir)
+        os.makedirs(os.path.dirname(log) or ".", exist_ok=True)
+        full = shard_command(cmd, i, n)
+        with open(log, "a") as f:
+            f.write(f"=== {datetime.datetime.now().isoformat(timespec='seconds')} {shlex.join(full)}\n")
+            f.flush()
+            with lock:
+                if stopping.is_set():
+                    return None
+                running[i] = proc = subprocess.Popen(full, stdout=f, stderr=subprocess.STDOUT, env=env)
+            say(f"shard {i}/{n}: started (log {log})")
+            t0 = time.time()
+            rc = proc.wait()
+            with lock:
                 del running[i]
-                codes[i] = proc.returncode
-                if proc.returncode == 0:
-                    say(f"shard {i}/{n}: done in {time.time() - t0:.1f} s")
-                else:
-                    say(f"shard {i}/{n}: FAILED with exit code {proc.returncode} (log {log}):")
-                    for ln in _tail(log):
-                        say(f"    {ln}")
+        if stopping.is_set():  # terminated by us after Ctrl-C: no report
+            return rc
+        if rc == 0:
+            say(f"shard {i}/{n}: done in {time.time() - t0:.1f} s")
+        else:
+            say(f"shard {i}/{n}: FAILED with exit code {rc} (log {log}):")
+            for ln in _tail(log):
+                say(f"    {ln}")
+        return rc
+
+    codes = {}
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=jobs)
+    try:
+        futures = {pool.submit(run_one, i): i for i in todo}
+        pending = set(futures)
+        while pending:  # a timed wait, so that Ctrl-C reaches this thread while shards run
+            done, pending = concurrent.futures.wait(pending, timeout=0.5, return_when="FIRST_COMPLETED")
+            codes.update((futures[fut], fut.result()) for fut in done)
     except KeyboardInterrupt:
-        for proc, f, _, _ in running.values():
+        with lock:
+            stopping.set()
+            procs = list(running.values())
+        for proc in procs:
             proc.terminate()
-        for proc, f, _, _ in running.values():
+        for proc in procs:
             proc.wait()
-            f.close()
         raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
     return codes
 
 
