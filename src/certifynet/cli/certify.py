@@ -2,6 +2,7 @@
 
 Writes a tab-separated log whose first columns are Cohen's `idx label predict radius correct time`,
 then `pA_lower n samples method` (and the P/Q interval ends for DSRS); abstain is predict = −1, radius 0.
+--sequential --radii R… (with --model): anytime-valid sequential NP at fixed radii, docs/sequential.md.
 """
 from __future__ import annotations
 
@@ -24,6 +25,10 @@ def build_parser():
     p.add_argument("--counts", help="counts CSV written by sample.py")
     p.add_argument("--method", default="np", choices=METHODS)
     p.add_argument("--label", help="display label for analyze.py")
+    g = p.add_argument_group("sequential certification at fixed radii (docs/sequential.md)")
+    g.add_argument("--sequential", action="store_true",
+                   help="sample until the decision at every --radii is sure (anytime-valid at α); --N is the cap")
+    g.add_argument("--radii", nargs="+", type=float, metavar="R", help="radii to decide (with --sequential)")
     return p
 
 
@@ -78,5 +83,40 @@ def main(argv=None):
     check_alpha(args.alpha)
     if bool(args.counts) == bool(args.model):
         raise CertifyNetError("give exactly one of --counts FILE (certify stored counts) or --model CKPT (sample and certify)")
-    out = _certify_counts_file(args) if args.counts else _sample_and_certify(args)
+    if args.sequential or args.radii:
+        out = _sequential(args)
+    else:
+        out = _certify_counts_file(args) if args.counts else _sample_and_certify(args)
     print(f"log: {out}")
+
+
+SEQUENTIAL_COLUMNS = ["idx", "label", "predict", "radius", "correct", "time", "pA_lower", "pA_upper", "n0", "n",
+                      "hits", "samples", "decisions", "method"]
+
+
+def _check_sequential_args(args):
+    """Refuse what --sequential cannot combine with, before anything is loaded or written."""
+    for bad, why in ((not args.sequential, "--radii needs --sequential"),
+                     (not args.radii, "--sequential needs --radii R [R ...]"),
+                     (bool(args.counts), "--sequential samples as it goes: give --model, not --counts"),
+                     (bool(args.iss), "--sequential replaces ISS: drop --iss"),
+                     (args.q_dist != "none", "--sequential certifies NP only (DSRS is not supported): drop --q-dist"),
+                     (args.method != "np", "--sequential certifies NP only: drop --method")):
+        if bad:
+            raise CertifyNetError(why)
+    from certifynet.certify.sequential import batch_schedule, check_radii
+    check_radii(args.radii)
+    batch_schedule(args.N, args.batch)
+
+
+def _sequential(args):
+    _check_sequential_args(args)
+    from certifynet.pipeline import certify_sequential, sequential_certifier
+    sampler, data, indices, meta, shard = open_run(args)
+    certifier = sequential_certifier(sampler, args.radii)
+    out = output_path(args, shard, "results/certify_sequential.tsv")
+    log_meta = {**_log_meta(meta, args), "method": "sequential", **certifier.params()}
+    with RowLog(out, SEQUENTIAL_COLUMNS, log_meta) as log:
+        run_rows(log, indices, lambda idx: certify_sequential(sampler, certifier, idx, *_item(data, idx)),
+                 "certify sequential")
+    return out
