@@ -278,3 +278,77 @@ def test_iss_dsrs_budget_real_radius_mnist():
     p_low = dsrs.dsrs_intervals(cp_, n_p, cq_, n_q, alpha)[0]
     assert radius_fn(cp_, n_p, cq_, n_q) >= dsrs.generalized_np_radius(p_low, sigma, d, k) > 0.0
     assert radius_fn(0, 0, 0, 0) == 0.0
+
+
+# ------------------------------------------------------------------ ISS never costs more than fixed N
+
+@pytest.mark.parametrize("n_max,b,n0", [(1000, 500, 100), (2000, 500, 100), (50_000, 200, 2000), (400, 100, 1000)])
+def test_iss_np_cost_never_exceeds_n0_plus_n(n_max, b, n0):
+    for mode, decline in (("absolute", 0.05), ("relative", 0.05)):
+        planner = IssPlanner(n_max, b, 0.25, 0.001, decline, mode, n0)
+        assert max(n0 + planner.sample_size(k) for k in range(n0 + 1)) <= n0 + n_max
+
+
+@pytest.mark.parametrize("n_max,b,n0", [(1000, 500, 100), (10_000, 200, 100), (50_000, 500, 2000), (300, 100, 500)])
+def test_iss_dsrs_cost_never_exceeds_n0_plus_2n(n_max, b, n0):
+    """Cost 2·n0 + 2n where the Q pilot is drawn, n0 + 2N where the fixed run is planned: never above n0 + 2N."""
+    sigma, alpha = 0.25, 0.001
+    fns = {"np": _np_stand_in(sigma, alpha, []),
+           "slow-growing": lambda cp, n_p, cq, n_q: math.log(n_p) * (cq / max(n_q, 1))}
+    planned = fixed = 0
+    for kp in range(0, n0 + 1, max(1, n0 // 25)):
+        cap = iss.iss_dsrs_q_pilot_cap(kp, n0, n_max, b, sigma, alpha, 0.05, "absolute")
+        assert cap in (0, n_max - (n0 + 1) // 2)
+        if not cap:
+            fixed += 1
+            continue
+        for kq in range(0, n0 + 1, max(1, n0 // 10)):
+            for fn in fns.values():
+                n, n_q = iss_dsrs_budget(kp, kq, n0, n_max, b, alpha, 0.05, "absolute", fn, n_cap=cap)
+                assert n == n_q <= cap and 2 * n0 + 2 * n <= n0 + 2 * n_max
+                planned += 1
+    assert fixed + planned > 0
+
+
+def test_iss_dsrs_cap_keeps_the_target_where_reachable():
+    calls = []
+    radius_fn = _np_stand_in(0.5, 0.001, calls)
+    full = iss_dsrs_budget(1900, 1900, 2000, 50_000, 200, 0.001, 0.05, "absolute", radius_fn)[0]
+    capped = iss_dsrs_budget(1900, 1900, 2000, 50_000, 200, 0.001, 0.05, "absolute", radius_fn, n_cap=49_000)[0]
+    assert full == capped < 49_000  # the cap changes nothing when the target is met below it
+    p_u = cp_interval(2000, 2000, 0.001)[1]  # every pilot draw hit: the plan wants ≈ N, the cap binds
+    assert iss_dsrs_budget(2000, 2000, 2000, 50_000, 200, 0.001, 0.001, "absolute", radius_fn,
+                           n_cap=49_000)[0] == 49_000
+    assert p_u == 1.0
+    with pytest.raises(CertifyNetError):
+        iss_dsrs_budget(1900, 1900, 2000, 50_000, 200, 0.001, 0.05, "absolute", radius_fn, n_cap=60_000)
+    # quickstart setting (N = 1000 per distribution, b = 500, n0 = 100): an all-hits P pilot plans the fixed run
+    assert iss.iss_dsrs_q_pilot_cap(100, 100, 1000, 500, 0.25, 0.001, 0.05, "absolute") == 0
+    assert iss.iss_dsrs_q_pilot_cap(80, 100, 1000, 500, 0.25, 0.001, 0.05, "absolute") == 950
+
+
+def test_iss_dsrs_rows_never_cost_more_than_fixed(tmp_path):
+    """sample.py --iss --q-dist truncated end to end: every row's cost ≤ n0 + 2N (certify_row's `samples`)."""
+    torch = pytest.importorskip("torch")
+    from certifynet.certify.from_counts import certify_row
+    from certifynet.cli import sample as sample_cli
+    from certifynet.models import get_architecture, save_checkpoint
+    from certifynet.records import read_meta, read_rows
+    model = str(tmp_path / "lenet.pth")
+    torch.manual_seed(0)
+    save_checkpoint(model, get_architecture("lenet", "mnist5k"), arch="lenet", dataset="mnist5k", num_classes=10,
+                    sigma=0.25)
+    counts = str(tmp_path / "c.csv")
+    n0, n_max = 100, 300
+    assert sample_cli.main(["--model", model, "--sigma", "0.25", "--max", "4", "--batch", "100", "--N", str(n_max),
+                            "--iss", "absolute", "--iss-n0", str(n0), "--q-dist", "truncated", "--q-percentile", "x",
+                            "--out", counts]) == 0
+    meta, rows = read_meta(counts), read_rows(counts)[1]
+    assert len(rows) == 4
+    for row in rows:
+        cost = certify_row(row, meta, "iss-dsrs", 0.001)["samples"]
+        assert cost <= n0 + 2 * n_max, row
+        if int(row["pilot_n_q"]) == 0:  # no Q pilot: the fixed run
+            assert int(row["n"]) == int(row["n_q"]) == n_max and cost == n0 + 2 * n_max
+        else:
+            assert int(row["pilot_n_q"]) == n0 and int(row["n"]) <= n_max - n0 // 2

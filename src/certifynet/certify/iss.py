@@ -22,8 +22,8 @@ ISS-DSRS (design; see docs/iss_dsrs.md)
     (n·p̃, n·q̃) with (p̃, q̃) the upper ends of the pilot CP intervals (default; or the point estimates,
     or the max of the plans at both ends).
     Target T = E(N) − ε or (1 − ε)·E(N); n = smallest multiple of b with E(n) ≥ T, by bisection that
-    keeps the invariant E(hi) ≥ T: the result always meets the target even if E is not monotone in n
-    (monotonicity only makes it the smallest). Calls to the radius: 1 + ⌈log₂⌈N/b⌉⌉ (9 for 50k/200).
+    keeps the invariant E(hi) ≥ T (or hi = the cap): the result meets the target even if E is not
+    monotone in n (monotonicity only makes it the smallest). Calls to the radius: 1 + ⌈log₂⌈N/b⌉⌉ (9 for 50k/200).
   * Certify with fresh n draws from P and from Q; radius = max(NP on the P run, DSRS) (`dsrs_radius`).
   * Never dearer than fixed N (`iss_dsrs_q_pilot_cap`): the P pilot (n0, it also picks ĉ_A like N0) is
     paid either way; the Q pilot (n0 more) is drawn only when a Gaussian-NP proxy plan at the P pilot
