@@ -12,7 +12,7 @@ from certifynet.certify.iss import (IssPlanner, expected_radius, iss_certify, is
                                     iss_sample_size)
 from certifynet.certify.neyman_pearson import certify_from_counts, cp_interval, cp_lower, np_radius
 from certifynet.errors import CertifyNetError
-from helpers import REFERENCE
+from helpers import REFERENCE, cohen_cifar10_population
 
 VECTORS = str(REFERENCE / "iss_nstar_vectors.csv")
 
@@ -163,21 +163,11 @@ def test_iss_np_soundness_on_linear_classifier(delta, n0, n_max, batch, decline,
     assert np.all(np.isfinite(radius)) and np.median(radius) > 0.7 * delta  # radii close to δ: the test has bite
 
 
-# σ⁻¹·radius quantiles (0, 5, …, 100 %) of the inputs certified in Cohen's published CIFAR-10 σ=0.5 log
-# (N=100k, α=0.001): 16.6 % abstain, 78 % of the rest correct. Used as a realistic p_A distribution.
-_COHEN_C10_S050_Z = [0.002, 0.12, 0.222, 0.338, 0.458, 0.6, 0.715, 0.82, 0.916, 1.034, 1.212, 1.338, 1.572,
-                     1.753, 1.944, 2.18, 2.416, 2.72, 3.048, 3.62, 3.92]
-
-
 def test_sample_efficiency_simulation():
     """σ=0.5, absolute ε=0.05, N=100k, n0=2000, b=200, α=0.001 (the published ISS script)."""
     sigma, alpha, n_max, n0, m = 0.5, 0.001, 100_000, 2000, 4000
     rng = np.random.default_rng(7)
-    z = np.interp(rng.uniform(size=m), np.linspace(0, 1, 21), _COHEN_C10_S050_Z)
-    p_top = np.where(z >= 3.81, 1.0, norm.cdf(z))  # top of Cohen's range: every draw correct
-    abstains = rng.uniform(size=m) < 0.166
-    p_top = np.where(abstains, rng.uniform(0.3, 0.52, m), p_top)
-    correct = ~abstains & (rng.uniform(size=m) < 0.78)
+    p_top, correct = cohen_cifar10_population(m, rng)
 
     planner = IssPlanner(n_max, 200, sigma, alpha, 0.05, "absolute", n0)
     n_iss = np.array([planner.sample_size(k) for k in range(n0 + 1)])[rng.binomial(n0, p_top)]
