@@ -41,7 +41,7 @@ from certifynet.errors import CertifyNetError, check_alpha, check_sigma
 
 # Beta(a, b) mixing prior of the confidence sequence. b < 1 puts more mass near p = 1, where the
 # thresholds θ_r = Φ(r/σ) of the usual radii sit: at S_t = t the mixture costs only b·ln t (uniform:
-# ln(t + 1)), e.g. 6k instead of 12.5k draws to certify 3σ at α = 0.001 (benchmarks/bench_sequential.py).
+# ln(t + 1)), e.g. 6k instead of 12.5k draws to certify 3σ at α = 0.001 (docs/sequential.md).
 DEFAULT_PRIOR = (1.0, 0.1)
 FIRST_BATCH = 32  # first batch of a sequence; batches then double up to --batch
 DECIDED_CODES = {2: "C", 1: "N", 0: "U"}  # certified / not certifiable / undecided within the cap
