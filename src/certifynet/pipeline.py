@@ -202,7 +202,6 @@ def open_inputs(dataset: str, split: str, data_dir: str):
     return get_dataset(dataset, split, data_dir), dataset_info(dataset)
 
 
-
 # ------------------------------------------------------------------------------------------------------
 # Sequential certification at fixed radii (certify.py --sequential; certifynet.certify.sequential)
 
