@@ -109,13 +109,13 @@ def print_tables(radii, passes, acc, fixed, iss, seq_runs, seconds=None):
           + f"---:|{sec_rule}")
     for label in (fixed, iss, seq_runs[0]):
         secs = f" | {seconds[label]:.0f}" if seconds else ""
-        print(f"| {label} | {passes[label]:,.0f} | " + " | ".join(f"{v:.2f}" for v in acc[label])
+        print(f"| {label} | {passes[label]:,.0f} | " + " | ".join(f"{v:.3f}" for v in acc[label])
               + f" | {passes[fixed] / passes[label]:.1f}×{secs} |")
     print("\n| radius | cert. acc. fixed / ISS / sequential | passes: sequential (this radius only) | "
           "fixed ÷ sequential | ISS ÷ sequential |\n|---:|:---:|---:|---:|---:|")
     for i, r in enumerate(radii):
         one = seq_runs[1 + i]
-        print(f"| {r:g} | {acc[fixed][i]:.2f} / {acc[iss][i]:.2f} / {acc[one][-1 if len(acc[one]) == 1 else i]:.2f} "
+        print(f"| {r:g} | {acc[fixed][i]:.3f} / {acc[iss][i]:.3f} / {acc[one][-1 if len(acc[one]) == 1 else i]:.3f} "
               f"| {passes[one]:,.0f} | {passes[fixed] / passes[one]:.1f}× | {passes[iss] / passes[one]:.1f}× |")
     every = seq_runs[0]
     print(f"| all {len(radii)} at once | see above | {passes[every]:,.0f} | {passes[fixed] / passes[every]:.1f}× "
