@@ -52,3 +52,22 @@ def test_bench_fidelity_smoke(tmp_path):
         assert fragment in r.stdout, (fragment, r.stdout[-2000:])
     for name in ("fidelity_N400.png", "fidelity_N200.pdf", "table_N400.md", "table_N200.tex"):
         assert (out / name).stat().st_size > 0, name
+
+
+def test_bench_sequential_smoke(tmp_path):
+    model = str(tmp_path / "lenet.pth")
+    save_checkpoint(model, get_architecture("lenet", "mnist5k"), arch="lenet", dataset="mnist5k", num_classes=10,
+                    sigma=0.5)
+    argv = [sys.executable, os.path.join(ROOT, "benchmarks", "bench_sequential.py"), "--models", model, "--sigmas",
+            "0.5", "--digits", "2", "--N", "400", "--iss-n0", "100", "--batch", "100", "--cifar-sim", "200",
+            "--out", str(tmp_path / "bench")]
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-1500:]
+    for fragment in ("| NP N=400 | 500 |", "ISS-NP ε=0.05 n0=100", "sequential, all radii", "| all 4 at once |",
+                     "Simulated: Cohen's published CIFAR-10", "fixed ÷ sequential"):
+        assert fragment in r.stdout, r.stdout[-1500:]
+    # every stage resumes: the same command again samples nothing and prints the same mnist5k tables
+    r2 = subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert r2.returncode == 0 and "resuming: 2 of 2" in r2.stderr
+    table = lambda out: out.split("(sequential: cap N")[1].split("Simulated")[0]  # noqa: E731
+    assert table(r.stdout) == table(r2.stdout)

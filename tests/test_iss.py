@@ -12,7 +12,7 @@ from certifynet.certify.iss import (IssPlanner, expected_radius, iss_certify, is
                                     iss_sample_size)
 from certifynet.certify.neyman_pearson import certify_from_counts, cp_interval, cp_lower, np_radius
 from certifynet.errors import CertifyNetError
-from helpers import REFERENCE
+from helpers import REFERENCE, cohen_cifar10_population
 
 VECTORS = str(REFERENCE / "iss_nstar_vectors.csv")
 
@@ -163,21 +163,11 @@ def test_iss_np_soundness_on_linear_classifier(delta, n0, n_max, batch, decline,
     assert np.all(np.isfinite(radius)) and np.median(radius) > 0.7 * delta  # radii close to δ: the test has bite
 
 
-# σ⁻¹·radius quantiles (0, 5, …, 100 %) of the inputs certified in Cohen's published CIFAR-10 σ=0.5 log
-# (N=100k, α=0.001): 16.6 % abstain, 78 % of the rest correct. Used as a realistic p_A distribution.
-_COHEN_C10_S050_Z = [0.002, 0.12, 0.222, 0.338, 0.458, 0.6, 0.715, 0.82, 0.916, 1.034, 1.212, 1.338, 1.572,
-                     1.753, 1.944, 2.18, 2.416, 2.72, 3.048, 3.62, 3.92]
-
-
 def test_sample_efficiency_simulation():
     """σ=0.5, absolute ε=0.05, N=100k, n0=2000, b=200, α=0.001 (the published ISS script)."""
     sigma, alpha, n_max, n0, m = 0.5, 0.001, 100_000, 2000, 4000
     rng = np.random.default_rng(7)
-    z = np.interp(rng.uniform(size=m), np.linspace(0, 1, 21), _COHEN_C10_S050_Z)
-    p_top = np.where(z >= 3.81, 1.0, norm.cdf(z))  # top of Cohen's range: every draw correct
-    abstains = rng.uniform(size=m) < 0.166
-    p_top = np.where(abstains, rng.uniform(0.3, 0.52, m), p_top)
-    correct = ~abstains & (rng.uniform(size=m) < 0.78)
+    p_top, correct = cohen_cifar10_population(m, rng)
 
     planner = IssPlanner(n_max, 200, sigma, alpha, 0.05, "absolute", n0)
     n_iss = np.array([planner.sample_size(k) for k in range(n0 + 1)])[rng.binomial(n0, p_top)]
@@ -278,3 +268,77 @@ def test_iss_dsrs_budget_real_radius_mnist():
     p_low = dsrs.dsrs_intervals(cp_, n_p, cq_, n_q, alpha)[0]
     assert radius_fn(cp_, n_p, cq_, n_q) >= dsrs.generalized_np_radius(p_low, sigma, d, k) > 0.0
     assert radius_fn(0, 0, 0, 0) == 0.0
+
+
+# ------------------------------------------------------------------ ISS never costs more than fixed N
+
+@pytest.mark.parametrize("n_max,b,n0", [(1000, 500, 100), (2000, 500, 100), (50_000, 200, 2000), (400, 100, 1000)])
+def test_iss_np_cost_never_exceeds_n0_plus_n(n_max, b, n0):
+    for mode, decline in (("absolute", 0.05), ("relative", 0.05)):
+        planner = IssPlanner(n_max, b, 0.25, 0.001, decline, mode, n0)
+        assert max(n0 + planner.sample_size(k) for k in range(n0 + 1)) <= n0 + n_max
+
+
+@pytest.mark.parametrize("n_max,b,n0", [(1000, 500, 100), (10_000, 200, 100), (50_000, 500, 2000), (300, 100, 500)])
+def test_iss_dsrs_cost_never_exceeds_n0_plus_2n(n_max, b, n0):
+    """Cost 2·n0 + 2n where the Q pilot is drawn, n0 + 2N where the fixed run is planned: never above n0 + 2N."""
+    sigma, alpha = 0.25, 0.001
+    fns = {"np": _np_stand_in(sigma, alpha, []),
+           "slow-growing": lambda cp, n_p, cq, n_q: math.log(n_p) * (cq / max(n_q, 1))}
+    planned = fixed = 0
+    for kp in range(0, n0 + 1, max(1, n0 // 25)):
+        cap = iss.iss_dsrs_q_pilot_cap(kp, n0, n_max, b, sigma, alpha, 0.05, "absolute")
+        assert cap in (0, n_max - (n0 + 1) // 2)
+        if not cap:
+            fixed += 1
+            continue
+        for kq in range(0, n0 + 1, max(1, n0 // 10)):
+            for fn in fns.values():
+                n, n_q = iss_dsrs_budget(kp, kq, n0, n_max, b, alpha, 0.05, "absolute", fn, n_cap=cap)
+                assert n == n_q <= cap and 2 * n0 + 2 * n <= n0 + 2 * n_max
+                planned += 1
+    assert fixed + planned > 0
+
+
+def test_iss_dsrs_cap_keeps_the_target_where_reachable():
+    calls = []
+    radius_fn = _np_stand_in(0.5, 0.001, calls)
+    full = iss_dsrs_budget(1900, 1900, 2000, 50_000, 200, 0.001, 0.05, "absolute", radius_fn)[0]
+    capped = iss_dsrs_budget(1900, 1900, 2000, 50_000, 200, 0.001, 0.05, "absolute", radius_fn, n_cap=49_000)[0]
+    assert full == capped < 49_000  # the cap changes nothing when the target is met below it
+    p_u = cp_interval(2000, 2000, 0.001)[1]  # every pilot draw hit: the plan wants ≈ N, the cap binds
+    assert iss_dsrs_budget(2000, 2000, 2000, 50_000, 200, 0.001, 0.001, "absolute", radius_fn,
+                           n_cap=49_000)[0] == 49_000
+    assert p_u == 1.0
+    with pytest.raises(CertifyNetError):
+        iss_dsrs_budget(1900, 1900, 2000, 50_000, 200, 0.001, 0.05, "absolute", radius_fn, n_cap=60_000)
+    # quickstart setting (N = 1000 per distribution, b = 500, n0 = 100): an all-hits P pilot plans the fixed run
+    assert iss.iss_dsrs_q_pilot_cap(100, 100, 1000, 500, 0.25, 0.001, 0.05, "absolute") == 0
+    assert iss.iss_dsrs_q_pilot_cap(80, 100, 1000, 500, 0.25, 0.001, 0.05, "absolute") == 950
+
+
+def test_iss_dsrs_rows_never_cost_more_than_fixed(tmp_path):
+    """sample.py --iss --q-dist truncated end to end: every row's cost ≤ n0 + 2N (certify_row's `samples`)."""
+    torch = pytest.importorskip("torch")
+    from certifynet.certify.from_counts import certify_row
+    from certifynet.cli import sample as sample_cli
+    from certifynet.models import get_architecture, save_checkpoint
+    from certifynet.records import read_meta, read_rows
+    model = str(tmp_path / "lenet.pth")
+    torch.manual_seed(0)
+    save_checkpoint(model, get_architecture("lenet", "mnist5k"), arch="lenet", dataset="mnist5k", num_classes=10,
+                    sigma=0.25)
+    counts = str(tmp_path / "c.csv")
+    n0, n_max = 100, 300
+    assert sample_cli.main(["--model", model, "--sigma", "0.25", "--max", "4", "--batch", "100", "--N", str(n_max),
+                            "--iss", "absolute", "--iss-n0", str(n0), "--q-dist", "truncated", "--q-percentile", "x",
+                            "--out", counts]) == 0
+    meta, rows = read_meta(counts), read_rows(counts)[1]
+    assert len(rows) == 4
+    for row in rows:
+        cost = certify_row(row, meta, "iss-dsrs", 0.001)["samples"]
+        assert cost <= n0 + 2 * n_max, row
+        if int(row["pilot_n_q"]) == 0:  # no Q pilot: the fixed run
+            assert int(row["n"]) == int(row["n_q"]) == n_max and cost == n0 + 2 * n_max
+        else:
+            assert int(row["pilot_n_q"]) == n0 and int(row["n"]) <= n_max - n0 // 2

@@ -255,7 +255,8 @@ class InputSampler:
         Fixed budget: ĉ_A from N0 selection draws (or the label), then N fresh P draws, and for DSRS N
         fresh Q draws (truncated Q's p_T from the P run's bound at α/2, as in the reference).
         ISS: a pilot of n0 draws picks ĉ_A and the sample size; the certificate uses fresh draws only.
-        ISS-DSRS also fixes Q from the P pilot, draws an n0 Q pilot, then plans (n_P, n_Q).
+        ISS-DSRS also fixes Q from the P pilot and, where that can save draws, draws an n0 Q pilot and plans
+        (n_P, n_Q) within a cap; elsewhere it runs n_P = n_Q = N (never dearer than fixed-N DSRS).
         """
         check_finite_input(x, idx)
         a, t0 = self.args, time.time()
@@ -269,12 +270,17 @@ class InputSampler:
             if self.q_dist == "none":
                 n = n_q = self.planner.sample_size(k0)
             else:
-                from certifynet.certify.iss import dsrs_expected_radius_fn, iss_dsrs_budget
+                from certifynet.certify.iss import dsrs_expected_radius_fn, iss_dsrs_budget, iss_dsrs_q_pilot_cap
                 q = self._choose_q(k0, a.iss_n0, 2 * a.alpha)  # one-sided pilot bound at α
-                kq0 = int(self._count(x, q[0], a.iss_n0, idx, STREAM_Q_PILOT)[pred])
-                row.update(pilot_n_q=a.iss_n0, pilot_count_q=kq0)
-                radius_fn = dsrs_expected_radius_fn(a.sigma, self.dim, a.k, self.q_dist, q[2], a.alpha)
-                n, n_q = iss_dsrs_budget(k0, kq0, a.iss_n0, a.N, self.iss_step, a.alpha, a.iss_decline, a.iss, radius_fn)
+                cap = iss_dsrs_q_pilot_cap(k0, a.iss_n0, a.N, self.iss_step, a.sigma, a.alpha, a.iss_decline, a.iss)
+                n = n_q = a.N  # the Q pilot cannot save draws: the fixed run (cost n0 + 2N)
+                row.update(pilot_n_q=0, pilot_count_q=0)
+                if cap:  # it can: plan within the cap, so that cost 2·n0 + 2n ≤ n0 + 2N
+                    kq0 = int(self._count(x, q[0], a.iss_n0, idx, STREAM_Q_PILOT)[pred])
+                    row.update(pilot_n_q=a.iss_n0, pilot_count_q=kq0)
+                    radius_fn = dsrs_expected_radius_fn(a.sigma, self.dim, a.k, self.q_dist, q[2], a.alpha)
+                    n, n_q = iss_dsrs_budget(k0, kq0, a.iss_n0, a.N, self.iss_step, a.alpha, a.iss_decline, a.iss,
+                                             radius_fn, n_cap=cap)
         else:
             if a.select == "n0":
                 pred = int(self._count(x, self.p_noise, a.N0, idx, STREAM_SELECT).argmax())
@@ -315,11 +321,18 @@ class InputSampler:
                                           [self._gen(idx, STREAM_SELECT) for idx, _, _ in items]).cpu().numpy()
         self._prefetched.update({(idx, STREAM_SELECT): c for (idx, _, _), c in zip(items, pilots)})
         if a.iss and self.q_dist != "none":
+            from certifynet.certify.iss import iss_dsrs_q_pilot_cap
             preds = [int(c.argmax()) if a.select == "n0" else label for c, (_, _, label) in zip(pilots, items)]
-            qs = [self._choose_q(int(c[p]), n_first, 2 * a.alpha)[0] for c, p in zip(pilots, preds)]
-            q_pilots = self.sampler.counts_many(xs, qs, [n_first] * len(xs),
-                                                [self._gen(idx, STREAM_Q_PILOT) for idx, _, _ in items]).cpu().numpy()
-            self._prefetched.update({(idx, STREAM_Q_PILOT): c for (idx, _, _), c in zip(items, q_pilots)})
+            # only where `sample` will draw a Q pilot (it can save draws)
+            todo = [j for j, (c, p) in enumerate(zip(pilots, preds))
+                    if iss_dsrs_q_pilot_cap(int(c[p]), n_first, a.N, self.iss_step, a.sigma, a.alpha, a.iss_decline,
+                                            a.iss)]
+            if not todo:
+                return
+            qs = [self._choose_q(int(pilots[j][preds[j]]), n_first, 2 * a.alpha)[0] for j in todo]
+            q_pilots = self.sampler.counts_many([xs[j] for j in todo], qs, [n_first] * len(todo),
+                                                [self._gen(items[j][0], STREAM_Q_PILOT) for j in todo]).cpu().numpy()
+            self._prefetched.update({(items[j][0], STREAM_Q_PILOT): c for j, c in zip(todo, q_pilots)})
 
     def prefetcher(self, data, item):
         """For run_rows: prefetch(idxs) sampling the first draws of `inputs_per_batch` inputs at a time
@@ -342,3 +355,38 @@ def check_inputs_per_batch(k) -> int:
     if int(k) < 1:
         raise CertifyNetError(f"--inputs-per-batch must be >= 1, got {k}")
     return int(k)
+
+
+# ------------------------------------------------------------------------------------------------------
+# Sequential certification at fixed radii (certify.py --sequential; certifynet.certify.sequential)
+
+def sequential_certifier(sampler: InputSampler, radii):
+    """The run's SequentialCertifier: cap --N, batches doubling from 32 up to --batch, level --alpha."""
+    from certifynet.certify.sequential import SequentialCertifier
+    a = sampler.args
+    return SequentialCertifier(radii, a.sigma, a.alpha, a.N, a.batch, d=sampler.dim, k=a.k)
+
+
+def certify_sequential(sampler: InputSampler, certifier, idx: int, x: torch.Tensor, label: int) -> dict:
+    """One sequential log row for input idx.
+
+    ĉ_A from N0 selection draws (stream STREAM_SELECT, as in Cohen's CERTIFY) or the label; then fresh
+    STREAM_P draws in the certifier's batches until every radius is settled or the cap N is reached.
+    Deterministic from (seed, idx) and the batch schedule (recorded in the sidecar).
+    """
+    check_finite_input(x, idx)
+    a, t0, s, noise = sampler.args, time.time(), sampler.sampler, sampler.p_noise
+    if a.select == "n0":
+        pred, n0 = int(sampler._count(x, noise, a.N0, idx, STREAM_SELECT).argmax()), a.N0
+    else:
+        pred, n0 = label, 0
+    gen = sampler._gen(idx, STREAM_P)
+    state = certifier.run(lambda size, active: int(s.counts_np(x, noise, size, gen)[pred]))
+    codes = certifier.decisions(state)[0]
+    lower, upper = float(state.lower[0]), float(state.upper[0])
+    predict = pred if lower > 0.5 else -1
+    draws = int(state.draws[0])
+    return {"idx": idx, "label": label, "predict": predict, "radius": float(certifier.certified_radius(state)[0]),
+            "correct": int(predict == label and predict >= 0), "time": round(time.time() - t0, 4),
+            "pA_lower": lower, "pA_upper": upper, "n0": n0, "n": draws, "hits": int(state.hits[0]),
+            "samples": n0 + draws, "decisions": certifier.format_decisions(codes), "method": "sequential"}

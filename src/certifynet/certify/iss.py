@@ -22,9 +22,14 @@ ISS-DSRS (design; see docs/iss_dsrs.md)
     (n·p̃, n·q̃) with (p̃, q̃) the upper ends of the pilot CP intervals (default; or the point estimates,
     or the max of the plans at both ends).
     Target T = E(N) − ε or (1 − ε)·E(N); n = smallest multiple of b with E(n) ≥ T, by bisection that
-    keeps the invariant E(hi) ≥ T: the result always meets the target even if E is not monotone in n
-    (monotonicity only makes it the smallest). Calls to the radius: 1 + ⌈log₂⌈N/b⌉⌉ (9 for 50k/200).
+    keeps the invariant E(hi) ≥ T (or hi = the cap): the result meets the target even if E is not
+    monotone in n (monotonicity only makes it the smallest). Calls to the radius: 1 + ⌈log₂⌈N/b⌉⌉ (9 for 50k/200).
   * Certify with fresh n draws from P and from Q; radius = max(NP on the P run, DSRS) (`dsrs_radius`).
+  * Never dearer than fixed N (`iss_dsrs_q_pilot_cap`): the P pilot (n0, it also picks ĉ_A like N0) is
+    paid either way; the Q pilot (n0 more) is drawn only when a Gaussian-NP proxy plan at the P pilot
+    predicts a saving, n0 + 2·n_pred < 2N, and then the budget is capped at N − ⌈n0/2⌉ (target still
+    from E(N)), so cost = 2·n0 + 2n ≤ n0 + 2N. Otherwise the input gets the fixed run n = N (cost
+    n0 + 2N). ISS-NP needs nothing: its cost n0 + n_ISS ≤ n0 + N by construction.
 """
 from __future__ import annotations
 
@@ -203,7 +208,7 @@ def iss_certify(count, n_iss, sigma, alpha):
 # ---------------------------------------------------------------------------------------------- DSRS
 
 def iss_dsrs_budget(count_p0, count_q0, n0, n_max, batch, alpha, decline, mode, radius_fn,
-                    plan_at="upper"):
+                    plan_at="upper", n_cap=None):
     """Common ISS budget (n_P, n_Q) = (n, n) for DSRS from pilot counts k_P, k_Q of n0 draws each.
 
     radius_fn(count_p, n_p, count_q, n_q) -> expected radius (fractional counts allowed), e.g.
@@ -213,6 +218,8 @@ def iss_dsrs_budget(count_p0, count_q0, n0, n_max, batch, alpha, decline, mode, 
     max over the interval for the absolute rule, where n* is non-decreasing in p), 'point' = k/n0,
     'both' = max of the plans at the lower and at the upper ends (for the U-shaped relative rule;
     twice the radius calls). Each plan calls radius_fn 1 + ⌈log₂⌈N/b⌉⌉ times.
+    n_cap: largest budget allowed (sizes {b, …} up to n_cap; the target still comes from E(N)); where
+    the target needs more, the plan is n_cap (`iss_dsrs_q_pilot_cap` sets it so ISS never costs more).
     """
     check_alpha(alpha)
     _check_rule(n_max, batch, decline, mode)
@@ -223,10 +230,32 @@ def iss_dsrs_budget(count_p0, count_q0, n0, n_max, batch, alpha, decline, mode, 
     points = {"point": [(kp / n0, kq / n0)], "upper": [(pu, qu)], "both": [(pl, ql), (pu, qu)]}
     if plan_at not in points:
         raise CertifyNetError(f"plan_at must be one of {sorted(points)}, got {plan_at!r}")
-    sizes = _size_grid(int(n_max), int(batch))
-    n = max(_dsrs_plan(float(p), float(q), sizes, float(decline), mode, radius_fn)
+    cap = int(n_max) if n_cap is None else int(n_cap)
+    if not 1 <= cap <= int(n_max):
+        raise CertifyNetError(f"ISS-DSRS budget cap must be in [1, N={n_max}], got {n_cap}")
+    sizes = _size_grid(cap, min(int(batch), cap))
+    n = max(_dsrs_plan(float(p), float(q), sizes, float(decline), mode, radius_fn, int(n_max))
             for p, q in points[plan_at])
     return n, n
+
+
+def iss_dsrs_q_pilot_cap(count_p0, n0, n_max, batch, sigma, alpha, decline, mode, plan_at="upper") -> int:
+    """Budget cap N − ⌈n0/2⌉ when ISS-DSRS's Q pilot can save draws, else 0 (plan the fixed run n = N).
+
+    Decided from the P pilot alone, before any Q draw: the plan with Gaussian NP on the P interval at
+    α/4 (the NP part of `dsrs_intervals`) as radius, on the capped sizes, must give n0 + 2·n_pred < 2N.
+    A proxy only decides cost; the cap makes the bound hard: 2·n0 + 2n ≤ n0 + 2N for every input.
+    """
+    n0, n_max = int(n0), int(n_max)
+    cap = n_max - (n0 + 1) // 2
+    if cap < 1:
+        return 0
+
+    def np_proxy(count_p, n_p, count_q, n_q):
+        return float(np_radius(cp_lower(count_p, n_p, alpha / 4.0), sigma))
+
+    n_pred, _ = iss_dsrs_budget(count_p0, 0, n0, n_max, batch, alpha, decline, mode, np_proxy, plan_at, cap)
+    return cap if n0 + 2 * n_pred < 2 * n_max else 0
 
 
 def iss_dsrs_oracle_size(p, q, n_max, batch, decline, mode, radius_fn) -> int:
@@ -235,15 +264,18 @@ def iss_dsrs_oracle_size(p, q, n_max, batch, decline, mode, radius_fn) -> int:
     return _dsrs_plan(float(p), float(q), _size_grid(int(n_max), int(batch)), float(decline), mode, radius_fn)
 
 
-def _dsrs_plan(p, q, sizes, decline, mode, radius_fn):
-    """Smallest size with E(n) ≥ T at the planning point (p, q); 0 when T ≤ 0."""
+def _dsrs_plan(p, q, sizes, decline, mode, radius_fn, n_full=None):
+    """Smallest size with E(n) ≥ T at the planning point (p, q), else sizes[-1]; 0 when T ≤ 0.
+
+    T comes from E(n_full) (default: the largest size).
+    """
     def radius(n):
         return float(radius_fn(n * p, int(n), n * q, int(n)))
 
-    target = _target(radius(sizes[-1]), decline, mode)
+    target = _target(radius(n_full or sizes[-1]), decline, mode)
     if target <= 0.0:
         return 0
-    lo, hi = -1, len(sizes) - 1  # invariant: E(sizes[hi]) ≥ T, so the result always meets the target
+    lo, hi = -1, len(sizes) - 1  # invariant: E(sizes[hi]) ≥ T or sizes[hi] is the cap
     while hi - lo > 1:
         mid = (lo + hi) // 2
         lo, hi = (lo, mid) if radius(sizes[mid]) >= target else (mid, hi)

@@ -11,6 +11,7 @@ sidecar; --start/--end/--skip/--max/--shard select rows of the file.
 
 Writes a tab-separated log whose first columns are Cohen's `idx label predict radius correct time`,
 then `pA_lower n samples method` (and the P/Q interval ends for DSRS); abstain is predict = −1, radius 0.
+--sequential --radii R… (with --model): anytime-valid sequential NP at fixed radii, docs/sequential.md.
 """
 from __future__ import annotations
 
@@ -42,6 +43,10 @@ def build_parser():
     p.add_argument("--method", default=None, choices=METHODS,
                    help="certificate (default: the counts file's kind, or what the sampling flags give)")
     p.add_argument("--label", help="display label for analyze.py (any text; kept in the sidecar)")
+    g = p.add_argument_group("sequential certification at fixed radii (docs/sequential.md)")
+    g.add_argument("--sequential", action="store_true",
+                   help="sample until the decision at every --radii is sure (anytime-valid at α); --N is the cap")
+    g.add_argument("--radii", nargs="+", type=float, metavar="R", help="radii to decide (with --sequential)")
     return p
 
 
@@ -125,6 +130,43 @@ def main(argv=None):
     check_alpha(args.alpha)
     if bool(args.counts) == bool(args.model):
         raise CertifyNetError("give exactly one of --counts FILE (certify stored counts) or --model CKPT (sample and certify)")
-    out = _certify_counts_file(args) if args.counts else _sample_and_certify(args)
+    if args.sequential or args.radii:
+        out = _sequential(args)
+    else:
+        out = _certify_counts_file(args) if args.counts else _sample_and_certify(args)
     if out:
         print(f"log: {shown(out)}")
+
+
+SEQUENTIAL_COLUMNS = ["idx", "label", "predict", "radius", "correct", "time", "pA_lower", "pA_upper", "n0", "n",
+                      "hits", "samples", "decisions", "method"]
+
+
+def _check_sequential_args(args):
+    """Refuse what --sequential cannot combine with, before anything is loaded or written."""
+    for bad, why in ((not args.sequential, "--radii needs --sequential"),
+                     (not args.radii, "--sequential needs --radii R [R ...]"),
+                     (bool(args.counts), "--sequential samples as it goes: give --model, not --counts"),
+                     (bool(args.iss), "--sequential replaces ISS: drop --iss"),
+                     (args.q_dist != "none", "--sequential certifies NP only (DSRS is not supported): drop --q-dist"),
+                     (args.method not in (None, "np"), "--sequential certifies NP only: drop --method")):
+        if bad:
+            raise CertifyNetError(why)
+    from certifynet.certify.sequential import batch_schedule, check_radii
+    check_radii(args.radii)
+    batch_schedule(args.N, args.batch)
+
+
+def _sequential(args):
+    _check_sequential_args(args)
+    from certifynet.pipeline import certify_sequential, sequential_certifier
+    args.method = "np"
+    run = open_run(args, "certify", default_path("results/certify_sequential.tsv"))
+    if nothing_to_do(run.indices, run.shard):
+        return None
+    certifier = sequential_certifier(run.sampler, args.radii)
+    log_meta = {**_log_meta(run.meta, args), "method": "sequential", **certifier.params()}
+    with RowLog(run.out, SEQUENTIAL_COLUMNS, log_meta) as log:
+        run_rows(log, run.indices, lambda idx: certify_sequential(run.sampler, certifier, idx, *item(run.data, idx)),
+                 "certify sequential", args.progress, run.sampler.prefetcher(run.data, item))
+    return run.out

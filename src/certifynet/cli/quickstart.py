@@ -2,8 +2,8 @@
 
 Each stage runs the same command a user would type (printed with a `$`), in-process:
 train (Gaussian augmentation) → reload and test → sample counts → certify with every method (NP, DSRS,
-ISS-NP, ISS-DSRS) → denoised smoothing (clean classifier ± a stability-trained DRUNet) → tables and
-plots. Everything is written under --out (default results/quickstart/).
+ISS-NP, ISS-DSRS, sequential at fixed radii) → denoised smoothing (clean classifier ± a stability-trained
+DRUNet) → tables and plots. Everything is written under --out (default results/quickstart/).
 """
 from __future__ import annotations
 
@@ -129,6 +129,8 @@ def main(argv=None):
                         "--out", counts_iss_dsrs])
     demo.certify(counts_iss_dsrs, "iss-dsrs", f"ISS-DSRS σ={s} ε=0.05")
 
+    seq_label = sequential_stage(demo, a, common)
+
     if not a.skip_denoiser:
         denoised_smoothing(demo, a)
 
@@ -145,9 +147,23 @@ def main(argv=None):
     print(f"\nISS forward passes per input: NP {passes[demo.labels[0]]:.0f} → ISS-NP {passes[demo.labels[2]]:.0f}; "
           f"DSRS {passes[demo.labels[1]]:.0f} → ISS-DSRS {passes[demo.labels[3]]:.0f} "
           f"(ISS saves more at the usual N=100,000: benchmarks/bench_iss.py)")
+    print(f"sequential at the fixed radii {', '.join(f'{r:g}' for r in RADII[1:])}: {passes[seq_label]:.0f} forward "
+          f"passes per input, capped at N0 + N = {100 + n} (benchmarks/bench_sequential.py)")
     print(f"\nplots: {a.out}/certified_accuracy.png (.pdf); tables: {a.out}/table.md/.tex/.csv; report: {a.out}/report.md")
     where_methods_differ(demo, a)
     print(f"quickstart finished in {time.time() - demo.t0:.0f}s")
+
+
+def sequential_stage(demo: Demo, a, common):
+    """Sequential NP at the demo's radii: stop each digit once every radius is decided (anytime-valid, α)."""
+    label = f"Sequential σ={a.sigma} cap N={a.N}"
+    log = demo.path("sequential.tsv")
+    demo.run("certify", [*common, "--N0", 100, "--N", a.N, "--sequential", "--radii", *RADII[1:], "--out", log,
+                         "--label", label])
+    demo.logs.append(log)
+    demo.labels.append(label)
+    demo.table([log], [label])
+    return label
 
 
 def denoised_smoothing(demo: Demo, a):
