@@ -132,17 +132,22 @@ def _audit(log, model, out, *extra):
     return summary, read_rows(out)[1]
 
 
-def _broken_copy(log, path, factor):
-    """The same certify log with every radius × factor (and its sidecar): a deliberately broken certificate."""
+def _rewrite_log(log, path, change):
+    """A copy of a certify log (and its sidecar) with change(row) applied to every row."""
     header, rows = read_rows(log)
     with open(path, "w") as f:
         f.write("\t".join(header) + "\n")
         for r in rows:
-            r["radius"] = repr(float(r["radius"]) * factor)
+            change(r)
             f.write("\t".join(r[c] for c in header) + "\n")
     with open(log + ".meta.json") as src, open(path + ".meta.json", "w") as dst:
         dst.write(src.read())
     return path
+
+
+def _broken_copy(log, path, factor):
+    """The same certify log with every radius × factor: a deliberately broken certificate."""
+    return _rewrite_log(log, path, lambda r: r.update(radius=repr(float(r["radius"]) * factor)))
 
 
 @pytest.fixture(scope="module")
@@ -208,6 +213,29 @@ def test_audit_of_a_counts_file_matches_the_log(lenet, tmp_path):
     assert attack_cli.main(["--counts", counts, "--method", "np", "--model", lenet, *FAST, "--out", b]) == 0
     strip = lambda rows: [{k: v for k, v in r.items() if k != "time"} for r in rows]  # noqa: E731
     assert strip(read_rows(a)[1]) == strip(read_rows(b)[1])
+
+
+def test_audit_with_a_denoiser_in_front_and_generalized_gaussian_noise(lenet, tmp_path, capsys):
+    """Any smoothed model the toolkit certifies can be audited: DRUNet → LeNet, and P = generalized Gaussian."""
+    from certifynet.denoise import get_denoiser
+    from certifynet.denoise.checkpoint import save_denoiser
+    den = str(tmp_path / "den.pth")
+    save_denoiser(den, get_denoiser("drunet_small", 1), sigma={"values": [0.25]})
+    tiny = ["--N0", "20", "--N", "200", "--max", "2", "--batch", "200"]
+    for name, extra in (("den", ["--denoiser", den]), ("k", ["--k", "100"])):
+        log = str(tmp_path / f"{name}.tsv")
+        assert certify_cli.main(["--model", lenet, "--sigma", "0.25", *tiny, *extra, "--out", log]) == 0
+        # whatever was certified at this tiny N: a radius 0.2 for the label, so that every input is attacked
+        log = _rewrite_log(log, log + ".r.tsv", lambda r: r.update(predict=r["label"], correct="1", radius="0.2"))
+        out = str(tmp_path / f"{name}.audit.tsv")
+        assert attack_cli.main(["--log", log, "--model", lenet, *extra, "--m", "2", "--steps", "2", "--N", "100",
+                                "--out", out]) == 0
+        assert json.load(open(out + ".summary.json"))["attacked"] == 2
+        meta = json.load(open(out + ".meta.json"))
+        assert meta["k"] == (100 if name == "k" else 0) and ("denoiser_sha256" in meta) == (name == "den")
+    capsys.readouterr()
+    _one_line(capsys, attack_cli.main(["--log", str(tmp_path / "den.tsv"), "--model", lenet, "--out",
+                                       str(tmp_path / "x.tsv")]), "denoiser_sha256")
 
 
 def _one_line(capsys, rc, fragment):
