@@ -325,3 +325,21 @@ def test_smoothadv_epoch_warmup_scales_the_radius():
     zero = lambda z: torch.zeros_like(z)  # noqa: E731
     norms = [spec(model, x, y, zero, epoch)[1]["adv_norm"].item() for epoch in (0, 1, 3, 9)]
     np.testing.assert_allclose(norms, [0.2, 0.4, 0.8, 0.8], rtol=1e-5)  # ε_t = min(ε, (t+1)ε/warmup)
+
+
+# ---------------------------------------------------------------- the real-model audit (make test-slow)
+
+
+@pytest.mark.slow
+def test_audit_of_200_real_digits_is_sound_and_has_power(tmp_path, capsys):
+    """benchmarks/audit_mnist5k.py at σ=0.25, NP and DSRS at N=2000, 200 digits: no flag at ε = R, a flag at 2R."""
+    import sys
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+    import audit_mnist5k
+    out = str(tmp_path / "bench")
+    audit_mnist5k.main(["--out", out, "--sigmas", "0.25", "--N", "2000", "--scales", "1", "2"])
+    for method in ("np", "dsrs"):
+        sound = json.load(open(os.path.join(out, f"audit_{method}_0.25_x1.tsv.summary.json")))
+        broken = json.load(open(os.path.join(out, f"audit_{method}_0.25_x2.tsv.summary.json")))
+        assert sound["attacked"] >= 150 and not sound["flagged"], sound
+        assert broken["flagged"], broken
