@@ -254,6 +254,8 @@ def test_refuses_another_model_sigma_or_bad_flags(lenet, np_log, tmp_path, capsy
     _one_line(capsys, attack_cli.main(["--model", lenet, "--sigma", "0.25", "--out", out]), "--eps")
     _one_line(capsys, attack_cli.main(["--log", np_log, "--model", lenet, "--eps", "0.5", "--out", out]), "not both")
     _one_line(capsys, attack_cli.main(["--log", np_log, "--model", lenet, "--m", "0", "--out", out]), "--m")
+    _one_line(capsys, attack_cli.main(["--log", np_log, "--model", lenet, "--q-dist", "truncated", "--out", out]),
+              "--q-dist")
     _one_line(capsys, attack_cli.main(["--log", np_log, "--model", lenet, "--eps-scale", "-1", "--out", out]),
               "--eps-scale")
     _one_line(capsys, attack_cli.main(["--log", str(tmp_path / "none.tsv"), "--model", lenet]), "not found")

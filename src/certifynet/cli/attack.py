@@ -72,6 +72,9 @@ def _check_args(args):
     for name in ("m", "steps", "restarts"):
         if getattr(args, name) < 1:
             raise CertifyNetError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.iss or args.q_dist != "none":
+        raise CertifyNetError("--iss and --q-dist do not apply: attack.py attacks the smoothed classifier under P "
+                              "(the certificate's own P for --log/--counts)")
     if args.log and args.counts:
         raise CertifyNetError("give one of --log and --counts")
     audit = bool(args.log or args.counts)
