@@ -42,7 +42,7 @@ def main(argv=None):
     p.add_argument("--digits", type=int, default=200)
     p.add_argument("--N", type=int, default=10_000, help="certification draws (DSRS: N/2 + N/2)")
     p.add_argument("--alpha", type=float, default=0.001, help="α of the certificates and of PREDICT")
-    p.add_argument("--scales", type=float, nargs="+", default=[1.0, 1.5, 2.0], help="ε = scale·R")
+    p.add_argument("--scales", type=float, nargs="+", default=[1.0, 1.25, 1.5, 2.0], help="ε = scale·R")
     p.add_argument("--m", type=int, default=16)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--predict-N", type=int, default=2000, help="PREDICT draws at x+δ")
