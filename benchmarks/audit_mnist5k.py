@@ -13,6 +13,7 @@ Every command is printed before it runs; the table at the end is what the README
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import shlex
@@ -71,18 +72,22 @@ def main(argv=None):
                            "--out", out)
                 summary = json.load(open(out + ".summary.json"))
                 with open(out) as f:
-                    secs = [float(line.rstrip("\n").split("\t")[-1]) for line in f.readlines()[1:]]
-                table.append((s, method, scale, summary, sum(secs) / max(len(secs), 1)))
+                    rows = list(csv.DictReader(f, delimiter="\t"))
+                stats = {"abstain": sum(int(r["predict"]) == -1 for r in rows),
+                         "p_hat": sum(float(r["p_hat"]) for r in rows) / max(len(rows), 1),
+                         "secs": sum(float(r["time"]) for r in rows) / max(len(rows), 1)}
+                table.append((s, method, scale, summary, stats))
     print(f"\n{a.digits} mnist5k test digits, certificates at N={a.N} (DSRS {a.N // 2}+{a.N // 2}), α={a.alpha:g}; "
           f"attack m={a.m}, T={a.steps}; PREDICT n={a.predict_N} at α={a.alpha:g}\n")
     print("| σ | log | ε | certified inputs attacked | violations | rate | CP 99% upper | p (H0: rate ≤ α_c+α_p) "
-          "| verdict | s/input (attack + PREDICT) |")
-    print("|---:|:---|:---|---:|---:|---:|---:|---:|:---|---:|")
-    for s, method, scale, r, secs in table:
+          "| verdict | abstains | mean p̂_c at x+δ | s/input |")
+    print("|---:|:---|:---|---:|---:|---:|---:|---:|:---|---:|---:|---:|")
+    for s, method, scale, r, st in table:
         verdict = "**flagged**" if r["flagged"] else "consistent"
         eps = "R" if scale == 1 else f"{scale:g}·R"
         print(f"| {s:g} | {method.upper()} | {eps} | {r['attacked']} | {r['violations']} | {r['rate']:.4f} | "
-              f"{r['upper']:.4f} | {r['p_value']:.3g} | {verdict} | {secs:.2f} |")
+              f"{r['upper']:.4f} | {r['p_value']:.3g} | {verdict} | {st['abstain']} | {st['p_hat']:.3f} | "
+              f"{st['secs']:.2f} |")
 
 
 if __name__ == "__main__":
