@@ -11,6 +11,8 @@ from certifynet.training import (
     consistency_loss,
     gaussian_loss,
     k_at,
+    smoothadv_loss,
+    smoothed_pgd_path,
     smoothmix_adversarial_path,
     smoothmix_loss,
     smoothmix_warmup_weight,
@@ -238,6 +240,48 @@ def test_path_eval_mode_restored_and_no_param_grads(train_before):
     assert model.modes == [False, False]  # one batched forward per step, in eval mode
     assert model.training is train_before
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_pgd_path_per_sample_radius_and_start():
+    """Per-sample step sizes and radii (the attack's ε = R_i), and a start point projected into the ball."""
+    eps = torch.tensor([0.05, 0.2], dtype=torch.float64)
+    _, x_adv = smoothed_pgd_path(nn.Identity(), t(XP), t(YP), NOISES, 4, 2 * eps / 4, maxnorm=eps)
+    for b in range(2):
+        xs = path_np(XP[b:b + 1], YP[b:b + 1], [E1[b:b + 1], E2[b:b + 1]], 4, 2 * float(eps[b]) / 4, float(eps[b]))
+        np.testing.assert_allclose(x_adv[b].numpy(), xs[4][0], atol=1e-12)
+    np.testing.assert_allclose(np.linalg.norm(x_adv.numpy() - XP, axis=1), eps.numpy(), atol=1e-12)
+    far = t(XP + 0.3)  # outside both balls: projected first, then the path runs from there
+    first, _ = smoothed_pgd_path(nn.Identity(), t(XP), t(YP), NOISES, 1, 0.0, maxnorm=eps, start=far)
+    np.testing.assert_allclose(first.numpy(), np.clip(project_np(XP + 0.3, XP, eps.numpy()[:, None]), 0, 1),
+                               atol=1e-12)
+
+
+# ------------------------------------------------------------------ SmoothAdv loss
+
+
+def test_smoothadv_loss_hand_value():
+    """L = mean_{i,b} CE(x' + δ_i, y) for the identity model, x' = T steps of size 2ε_t/T within ε_t = w·ε."""
+    eps, steps, w = 0.3, 3, 0.5
+    loss, stats = smoothadv_loss(nn.Identity(), t(XP), t(YP), queued_noise(E1, E2), 2, eps=eps, num_steps=steps,
+                                 warmup_weight=w)
+    x_adv = path_np(XP, YP, [E1, E2], steps, 2 * eps * w / steps, maxnorm=eps * w)[steps]
+    expected = np.mean([ce(x_adv + d, YP) for d in (E1, E2)])
+    assert expected > np.mean([ce(XP + d, YP) for d in (E1, E2)]) + 1e-3  # the attack raised the loss
+    assert loss.item() == pytest.approx(expected, abs=1e-12)
+    assert stats["adv_norm"].item() == pytest.approx(np.linalg.norm(x_adv - XP, axis=1).mean(), abs=1e-12)
+    # hand check of the first step: for the identity model g ∝ Σ_i p_i,y (p_i − e_y), so x¹ = x + s·g/‖g‖
+    p = softmax(np.stack([XP + E1, XP + E2]))
+    p_y = p[:, [0, 1], YP]
+    g = (p_y[..., None] * (p - np.eye(3)[YP])).sum(0)
+    x1 = XP + (2 * eps * w / steps) * g / np.linalg.norm(g, axis=1, keepdims=True)
+    np.testing.assert_allclose(path_np(XP, YP, [E1, E2], 1, 2 * eps * w / steps)[1], x1, atol=1e-12)
+
+
+def test_smoothadv_without_radius_is_gaussian_on_the_copies():
+    loss, stats = smoothadv_loss(nn.Identity(), t(XP), t(YP), queued_noise(E1, E2), 2, eps=0.5, num_steps=4,
+                                 warmup_weight=0.0)
+    assert loss.item() == pytest.approx(np.mean([ce(XP + d, YP) for d in (E1, E2)]), abs=1e-12)
+    assert stats["adv_norm"].item() == 0.0
 
 
 # ------------------------------------------------------------------ SmoothMix loss

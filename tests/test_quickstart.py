@@ -14,3 +14,5 @@ def test_quickstart_smoke(tmp_path, capsys):
     for name in ("table.md", "table.tex", "table.csv", "certified_accuracy.png", "certified_accuracy.pdf", "cost.png",
                  "cost.pdf", "report.md"):
         assert os.path.getsize(os.path.join(out, name)) > 0, name
+    assert "audit: " in text  # the audit of the NP log (attack stage)
+    assert os.path.getsize(os.path.join(out, "attack", "certified_vs_empirical.png")) > 0

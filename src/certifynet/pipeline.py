@@ -131,9 +131,11 @@ def check_run_args(args, mode: str) -> None:
         raise CertifyNetError(f"--k must be >= 0, got {args.k}")
     if args.k and args.dist == "gaussian" and "dist" in args.given:
         raise CertifyNetError("--k > 0 needs --dist general_gaussian (or leave --dist out)")
-    if mode == "predict":
-        refuse(args, ["N0", "select", "q_dist", "q_sigma", "q_percentile", "iss", "iss_decline", "iss_n0"],
-               "to predict.py (PREDICT counts N draws of P and tests the top two classes)")
+    if mode in ("predict", "attack"):
+        why = {"predict": "to predict.py (PREDICT counts N draws of P and tests the top two classes)",
+               "attack": "to attack.py (it attacks under P, then PREDICT counts N draws of P at x+δ)"}[mode]
+        refuse(args, ["N0", "select", "q_dist", "q_sigma", "q_percentile", "iss", "iss_decline", "iss_n0"]
+               + (["inputs_per_batch"] if mode == "attack" else []), why)
         check_sample_sizes(0, args.N)
         return
     refuse(args, ["q_sigma"] if args.q_dist != "rescaled" else [], "without --q-dist rescaled")

@@ -38,6 +38,7 @@ from certifynet.errors import CertifyNetError, check_alpha, check_sample_sizes
 from certifynet.noise import GaussianNoise, Noise
 
 STREAM_SELECT, STREAM_P, STREAM_Q, STREAM_Q_PILOT = 0, 1, 2, 3
+STREAM_ATTACK, STREAM_ATTACK_PREDICT = 4, 5  # certifynet.attack: PGD draws; PREDICT at the attacked point
 _progress_hook = None
 
 

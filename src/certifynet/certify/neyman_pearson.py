@@ -72,3 +72,13 @@ def predict_pvalue(n1: int, n2: int) -> float:
 def predict_abstains(n1: int, n2: int, alpha: float) -> bool:
     """PREDICT abstains when the binomial p-value exceeds α."""
     return predict_pvalue(n1, n2) > alpha
+
+
+def predict_from_counts(counts, alpha: float):
+    """Cohen's PREDICT on class counts: (class, n1, n2, p-value), n1 ≥ n2 the two largest counts (a stable sort
+    orders ties as predict.py does); the class is −1 (abstain) when the binomial p-value of n1 vs n2 exceeds α."""
+    counts = np.asarray(counts)
+    top = np.argsort(counts, kind="stable")[::-1][:2]
+    n1, n2 = int(counts[top[0]]), int(counts[top[1]]) if len(top) > 1 else 0
+    pvalue = predict_pvalue(n1, n2)
+    return (-1 if pvalue > alpha else int(top[0])), n1, n2, pvalue

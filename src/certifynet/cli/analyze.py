@@ -30,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hp-rho", type=float, metavar="RHO",
                    help="report high-probability certified accuracy, holding with prob. >= 1-RHO")
     p.add_argument("--alpha", type=float, help="α of the runs for --hp-rho (default: from each sidecar)")
+    p.add_argument("--empirical", metavar="CURVE",
+                   help="attack.py --eps log: print and (with --out) plot the empirical robust accuracy beside the "
+                        "certified accuracy of the same inputs (certified_vs_empirical.png/.pdf)")
     return p
 
 
@@ -39,6 +42,7 @@ def main(argv=None):
     if args.alpha is not None:
         check_alpha(args.alpha)
     logs = analysis.read_logs(args.logs, args.label)
+    versus = [analysis.certified_vs_empirical(log, args.empirical) for log in logs] if args.empirical else None
     opts = dict(hp_rho=args.hp_rho, alpha=args.alpha)
     summary = analysis.summarize(logs, args.radii, baseline=args.baseline, **opts)
     env = analysis.envelope(logs, args.radii, **opts) if args.envelope else None
@@ -49,4 +53,19 @@ def main(argv=None):
     if args.out:
         out = analysis.write_outputs(args.out, logs, summary, env, title=args.title, baseline=args.baseline, **opts)
         print(f"wrote tables, plots and report.md to {out}", file=sys.stderr)
+    if versus is not None:
+        _empirical(logs, versus, args)
     return 0
+
+
+def _empirical(logs, tables, args):
+    """Print certified vs empirical robust accuracy per log (analysis.certified_vs_empirical); plot with --out."""
+    for log, table in zip(logs, tables):
+        print(f"\n{log.label} vs the attack ({args.empirical}):\n")
+        shown = table.assign(eps=table["eps"].map("{:g}".format), empirical=table["empirical"].map("{:.3f}".format),
+                             certified=table["certified"].map("{:.3f}".format))
+        print(analysis.to_markdown(shown, bold_best=False), end="")
+    if args.out:
+        paths = analysis.plot_certified_vs_empirical(logs, args.empirical, f"{args.out}/certified_vs_empirical",
+                                                     title=args.title)
+        print(f"wrote {paths[0]}", file=sys.stderr)

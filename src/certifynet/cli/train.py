@@ -1,8 +1,10 @@
-"""train.py: train a base classifier for randomized smoothing (Gaussian augmentation or consistency).
+"""train.py: train a base classifier for randomized smoothing (Gaussian augmentation, consistency or SmoothAdv).
 
   python scripts/train.py mnist lenet --noise 0.25 --lr 0.01 --lr_step_size 30 --epochs 90
   python scripts/train.py mnist mnist_43 --lr 0.01 --lr_step_size 50 --epochs 150 --noise 0.25 \\
       --num-noise-vec 2 --lbd 5 --k 380 --k-warmup 100             # consistency + generalized Gaussian
+  python scripts/train.py mnist lenet --noise 0.25 --lr 0.01 --epochs 90 --method smoothadv \\
+      --eps 0.5 --attack-steps 10 --num-noise-vec 4 --warmup 10    # SmoothAdv (Salman et al. 2019)
   torchrun --nproc_per_node=4 scripts/train.py cifar10 cifar_resnet110 --noise 0.25 ...   # DDP
   python scripts/train.py imagenet resnet50 --pretrained-model PATH --batch 96 --epochs 3 ...   # fine-tune
 
@@ -91,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = CliParser(prog="train.py", description=__doc__)
     add_common_args(p)
     c = p.add_argument_group("loss")
-    c.add_argument("--method", choices=("gaussian", "consistency"), default=None,
+    c.add_argument("--method", choices=("gaussian", "consistency", "smoothadv"), default=None,
                    help="loss (default: consistency if --num-noise-vec >= 2 and --lbd > 0, else gaussian)")
     c.add_argument("--lbd", type=float, default=0.0, help="consistency weight λ on KL(p̂‖p_i)")
     c.add_argument("--eta", type=float, default=None,
@@ -101,6 +103,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="entropy term: pbar = H(p̂) (Jeong & Shin), dsrs = H(softmax p̂) as the DSRS code computes "
                         "it (nearly constant). Default: dsrs when --eta is omitted (reproduces the DSRS commands; "
                         "H(p̂) with η=λ=5 collapses training), else pbar")
+    a = p.add_argument_group("SmoothAdv (--method smoothadv): train on PGD points of the smoothed soft classifier")
+    a.add_argument("--eps", type=float, default=0.25,
+                   help="L2 radius ε of the training attack in [0,1] pixel units (default 0.25; the reference's "
+                        "--epsilon E is in 1/256 units: E/256)")
+    a.add_argument("--attack-steps", "--attack_steps", dest="attack_steps", type=int, default=10,
+                   help="PGD steps T, each of size 2ε/T (default 10)")
+    a.add_argument("--warmup", type=int, default=1,
+                   help="epochs over which ε grows linearly: ε_t = min(ε, (t+1)ε/warmup) (default 1: no warm-up)")
     return p
 
 
@@ -109,8 +119,13 @@ def main(argv=None):
     from certifynet.training.loop import TrainConfig, run_training
     args = parse(build_parser(), argv)
     check_noise_flags(args)
+    if args.method != "smoothadv":
+        refuse(args, ["eps", "attack_steps", "warmup"], "without --method smoothadv")
     consistency = args.method == "consistency" or (args.method is None and args.num_noise_vec >= 2 and args.lbd > 0)
-    if not consistency:
+    if args.method == "smoothadv":
+        refuse(args, (["lbd"] if args.lbd > 0 else []) + ["eta", "entropy"], "to SmoothAdv training (consistency "
+                                                                          "flags; use --method consistency)")
+    elif not consistency:
         refuse(args, (["lbd"] if args.lbd > 0 else []) + ["eta", "entropy"], "to Gaussian training (consistency needs --num-noise-vec >= 2 "
                                                 "and --lbd > 0, or --method consistency)")
     elif args.num_noise_vec < 2:

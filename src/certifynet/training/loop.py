@@ -17,7 +17,8 @@ One epoch (index t, counted from 0):
   commands, η = λ with the entropy the DSRS code computes, H(softmax p̂) (nearly constant; with H(p̂) and
   η = λ = 5 training collapses to chance); an explicit η uses H(p̂) as in Jeong & Shin (``--entropy`` overrides).
   ``smoothmix`` = CE + η·w·mixup-KL with the warm-up weight w = min(1, (t+1)/warmup). Gradients flow through
-  the soft targets, as in the references.
+  the soft targets, as in the references. ``smoothadv`` = mean CE(f(x'+δ_i), y) on the SmoothAdv PGD point x' of
+  the smoothed soft classifier (``--attack-steps`` T, radius ε_t = ε·min(1, (t+1)/warmup), step 2ε_t/T).
 - **Optimiser.** SGD (momentum, weight decay) and StepLR(step_size, γ), stepped once per epoch.
 - **Eval.** Accuracy of f(x+δ) on the test split (one draw per image, eval mode) with the k_t of that moment.
 - **Outputs** (rank 0 only): ``log.csv`` (epoch, lr, k, train_loss, train_acc, test_acc_noisy, seconds; one row
@@ -57,11 +58,11 @@ from certifynet.models import (get_architecture, load_checkpoint, parse_normaliz
                                save_checkpoint)
 from certifynet.noise import GaussianNoise, GeneralizedGaussianNoise, check_k
 from certifynet.training import ddp
-from certifynet.training.losses import consistency_loss, gaussian_loss, smoothmix_loss
+from certifynet.training.losses import consistency_loss, gaussian_loss, smoothadv_loss, smoothmix_loss
 from certifynet.training.schedule import k_at, smoothmix_warmup_weight
 
 LOG_COLUMNS = ["epoch", "lr", "k", "train_loss", "train_acc", "test_acc_noisy", "seconds"]
-METHODS = ("gaussian", "consistency", "smoothmix")
+METHODS = ("gaussian", "consistency", "smoothmix", "smoothadv")
 CHECKPOINT_NAME = "checkpoint.pth"
 LOG_NAME = "log.csv"
 META_NAME = "log.meta.json"
@@ -107,7 +108,9 @@ class TrainConfig:
     mix_step: int = 0
     maxnorm_s: Optional[float] = None
     maxnorm: Optional[float] = None
-    warmup: int = 10
+    warmup: int = 10                      # SmoothMix weight / SmoothAdv ε warm-up (epochs)
+    eps: float = 0.25                     # SmoothAdv: L2 radius ε of the training attack (reference 64/256)
+    attack_steps: int = 10                # SmoothAdv: PGD steps T
     progress: bool = True
 
     @classmethod
@@ -139,7 +142,8 @@ def default_outdir(cfg: "TrainConfig", method: Optional[str] = None) -> str:
     """<project>/models/<dataset>/<arch>/<method>/<hyper-parameters>/noise_<σ>[_k<k>[_kw<warm-up>]], as the
     consistency/SmoothMix repos name their runs, so that recipes differing in any of them never share a folder:
     consistency: num_<m>/lbd_<λ>/eta_<η>[_dsrs]; smoothmix: num_<m>/eta_<η>/steps_<T>/alpha_<α>/mix_<s>
-    [/maxnorm_<r>][/maxnorms_<r>]/warmup_<w>; gaussian: [num_<m>] when m > 1."""
+    [/maxnorm_<r>][/maxnorms_<r>]/warmup_<w>; smoothadv: num_<m>/eps_<ε>/steps_<T>/warmup_<w>;
+    gaussian: [num_<m>] when m > 1."""
     method = method or resolve_method(cfg)
     sigma = f"{cfg.sigma:.2f}" if round(cfg.sigma, 2) == cfg.sigma else _num(cfg.sigma)
     noise = f"noise_{sigma}" + (f"_k{cfg.k}" + (f"_kw{cfg.k_warmup}" if cfg.k_warmup else "") if cfg.k else "")
@@ -154,6 +158,9 @@ def default_outdir(cfg: "TrainConfig", method: Optional[str] = None) -> str:
         parts += [f"maxnorm_{_num(cfg.maxnorm)}"] if cfg.maxnorm is not None else []
         parts += [f"maxnorms_{_num(cfg.maxnorm_s)}"] if cfg.maxnorm_s is not None else []
         parts += [f"warmup_{cfg.warmup}"]
+    elif method == "smoothadv":
+        parts += [f"num_{cfg.num_noise_vec}", f"eps_{_num(cfg.eps)}", f"steps_{cfg.attack_steps}",
+                  f"warmup_{cfg.warmup}"]
     elif cfg.num_noise_vec > 1:
         parts += [f"num_{cfg.num_noise_vec}"]
     return default_path(os.path.join("models", cfg.dataset, cfg.arch, *parts, noise))
@@ -206,6 +213,10 @@ def prepare_config(cfg: TrainConfig, world_size: int = 1) -> TrainConfig:
         for name in ("maxnorm", "maxnorm_s"):
             v = getattr(cfg, name)
             _check(v is None or v > 0, f"--{name} must be > 0, got {v}")
+    if method == "smoothadv":
+        _check(math.isfinite(cfg.eps) and cfg.eps >= 0, f"--eps must be a finite radius >= 0, got {cfg.eps}")
+        _check(cfg.attack_steps >= 1, f"--attack-steps must be >= 1, got {cfg.attack_steps}")
+        _check(cfg.warmup >= 0, f"--warmup must be >= 0, got {cfg.warmup}")
     _check(cfg.batch % world_size == 0, f"--batch {cfg.batch} is the global batch and must be divisible by "
                                         f"the {world_size} processes")
     per_rank = cfg.batch // world_size
@@ -236,16 +247,21 @@ class LossSpec:
     warmup: int = 10
     num_classes: Optional[int] = None
     dsrs_entropy: bool = False
-
+    eps: float = 0.25
+    attack_steps: int = 10
 
     @classmethod
     def from_config(cls, cfg: TrainConfig, num_classes: int) -> "LossSpec":
         return cls(method=resolve_method(cfg), m=cfg.num_noise_vec, lbd=cfg.lbd, eta=cfg.eta,
                    num_steps=cfg.num_steps, alpha=cfg.alpha, mix_step=cfg.mix_step, maxnorm_s=cfg.maxnorm_s,
                    maxnorm=cfg.maxnorm, warmup=cfg.warmup, num_classes=num_classes,
-                   dsrs_entropy=(cfg.entropy or ("dsrs" if cfg.eta is None else "pbar")) == "dsrs")
+                   dsrs_entropy=(cfg.entropy or ("dsrs" if cfg.eta is None else "pbar")) == "dsrs",
+                   eps=cfg.eps, attack_steps=cfg.attack_steps)
 
     def __call__(self, model, x, y, noise_fn, epoch: int = 0, generator=None):
+        if self.method == "smoothadv":
+            return smoothadv_loss(model, x, y, noise_fn, self.m, eps=self.eps, num_steps=self.attack_steps,
+                                  warmup_weight=smoothmix_warmup_weight(epoch, self.warmup))
         if self.method == "smoothmix":
             return smoothmix_loss(model, x, y, noise_fn, self.m, num_steps=self.num_steps, step_alpha=self.alpha,
                                   eta=1.0 if self.eta is None else self.eta,
@@ -532,6 +548,8 @@ def _meta(cfg, info, n_train, n_test, source, normalization, start_epoch):
             "smoothmix": ({"num_steps": cfg.num_steps, "alpha": cfg.alpha, "mix_step": cfg.mix_step,
                            "maxnorm_s": cfg.maxnorm_s, "maxnorm": cfg.maxnorm, "warmup": cfg.warmup}
                           if cfg.method == "smoothmix" else None),
+            "smoothadv": ({"eps": cfg.eps, "attack_steps": cfg.attack_steps, "warmup": cfg.warmup}
+                          if cfg.method == "smoothadv" else None),
             "normalization": normalization,
             "train_size": n_train, "test_size": n_test, "init": source, "start_epoch": start_epoch,
             "data_dir": cfg.data_dir, "device": str(info.device), "version": __version__,

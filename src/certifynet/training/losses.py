@@ -99,14 +99,75 @@ def consistency_loss(
     return loss, {"ce": ce.detach(), "kl": kl.detach(), "ent": ent.detach()}
 
 
-def _project(x_t: Tensor, x: Tensor, radius: Optional[float]) -> Tensor:
-    """clip_[0,1](Π(x_t)): Π scales x_t − x per sample onto the L2 ball of the given radius (None: no ball)."""
+def _per_sample(v: Union[float, Tensor], x: Tensor) -> Union[float, Tensor]:
+    """A float as is; a per-sample tensor (B,) viewed as (B, 1, ..., 1) to broadcast against x."""
+    return v.view(-1, *([1] * (x.dim() - 1))) if isinstance(v, Tensor) else v
+
+
+def _project(x_t: Tensor, x: Tensor, radius: Optional[Union[float, Tensor]]) -> Tensor:
+    """clip_[0,1](Π(x_t)): Π scales x_t − x per sample onto the L2 ball of the given radius (None: no ball;
+    a tensor (B,): one radius per sample). Clipping only shrinks |x_t − x|, so the result stays in the ball."""
     if radius is not None:
         diff = x_t - x
         norm = diff.flatten(1).norm(dim=1).clamp_min(1e-12)
         scale = (radius / norm).clamp(max=1.0).view(-1, *([1] * (x.dim() - 1)))
         x_t = x + diff * scale
     return x_t.clamp(0.0, 1.0)
+
+
+def smoothed_soft_nll(model: nn.Module, x: Tensor, y: Tensor, noises: Tensor) -> Tensor:
+    """Per-sample −log p̂(x)_y, p̂(x) = (1/m) Σ_i softmax f(x + δ_i) (one forward of m·B inputs, p̂ clamped at
+    PROB_FLOOR before the log): the loss of the smoothed soft classifier that SmoothMix and SmoothAdv ascend."""
+    p_hat = F.softmax(_noisy_logits(model, x, noises), dim=-1).mean(0)
+    return -p_hat.gather(1, y.view(-1, 1)).squeeze(1).clamp_min(PROB_FLOOR).log()
+
+
+def smoothed_pgd_path(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    noises: Union[Tensor, Sequence[Tensor]],
+    num_steps: int,
+    step_size: Union[float, Tensor],
+    maxnorm: Optional[Union[float, Tensor]] = None,
+    *,
+    start: Optional[Tensor] = None,
+    keep_step: int = 0,
+) -> Tuple[Tensor, Tensor]:
+    """Normalised-gradient L2 ascent on the smoothed soft classifier's loss (SmoothMix, SmoothAdv):
+
+        x^0 = start (default x),  x^{t+1} = clip_[0,1](Π_maxnorm(x^t + s·g/‖g‖₂)),  g = ∇_x Σ_b −log p̂(x^t)_y,
+
+    with ``smoothed_soft_nll``'s p̂, the same δ_i at every step, ‖g‖₂ per sample and Π the projection onto the
+    L2 ball of radius maxnorm around x (None: unbounded).  step_size s and maxnorm are floats or per-sample
+    tensors (B,).  Returns (x^keep_step, x^T), both detached.
+
+    noises: tensor (m, *x.shape) or a sequence of m tensors shaped like x.  The model runs in eval mode and its
+    previous mode is restored; parameter .grad is never touched (the gradient is taken w.r.t. x only).
+    """
+    if not 0 <= keep_step <= num_steps:
+        raise ValueError(f"keep_step must be in [0, num_steps={num_steps}], got {keep_step}")
+    noises = noises if isinstance(noises, Tensor) else torch.stack(list(noises))
+    noises = noises.detach()
+    x = x.detach()
+    step = _per_sample(step_size, x)
+
+    was_training = model.training
+    model.eval()
+    try:
+        x_t = x if start is None else _project(start.detach(), x, maxnorm)
+        x_kept = x_t
+        with torch.enable_grad():
+            for t in range(num_steps):
+                x_t = x_t.detach().requires_grad_(True)
+                (g,) = torch.autograd.grad(smoothed_soft_nll(model, x_t, y, noises).sum(), [x_t])
+                g_norm = _per_sample(g.flatten(1).norm(dim=1).clamp_min(1e-12), x)
+                x_t = _project(x_t.detach() + step * g / g_norm, x, maxnorm)
+                if t + 1 == keep_step:
+                    x_kept = x_t
+    finally:
+        model.train(was_training)
+    return x_kept.detach(), x_t.detach()
 
 
 def smoothmix_adversarial_path(
@@ -124,8 +185,8 @@ def smoothmix_adversarial_path(
 
         x^0 = x,  x^{t+1} = clip_[0,1](Π_maxnorm(x^t + α·g/‖g‖₂)),  g = ∇_x Σ_b −log p̂(x^t)_y,
 
-    with p̂(x^t) = (1/m) Σ_i softmax f(x^t + δ_i) (p̂ clamped at 1e-20 before the log), the same δ_i at every step,
-    and ‖g‖₂ taken per sample.  Returns (x_init, x_adv), both detached:
+    (``smoothed_pgd_path`` with step α), with p̂(x^t) = (1/m) Σ_i softmax f(x^t + δ_i) (p̂ clamped at 1e-20 before
+    the log), the same δ_i at every step, and ‖g‖₂ taken per sample.  Returns (x_init, x_adv), both detached:
     x_adv = x^T and x_init = clip_[0,1](Π_{maxnorm_s}(x^{mix_step})).
 
     noises: tensor (m, *x.shape) or a sequence of m tensors shaped like x.
@@ -137,27 +198,8 @@ def smoothmix_adversarial_path(
         raise ValueError(f"mix_step must be in [0, num_steps={num_steps}], got {mix_step}")
     if maxnorm_s is None:
         maxnorm_s = step_alpha * mix_step
-    noises = noises if isinstance(noises, Tensor) else torch.stack(list(noises))
-    noises = noises.detach()
-    x = x.detach()
-
-    was_training = model.training
-    model.eval()
-    try:
-        x_t, x_mix_step = x, x
-        with torch.enable_grad():
-            for t in range(num_steps):
-                x_t = x_t.detach().requires_grad_(True)
-                p_hat = F.softmax(_noisy_logits(model, x_t, noises), dim=-1).mean(0)
-                nll = -p_hat.gather(1, y.view(-1, 1)).clamp_min(PROB_FLOOR).log().sum()
-                (g,) = torch.autograd.grad(nll, [x_t])
-                g_norm = g.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (x.dim() - 1)))
-                x_t = _project(x_t.detach() + step_alpha * g / g_norm, x, maxnorm)
-                if t + 1 == mix_step:
-                    x_mix_step = x_t
-    finally:
-        model.train(was_training)
-    return _project(x_mix_step, x, maxnorm_s).detach(), x_t.detach()
+    x_mix_step, x_adv = smoothed_pgd_path(model, x, y, noises, num_steps, step_alpha, maxnorm, keep_step=mix_step)
+    return _project(x_mix_step, x.detach(), maxnorm_s).detach(), x_adv
 
 
 def smoothmix_loss(
@@ -220,3 +262,34 @@ def smoothmix_loss(
     mix = (correct * _kl(y_mix, log_q)).mean()  # mean over i and b, incorrect samples count as 0
     loss = ce + eta * warmup_weight * mix
     return loss, {"ce": ce.detach(), "mix": mix.detach(), "acc_p_hat": correct.mean()}
+
+
+def smoothadv_loss(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    noise_fn: NoiseFn,
+    m: int,
+    *,
+    eps: float,
+    num_steps: int,
+    warmup_weight: float = 1.0,
+) -> Tuple[Tensor, Stats]:
+    """SmoothAdv (Salman et al., NeurIPS 2019), trained on PGD points of the smoothed soft classifier:
+
+        L = mean_{i,b} CE(f(x' + δ_i), y),   x' = x^T of ``smoothed_pgd_path`` from x^0 = x with
+        T = num_steps steps of size 2ε_t/T, radius ε_t = w·ε, and the same m draws δ_i for the attack and the loss,
+
+    where w = warmup_weight (ε warm-up: ``schedule.smoothmix_warmup_weight(epoch, warmup)`` = min(1, (t+1)/warmup),
+    i.e. ε_t = min(ε, (t+1)·ε/warmup) as in the reference).  ε_t = 0 or T = 0 is Gaussian augmentation on the m
+    copies.  All m noisy copies enter the loss (the reference's ``--train-multi-noise``).
+    Stats: ce, adv_norm (mean ‖x' − x‖₂).
+    """
+    noises = _draw_noises(noise_fn, x, m)
+    eps_t = float(eps) * float(warmup_weight)
+    x_adv = x.detach()
+    if eps_t > 0 and num_steps > 0:
+        _, x_adv = smoothed_pgd_path(model, x, y, noises, num_steps, 2.0 * eps_t / num_steps, maxnorm=eps_t)
+    ce, _, _ = _ce_and_p_hat(model, x_adv, y, noises)
+    adv_norm = (x_adv - x.detach()).flatten(1).norm(dim=1).mean()
+    return ce, {"ce": ce.detach(), "adv_norm": adv_norm.detach()}
