@@ -62,3 +62,12 @@ def cohen_cifar10_population(m, rng):
     p_top = np.where(abstains, rng.uniform(0.3, 0.52, m), p_top)
     correct = ~abstains & (rng.uniform(size=m) < 0.78)
     return p_top, correct
+
+
+def untrained_lenet(path, sigma=0.25) -> str:
+    """Save a seeded, untrained mnist5k LeNet checkpoint (trained-σ `sigma`) at `path`; returns the path."""
+    from certifynet.models import get_architecture, save_checkpoint
+    torch.manual_seed(0)
+    save_checkpoint(str(path), get_architecture("lenet", "mnist5k"), arch="lenet", dataset="mnist5k", num_classes=10,
+                    sigma=sigma)
+    return str(path)

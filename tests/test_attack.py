@@ -26,12 +26,7 @@ ALPHA = 0.001
 FAST = ["--m", "16", "--steps", "10", "--N", "1000", "--batch", "400"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---------------------------------------------------------------- linear classifier: the optimal attack is known

@@ -9,19 +9,17 @@ from certifynet.cli import certify as certify_cli
 from certifynet.cli import predict as predict_cli
 from certifynet.cli import sample as sample_cli
 from certifynet.errors import CertifyNetError
-from certifynet.models import get_architecture, save_checkpoint
+from certifynet.models import get_architecture
 from certifynet.records import read_rows
 from certifynet.sampling import Smooth
+from helpers import untrained_lenet
 
 SMALL = ["--sigma", "0.25", "--N0", "10", "--N", "60", "--batch", "30", "--max", "3"]
 
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("m") / "lenet.pth")
-    torch.manual_seed(0)
-    save_checkpoint(path, get_architecture("lenet", "mnist5k"), arch="lenet", dataset="mnist5k", num_classes=10, sigma=0.25)
-    return path
+    return untrained_lenet(tmp_path_factory.mktemp("m") / "lenet.pth")
 
 
 def _one_line_error(capsys, rc, fragment):

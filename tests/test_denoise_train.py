@@ -19,13 +19,7 @@ TINY = dict(dataset="mnist5k", arch="drunet_small", sigma=0.25, epochs=1, batch=
             eval_subset=8, eval_batch=8, device="cpu")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP oversubscription stalls on shared CPUs."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -14,9 +14,10 @@ import torch
 
 from certifynet.cli import certify, sample
 from certifynet.errors import CertifyNetError
-from certifynet.models import get_architecture, save_checkpoint
+from certifynet.models import get_architecture
 from certifynet.paths import project_root, safe_filename
 from certifynet.records import RowLog, WriterLock, read_rows, writer_active
+from helpers import untrained_lenet
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = ["--sigma", "0.25", "--N0", "10", "--N", "60", "--batch", "30", "--max", "4", "--no-progress"]
@@ -24,11 +25,7 @@ SMALL = ["--sigma", "0.25", "--N0", "10", "--N", "60", "--batch", "30", "--max",
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("m") / "lenet.pth")
-    torch.manual_seed(0)
-    save_checkpoint(path, get_architecture("lenet", "mnist5k"), arch="lenet", dataset="mnist5k", num_classes=10,
-                    sigma=0.25)
-    return path
+    return untrained_lenet(tmp_path_factory.mktemp("m") / "lenet.pth")
 
 
 @pytest.fixture(scope="module")

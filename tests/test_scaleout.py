@@ -60,23 +60,8 @@ def certify_argv(model, out, n, shard="0/1", extra=()):
 
 @pytest.fixture(scope="module")
 def random_model(tmp_path_factory):
-    from certifynet.models import get_architecture, save_checkpoint
-    import torch
-    torch.manual_seed(0)
-    path = str(tmp_path_factory.mktemp("model") / "lenet.pt")
-    save_checkpoint(path, get_architecture("lenet", "mnist5k"), arch="lenet", dataset="mnist5k", num_classes=10,
-                    sigma=0.25)
-    return path
-
-
-@pytest.fixture
-def one_thread():
-    """Single-threaded torch in-process, like the OMP_NUM_THREADS=1 subprocesses (bitwise-equal counts)."""
-    import torch
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+    from helpers import untrained_lenet
+    return untrained_lenet(tmp_path_factory.mktemp("model") / "lenet.pt")
 
 
 def run_certify(argv, monkeypatch=None, env=None):

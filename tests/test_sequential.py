@@ -19,11 +19,10 @@ from certifynet.cli import analyze as analyze_cli
 from certifynet.cli import certify as certify_cli
 from certifynet.cli.runs import per_input_parser
 from certifynet.errors import CertifyNetError
-from certifynet.models import get_architecture, save_checkpoint
 from certifynet.pipeline import InputSampler, certify_sequential, sequential_certifier
 from certifynet.records import read_rows
 
-from helpers import LinearBinary, cohen_cifar10_population
+from helpers import LinearBinary, cohen_cifar10_population, untrained_lenet
 
 
 # ----------------------------------------------------------------------------------- confidence sequence
@@ -203,11 +202,7 @@ def test_real_sampler_driver_sound_and_deterministic():
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("m") / "lenet.pth")
-    torch.manual_seed(0)
-    save_checkpoint(path, get_architecture("lenet", "mnist5k"), arch="lenet", dataset="mnist5k", num_classes=10,
-                    sigma=0.25)
-    return path
+    return untrained_lenet(tmp_path_factory.mktemp("m") / "lenet.pth")
 
 
 SMALL = ["--sigma", "0.25", "--N0", "10", "--N", "300", "--batch", "64", "--max", "3", "--alpha", "0.01"]

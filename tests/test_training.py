@@ -33,12 +33,7 @@ SEED_SMOOTHMIX = ("cifar10 cifar_resnet110 --lr 0.1 --lr_step_size 50 --epochs 1
                   "--num-noise-vec 2 --num-steps 4 --alpha 1.0 --mix_step 1 --k 1530 --k-warmup 110").split()
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def run(main, argv, capsys):
