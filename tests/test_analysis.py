@@ -368,3 +368,23 @@ def test_outputs_include_cost_figure_and_ascii_table(tmp_path, ours):
     assert (out / "table.tex").read_text().isascii()
     assert (out / "cost.png").stat().st_size > 0
     assert "![Forward passes per input](cost.png)" in (out / "report.md").read_text()
+
+
+def test_a_glob_that_also_matches_attack_logs_skips_them(tmp_path, ours, capsys):
+    """`analyze.py results/*.tsv` in a folder holding attack.py logs: those are skipped with a note."""
+    audit = tmp_path / "ours.audit.tsv"
+    audit.write_text("idx\tlabel\tcertified\tradius\teps\n0\t1\t1\t0.5\t0.5\n")
+    Path(str(audit) + ".meta.json").write_text(json.dumps({"kind": "attack_audit"}))
+    assert main([str(ours), str(audit)]) == 0
+    out, err = capsys.readouterr()
+    assert f"note: skipping {audit}: an attack.py audit" in err and "| np" in out.lower()
+    assert main([str(audit)]) == 2
+    assert "no certify log among the files given" in capsys.readouterr().err
+
+
+def test_figure_text_is_created_at_paper_sizes(ours):
+    """Legends and titles get _PAPER_RC's sizes when drawn, not only at save time (they would overflow)."""
+    fig = analysis.certified_accuracy_figure(analysis.read_logs([ours]), title="t")
+    legend = fig.axes[0].get_legend()
+    assert legend.get_texts()[0].get_fontsize() == pytest.approx(7.5)
+    assert fig.axes[0].title.get_fontsize() == pytest.approx(9)

@@ -637,6 +637,18 @@ class _Styles:
         return METHOD_STYLES[self.index(log)]
 
 
+def _paper_style(fn):
+    """Build the figure under _PAPER_RC, so that its text gets the paper font sizes when it is created."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        import matplotlib
+        with matplotlib.rc_context(_PAPER_RC):
+            return fn(*args, **kwargs)
+    return wrapper
+
+
 def _figure(width: float, height: float):
     """A Figure drawn by the Agg canvas (no pyplot, no global backend switch, safe without a display)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -710,6 +722,7 @@ def plot_certified_accuracy(logs: Sequence[CertifyLog], out_stem, *, title: Opti
     return _save(fig, Path(out_stem))
 
 
+@_paper_style
 def certified_accuracy_figure(logs: Sequence[CertifyLog], *, title: Optional[str] = None, grouped: bool = False,
                               hp_rho=None, alpha=None):
     """The certified accuracy figure. One panel per σ (runs at different σ never share an axis); σ's hue, and a
@@ -750,6 +763,7 @@ def certified_accuracy_figure(logs: Sequence[CertifyLog], *, title: Optional[str
     return fig
 
 
+@_paper_style
 def plot_cost(logs: Sequence[CertifyLog], out_stem, *, title: Optional[str] = None) -> Optional[list]:
     """Where methods differ in cost → <out_stem>.png/.pdf, one row per log that knows its forward passes:
     left, the forward passes per input (box over the inputs, marker = mean; ISS and sequential runs vary per
@@ -786,6 +800,7 @@ def plot_cost(logs: Sequence[CertifyLog], out_stem, *, title: Optional[str] = No
     return _save(fig, Path(out_stem))
 
 
+@_paper_style
 def plot_gain(base: CertifyLog, others: Sequence[CertifyLog], out_stem, *, title: Optional[str] = None) -> list:
     """What `others` add over `base` (e.g. + denoiser over the plain classifier, DSRS over NP) → <out_stem>.png/.pdf:
     top, their certified accuracy curves; bottom, the difference to `base` in percentage points, by radius."""
@@ -919,6 +934,7 @@ def certified_vs_empirical(log: CertifyLog, curve_path) -> pd.DataFrame:
                          "certified": certified, "inputs": len(common)})
 
 
+@_paper_style
 def plot_certified_vs_empirical(logs: Sequence[CertifyLog], curve_path, out_stem, *,
                                 title: Optional[str] = None) -> list:
     """Certified accuracy vs radius (solid steps, one per log) and the empirical robust accuracy under the attack

@@ -7,7 +7,10 @@ import sys
 
 from certifynet import analysis
 from certifynet.cli import CliParser, one_line_errors
-from certifynet.errors import check_alpha
+from certifynet.errors import CertifyNetError, check_alpha
+from certifynet.records import read_meta
+
+ATTACK_KINDS = {"attack_audit": "an attack.py audit", "attack_curve": "an attack.py curve (give it with --empirical)"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,12 +39,26 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _certify_logs(paths):
+    """The paths minus attack.py's logs (a glob such as results/*.tsv also matches them), each skip noted."""
+    keep = []
+    for path in paths:
+        kind = read_meta(path, required=False).get("kind")
+        if kind in ATTACK_KINDS:
+            print(f"note: skipping {path}: {ATTACK_KINDS[kind]}, not a certify log", file=sys.stderr)
+        else:
+            keep.append(path)
+    if paths and not keep:
+        raise CertifyNetError("no certify log among the files given (only attack.py logs)")
+    return keep
+
+
 @one_line_errors
 def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.alpha is not None:
         check_alpha(args.alpha)
-    logs = analysis.read_logs(args.logs, args.label)
+    logs = analysis.read_logs(_certify_logs(args.logs), args.label)
     versus = [analysis.certified_vs_empirical(log, args.empirical) for log in logs] if args.empirical else None
     opts = dict(hp_rho=args.hp_rho, alpha=args.alpha)
     summary = analysis.summarize(logs, args.radii, baseline=args.baseline, **opts)
