@@ -46,6 +46,23 @@ def test_sample_then_certify_equals_one_go(ckpt, tmp_path, capsys):
     assert len(read_rows(str(tmp_path / "a.tsv"))[1]) == 3
 
 
+def test_certify_from_counts_never_loads_torch(ckpt, tmp_path):
+    """certify.py --counts is pure numpy/scipy: the process never imports torch (fast on CPU-only nodes)."""
+    import subprocess
+    import sys
+    counts, out = str(tmp_path / "c.csv"), str(tmp_path / "a.tsv")
+    assert sample_cli.main(["--model", ckpt, *SMALL, "--out", counts]) == 0
+    code = ("import runpy, sys\n"
+            f"sys.argv = ['certify.py', '--counts', {counts!r}, '--out', {out!r}]\n"
+            "try:\n    runpy.run_path('scripts/certify.py', run_name='__main__')\n"
+            "except SystemExit as e:\n    assert not e.code, e.code\n"
+            "assert 'torch' not in sys.modules, 'certify --counts imported torch'\n")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, timeout=120)
+    assert r.returncode == 0, r.stderr[-800:]
+    assert len(read_rows(out)[1]) == 3
+
+
 def test_predict_log(ckpt, tmp_path):
     out = str(tmp_path / "p.tsv")
     assert predict_cli.main(["--model", ckpt, "--sigma", "0.25", "--N", "50", "--max", "2", "--out", out]) == 0

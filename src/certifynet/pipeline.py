@@ -8,11 +8,11 @@ import time
 import torch
 
 from certifynet.cli import refuse
+from certifynet.cli.base import add_common_run_args, add_noise_args  # noqa: F401 (re-exported)
 from certifynet.data import dataset_info, get_dataset
 from certifynet.errors import CertifyNetError, check_alpha, check_sample_sizes, check_seed, check_sigma
 from certifynet.models import file_sha256, load_checkpoint, parse_normalization
 from certifynet.noise import make_noise
-from certifynet.paths import default_path
 from certifynet.progress import progress
 from certifynet.records import check_selection
 from certifynet.sampling import (STREAM_P, STREAM_Q, STREAM_Q_PILOT, STREAM_SELECT, Sampler, check_finite_input,
@@ -41,62 +41,6 @@ def load_smoothing_model(model_path: str, dataset: str | None = None, arch: str 
         model = DenoisedClassifier(den.model, model, sigma)
         meta.update(denoiser=den.path, denoiser_sha256=file_sha256(den.path), denoiser_arch=den.config)
     return model.to(device).eval(), ckpt, meta
-
-
-def add_common_run_args(p):
-    """Flags shared by sample.py / certify.py / predict.py (model, data, inputs, sharding, speed)."""
-    g = p.add_argument_group("model and data")
-    g.add_argument("--model", help="classifier checkpoint, ours or a reference layout (required; certify.py: or --counts)")
-    g.add_argument("--arch", help="architecture, when the checkpoint does not name it")
-    g.add_argument("--dataset", help="dataset (default: from the checkpoint)")
-    g.add_argument("--normalization", default=None,
-                   help="override the model's input normalisation: dataset | identity | center (DSRS ImageNet) | MEAN/STD")
-    g.add_argument("--split", default="test", choices=["train", "test"], help="dataset split to certify")
-    g.add_argument("--data-dir", default=default_path("data"), help="dataset folder")
-    g.add_argument("--denoiser", help="denoiser checkpoint placed in front of the classifier (denoised smoothing)")
-    g = p.add_argument_group("which inputs")
-    g.add_argument("--start", type=int, default=0, help="first dataset index")
-    g.add_argument("--end", type=int, default=None, help="stop before this index (default: the end of the split)")
-    g.add_argument("--skip", type=int, default=1, help="take every skip-th input (Cohen's --skip)")
-    g.add_argument("--max", type=int, default=None, help="at most this many inputs")
-    g.add_argument("--shard", default=None, help="i/n: the i-th of n contiguous parts (default from SLURM_ARRAY_TASK_ID/COUNT)")
-    g = p.add_argument_group("speed and output")
-    g.add_argument("--batch", type=int, default=1000, help="noisy copies per forward pass")
-    g.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
-    g.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
-    g.add_argument("--no-optimize", dest="optimize", action="store_false",
-                   help="on the CPU, run the eager model instead of a frozen TorchScript trace")
-    g.add_argument("--no-channels-last", dest="channels_last", action="store_false",
-                   help="keep NCHW memory (channels_last is on by default: faster convolutions)")
-    g.add_argument("--no-progress", dest="progress", action="store_false",
-                   help="no progress bar (without a terminal, progress is printed as plain lines every 30 s)")
-    g.add_argument("--inputs-per-batch", type=int, default=1, metavar="K",
-                   help="sample the N0 selection / ISS pilot draws of K inputs together, sharing forward passes of "
-                        "up to --batch rows (each input keeps its own noise stream). Meant for GPUs, where small "
-                        "forward passes are launch-bound; no gain measured on the CPU")
-    g.add_argument("--cuda-graph", action="store_true",
-                   help="on CUDA, replay each full batch from a captured CUDA graph (off by default: not yet "
-                        "measured on a GPU; no effect on the CPU)")
-
-
-def add_noise_args(p):
-    g = p.add_argument_group("noise and sample sizes")
-    g.add_argument("--sigma", type=float, default=None, help="σ of the smoothing noise in [0,1] pixel units (required)")
-    g.add_argument("--dist", default="gaussian", choices=["gaussian", "general_gaussian"], help="P")
-    g.add_argument("--k", type=int, default=0, help="generalized-Gaussian k (0: Gaussian; k > 0 implies general_gaussian)")
-    g.add_argument("--N0", type=int, default=100, help="selection draws: ĉ_A is their top class")
-    g.add_argument("--N", type=int, default=100_000, help="estimation draws per distribution (the cap under --iss)")
-    g.add_argument("--alpha", type=float, default=0.001, help="failure probability α of each certificate")
-    g.add_argument("--seed", type=int, default=0, help="noise seed; input idx draws from streams seeded by (seed, idx)")
-    g.add_argument("--select", default="n0", choices=["n0", "label"],
-                   help="class to count: top class of N0 selection draws (Cohen), or the true label (DSRS reference)")
-    g.add_argument("--q-dist", default="none", choices=["none", "truncated", "rescaled"], help="DSRS's Q")
-    g.add_argument("--q-sigma", type=float, default=None, help="σ_Q for --q-dist rescaled (default 0.8σ)")
-    g.add_argument("--q-percentile", default="x",
-                   help="truncated Q: the percentile p_T in (0,1], or heuristic 'x' / 'x+' from the P bound")
-    g.add_argument("--iss", default=None, choices=["absolute", "relative"], help="input-specific sample sizes")
-    g.add_argument("--iss-decline", type=float, default=0.05, help="ISS allowed radius decline ε")
-    g.add_argument("--iss-n0", type=int, default=2000, help="ISS pilot draws (they also pick ĉ_A)")
 
 
 def parse_percentile(text) -> str | float:

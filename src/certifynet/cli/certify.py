@@ -21,7 +21,7 @@ import time
 
 from certifynet.certify.from_counts import METHODS, certify_row, check_method, counts_kind, read_counts
 from certifynet.cli import one_line_errors, parse
-from certifynet.cli.runs import item, nothing_to_do, open_run, per_input_parser, run_rows
+from certifynet.cli.base import nothing_to_do, per_input_parser, run_rows
 from certifynet.errors import CertifyNetError, check_alpha
 from certifynet.merge import to_ranges
 from certifynet.paths import check_output_file, default_path, shown
@@ -109,6 +109,7 @@ def _sampling_method(args) -> str:
 
 
 def _sample_and_certify(args):
+    from certifynet.cli.runs import item, open_run
     args.method = _sampling_method(args)
     run = open_run(args, "certify", default_path(f"results/certify_{args.method}.tsv"))
     if nothing_to_do(run.indices, run.shard):
@@ -159,6 +160,7 @@ def _check_sequential_args(args):
 
 def _sequential(args):
     _check_sequential_args(args)
+    from certifynet.cli.runs import item, open_run
     from certifynet.pipeline import certify_sequential, sequential_certifier
     args.method = "np"
     run = open_run(args, "certify", default_path("results/certify_sequential.tsv"))
