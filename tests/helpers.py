@@ -64,10 +64,11 @@ def cohen_cifar10_population(m, rng):
     return p_top, correct
 
 
-def untrained_lenet(path, sigma=0.25) -> str:
-    """Save a seeded, untrained mnist5k LeNet checkpoint (trained-σ `sigma`) at `path`; returns the path."""
+def untrained_lenet(path, sigma=0.25, seed=0) -> str:
+    """Save an untrained mnist5k LeNet checkpoint (weights from torch seed `seed`, trained-σ `sigma`) at `path`;
+    returns the path. Another seed gives another model (another SHA-256)."""
     from certifynet.models import get_architecture, save_checkpoint
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     save_checkpoint(str(path), get_architecture("lenet", "mnist5k"), arch="lenet", dataset="mnist5k", num_classes=10,
                     sigma=sigma)
     return str(path)

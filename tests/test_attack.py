@@ -14,13 +14,13 @@ from certifynet.cli import attack as attack_cli
 from certifynet.cli import certify as certify_cli
 from certifynet.cli import sample as sample_cli
 from certifynet.cli import train as train_cli
-from certifynet.models import get_architecture, load_checkpoint, save_checkpoint
+from certifynet.models import get_architecture, load_checkpoint
 from certifynet.noise import GaussianNoise, GeneralizedGaussianNoise
 from certifynet.records import read_rows
 from certifynet.sampling import Sampler
 from certifynet.training import loop
 from certifynet.training.losses import _noisy_logits, smoothed_soft_nll
-from helpers import LinearBinary
+from helpers import LinearBinary, untrained_lenet
 
 ALPHA = 0.001
 FAST = ["--m", "16", "--steps", "10", "--N", "1000", "--batch", "400"]
@@ -240,8 +240,7 @@ def _one_line(capsys, rc, fragment):
 
 def test_refuses_another_model_sigma_or_bad_flags(lenet, np_log, tmp_path, capsys):
     other = str(tmp_path / "other.pth")
-    save_checkpoint(other, get_architecture("lenet", "mnist5k"), arch="lenet", dataset="mnist5k", num_classes=10,
-                    sigma=0.25)
+    untrained_lenet(other, sigma=0.25, seed=1)
     out = str(tmp_path / "x.tsv")
     _one_line(capsys, attack_cli.main(["--log", np_log, "--model", other, *FAST, "--out", out]), "model_sha256")
     _one_line(capsys, attack_cli.main(["--log", np_log, "--model", lenet, "--sigma", "0.5", *FAST, "--out", out]),
@@ -277,8 +276,7 @@ def test_curve_and_certified_vs_empirical_plot(lenet, np_log, tmp_path, capsys):
     assert (table["certified"] <= table["empirical"] + 1e-9).all(), table  # certified lies below empirical
     # a curve from another model is refused
     other = str(tmp_path / "other.pth")
-    save_checkpoint(other, get_architecture("lenet", "mnist5k"), arch="lenet", dataset="mnist5k", num_classes=10,
-                    sigma=0.25)
+    untrained_lenet(other, sigma=0.25, seed=1)
     curve2 = str(tmp_path / "curve2.tsv")
     assert attack_cli.main(["--model", other, "--sigma", "0.25", "--eps", "0", "--max", "2", *FAST,
                             "--out", curve2]) == 0

@@ -3,15 +3,14 @@ import os
 import subprocess
 import sys
 
-from certifynet.models import get_architecture, save_checkpoint
+from helpers import untrained_lenet
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 
 
 def test_bench_iss_smoke(tmp_path):
-    model = str(tmp_path / "lenet.pth")  # random init; tests/conftest.py seeds torch
-    save_checkpoint(model, get_architecture("lenet", "mnist5k"), arch="lenet", dataset="mnist5k", num_classes=10,
-                    sigma=0.5)
+    model = str(tmp_path / "lenet.pth")  # random init
+    untrained_lenet(model, sigma=0.5)
     out = tmp_path / "bench"
     argv = [sys.executable, os.path.join(ROOT, "benchmarks", "bench_iss.py"), "--model", model, "--N", "400",
             "--digits", "2", "--iss-n0", "100", "--batch", "100", "--out", str(out)]
@@ -28,8 +27,7 @@ def test_bench_iss_smoke(tmp_path):
                          text=True, timeout=300, cwd=ROOT)
     assert bad.returncode != 0 and "must hold the first 3 digits" in bad.stderr
     other = str(tmp_path / "other.pth")
-    save_checkpoint(other, get_architecture("lenet", "mnist5k"), arch="lenet", dataset="mnist5k", num_classes=10,
-                    sigma=0.5)
+    untrained_lenet(other, sigma=0.5, seed=1)
     argv[argv.index(model)] = other
     bad = subprocess.run([*argv, "--np-counts", str(out / "counts_np.csv")], capture_output=True, text=True,
                          timeout=300, cwd=ROOT)
@@ -39,8 +37,7 @@ def test_bench_iss_smoke(tmp_path):
 def test_bench_fidelity_smoke(tmp_path):
     """NP vs DSRS (truncated, rescaled) at toy size, also at a second N: table, per-digit comparison, figures."""
     model = str(tmp_path / "lenet.pth")
-    save_checkpoint(model, get_architecture("lenet", "mnist5k"), arch="lenet", dataset="mnist5k", num_classes=10,
-                    sigma=1.0)
+    untrained_lenet(model, sigma=1.0)
     out = tmp_path / "bench"
     argv = [sys.executable, os.path.join(ROOT, "benchmarks", "bench_fidelity.py"), "--model", model, "--N", "400",
             "--demo-N", "200", "--digits", "2", "--batch", "200", "--out", str(out)]
@@ -56,8 +53,7 @@ def test_bench_fidelity_smoke(tmp_path):
 
 def test_bench_sequential_smoke(tmp_path):
     model = str(tmp_path / "lenet.pth")
-    save_checkpoint(model, get_architecture("lenet", "mnist5k"), arch="lenet", dataset="mnist5k", num_classes=10,
-                    sigma=0.5)
+    untrained_lenet(model, sigma=0.5)
     argv = [sys.executable, os.path.join(ROOT, "benchmarks", "bench_sequential.py"), "--models", model, "--sigmas",
             "0.5", "--digits", "2", "--N", "400", "--iss-n0", "100", "--batch", "100", "--cifar-sim", "200",
             "--out", str(tmp_path / "bench")]

@@ -195,6 +195,19 @@ class InputSampler:
         from certifynet.certify.neyman_pearson import cp_interval
         return self._truncated_q(*cp_interval(count, n, alpha_bound))
 
+    def _q_pilot_cap(self, pilot_count: int) -> int:
+        """ISS-DSRS: the budget cap when a Q pilot can save draws for this P pilot count, else 0 (fixed run)."""
+        from certifynet.certify.iss import iss_dsrs_q_pilot_cap
+        a = self.args
+        return iss_dsrs_q_pilot_cap(pilot_count, a.iss_n0, a.N, self.iss_step, a.sigma, a.alpha, a.iss_decline,
+                                    a.iss)
+
+    def select(self, idx: int, x: torch.Tensor, label: int) -> tuple[int, int]:
+        """(ĉ_A, selection draws): the top class of N0 STREAM_SELECT draws (Cohen's CERTIFY), or the label, 0."""
+        if self.args.select == "n0":
+            return int(self._count(x, self.p_noise, self.args.N0, idx, STREAM_SELECT).argmax()), self.args.N0
+        return label, 0
+
     def sample(self, idx: int, x: torch.Tensor, label: int) -> dict:
         """One counts row for input idx.
 
@@ -216,9 +229,9 @@ class InputSampler:
             if self.q_dist == "none":
                 n = n_q = self.planner.sample_size(k0)
             else:
-                from certifynet.certify.iss import dsrs_expected_radius_fn, iss_dsrs_budget, iss_dsrs_q_pilot_cap
+                from certifynet.certify.iss import dsrs_expected_radius_fn, iss_dsrs_budget
                 q = self._choose_q(k0, a.iss_n0, 2 * a.alpha)  # one-sided pilot bound at α
-                cap = iss_dsrs_q_pilot_cap(k0, a.iss_n0, a.N, self.iss_step, a.sigma, a.alpha, a.iss_decline, a.iss)
+                cap = self._q_pilot_cap(k0)
                 n = n_q = a.N  # the Q pilot cannot save draws: the fixed run (cost n0 + 2N)
                 row.update(pilot_n_q=0, pilot_count_q=0)
                 if cap:  # it can: plan within the cap, so that cost 2·n0 + 2n ≤ n0 + 2N
@@ -228,11 +241,7 @@ class InputSampler:
                     n, n_q = iss_dsrs_budget(k0, kq0, a.iss_n0, a.N, self.iss_step, a.alpha, a.iss_decline, a.iss,
                                              radius_fn, n_cap=cap)
         else:
-            if a.select == "n0":
-                pred = int(self._count(x, self.p_noise, a.N0, idx, STREAM_SELECT).argmax())
-                row["n0"] = a.N0
-            else:
-                pred, row["n0"] = label, 0
+            pred, row["n0"] = self.select(idx, x, label)
             n = n_q = a.N
         count = int(self._count(x, self.p_noise, n, idx, STREAM_P)[pred]) if n > 0 else 0
         row.update(pred=pred, n=n, count=count)
@@ -267,12 +276,9 @@ class InputSampler:
                                           [self._gen(idx, STREAM_SELECT) for idx, _, _ in items]).cpu().numpy()
         self._prefetched.update({(idx, STREAM_SELECT): c for (idx, _, _), c in zip(items, pilots)})
         if a.iss and self.q_dist != "none":
-            from certifynet.certify.iss import iss_dsrs_q_pilot_cap
             preds = [int(c.argmax()) if a.select == "n0" else label for c, (_, _, label) in zip(pilots, items)]
             # only where `sample` will draw a Q pilot (it can save draws)
-            todo = [j for j, (c, p) in enumerate(zip(pilots, preds))
-                    if iss_dsrs_q_pilot_cap(int(c[p]), n_first, a.N, self.iss_step, a.sigma, a.alpha, a.iss_decline,
-                                            a.iss)]
+            todo = [j for j, (c, p) in enumerate(zip(pilots, preds)) if self._q_pilot_cap(int(c[p]))]
             if not todo:
                 return
             qs = [self._choose_q(int(pilots[j][preds[j]]), n_first, 2 * a.alpha)[0] for j in todo]
@@ -321,11 +327,8 @@ def certify_sequential(sampler: InputSampler, certifier, idx: int, x: torch.Tens
     Deterministic from (seed, idx) and the batch schedule (recorded in the sidecar).
     """
     check_finite_input(x, idx)
-    a, t0, s, noise = sampler.args, time.time(), sampler.sampler, sampler.p_noise
-    if a.select == "n0":
-        pred, n0 = int(sampler._count(x, noise, a.N0, idx, STREAM_SELECT).argmax()), a.N0
-    else:
-        pred, n0 = label, 0
+    t0, s, noise = time.time(), sampler.sampler, sampler.p_noise
+    pred, n0 = sampler.select(idx, x, label)
     gen = sampler._gen(idx, STREAM_P)
     state = certifier.run(lambda size, active: int(s.counts_np(x, noise, size, gen)[pred]))
     codes = certifier.decisions(state)[0]

@@ -21,18 +21,17 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 
 import torch
 
 from certifynet.attack import AuditSummary, SmoothedPGD, attack_and_predict, certified_targets
 from certifynet.certify.from_counts import METHODS, certify_row
 from certifynet.cli import one_line_errors, parse, refuse
-from certifynet.cli.runs import item, nothing_to_do, open_run, per_input_parser
+from certifynet.cli.base import nothing_to_do, per_input_parser, run_batches
+from certifynet.cli.runs import item, open_run
 from certifynet.errors import CertifyNetError, check_alpha
 from certifynet.models import file_sha256
 from certifynet.paths import default_path, shown
-from certifynet.progress import progress
 from certifynet.records import RowLog, atomic_write, read_meta, read_rows, select_indices
 
 AUDIT_COLUMNS = ["idx", "label", "certified", "radius", "eps", "adv_norm", "base_flip", "soft_p", "predict", "p_hat",
@@ -130,19 +129,6 @@ def _pick(items, args, shard):
     return [items[i] for i in select_indices(len(items), 0, None, args.skip, args.max, shard)]
 
 
-def _run_batches(log, items, process, chunk, desc, show=True):
-    """Write process(batch) for the items (idx first) not yet in the log, `chunk` items per batch."""
-    todo = [t for t in items if t[0] not in log.done]
-    if len(todo) < len(items):
-        print(f"resuming: {len(items) - len(todo)} of {len(items)} inputs already in {shown(log.path)}",
-              file=sys.stderr)
-    with progress(len(todo), desc, "input", enabled=show) as bar:
-        for s in range(0, len(todo), chunk):
-            for row in process(todo[s:s + chunk]):
-                log.write(row)
-            bar.update(len(todo[s:s + chunk]))
-
-
 def _stack(data, idxs):
     return torch.stack([item(data, i)[0] for i in idxs])
 
@@ -176,8 +162,10 @@ def _audit(args):
             "audited_sha256": file_sha256(path), "alpha_cert": alpha_cert, "eps_scale": args.eps_scale,
             "eps_margin": EPS_MARGIN, "method": src.get("method", args.method)}
 
-    def process(batch):
-        idxs = [t[0] for t in batch]
+    by_idx = {t[0]: t for t in items}
+
+    def process(idxs):
+        batch = [by_idx[i] for i in idxs]
         classes = torch.tensor([t[2] for t in batch])
         eps = [t[4] * (1 - EPS_MARGIN) for t in batch]
         rows = attack_and_predict(attacker, sampler.sampler, sampler.p_noise, _stack(data, idxs), classes, eps, idxs,
@@ -186,7 +174,7 @@ def _audit(args):
                  "violation": int(r["predict"] not in (c, -1))} for (i, label, c, radius, _), r in zip(batch, rows)]
 
     with RowLog(out, AUDIT_COLUMNS, meta) as log:
-        _run_batches(log, items, process, _chunk(args), "audit", args.progress)
+        run_batches(log, list(by_idx), process, _chunk(args), "audit", args.progress)
     _, rows = read_rows(out)
     summary = AuditSummary(len(rows), sum(int(r["violation"]) for r in rows), alpha_cert, args.alpha, args.level)
     atomic_write(out + ".summary.json", lambda f: json.dump(summary.as_dict(), f, indent=1, sort_keys=True))
@@ -210,8 +198,7 @@ def _curve(args):
     meta = {**meta, **_attack_meta(args, attacker), "kind": "attack_curve", "eps": list(args.eps)}
     labels = {i: int(item(data, i)[1]) for i in indices}
 
-    def process(batch):
-        idxs = [t[0] for t in batch]
+    def process(idxs):
         x, y = _stack(data, idxs), torch.tensor([labels[i] for i in idxs])
         rows = [{"idx": i, "label": labels[i], "time": 0.0} for i in idxs]
         for e in args.eps:
@@ -223,7 +210,7 @@ def _curve(args):
         return rows
 
     with RowLog(out, curve_columns(args.eps), meta) as log:
-        _run_batches(log, [(i,) for i in indices], process, _chunk(args), "attack curve", args.progress)
+        run_batches(log, indices, process, _chunk(args), "attack curve", args.progress)
     _, rows = read_rows(out)
     print(f"empirical robust accuracy of the smoothed classifier ({len(rows)} inputs; PREDICT n={args.N}, "
           f"α={args.alpha:g}; abstain counts as wrong):")

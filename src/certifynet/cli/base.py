@@ -92,18 +92,27 @@ def nothing_to_do(indices, shard) -> bool:
     return True
 
 
-def run_rows(log: RowLog, indices, make_row, desc: str, show: bool = True, prefetch=None) -> int:
-    """Write make_row(idx) for every idx not yet in the log; returns how many were written.
-    `prefetch(idxs)` (InputSampler.prefetcher) is called ahead of each group of `prefetch.group` inputs."""
+def run_batches(log: RowLog, indices, make_rows, group: int, desc: str, show: bool = True) -> int:
+    """Write the rows make_rows(idxs) yields, for the indices not yet in the log, `group` indices per call;
+    each row is written (and flushed) as it comes. Returns how many indices were to do."""
     todo = [i for i in indices if i not in log.done]
     if len(todo) < len(indices):
         print(f"resuming: {len(indices) - len(todo)} of {len(indices)} inputs already in {shown(log.path)}",
               file=sys.stderr)
-    group = getattr(prefetch, "group", 1)
     with progress(len(todo), desc, "input", enabled=show) as bar:
-        for k, idx in enumerate(todo):
-            if prefetch is not None and k % group == 0:
-                prefetch(todo[k:k + group])
-            log.write(make_row(idx))
-            bar.update(1)
+        for k in range(0, len(todo), group):
+            for row in make_rows(todo[k:k + group]):
+                log.write(row)
+                bar.update(1)
     return len(todo)
+
+
+def run_rows(log: RowLog, indices, make_row, desc: str, show: bool = True, prefetch=None) -> int:
+    """Write make_row(idx) for every idx not yet in the log; returns how many were written.
+    `prefetch(idxs)` (InputSampler.prefetcher) is called ahead of each group of `prefetch.group` inputs."""
+    def make_rows(idxs):
+        if prefetch is not None:
+            prefetch(idxs)
+        for idx in idxs:
+            yield make_row(idx)
+    return run_batches(log, indices, make_rows, getattr(prefetch, "group", 1), desc, show)
