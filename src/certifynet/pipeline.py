@@ -85,7 +85,7 @@ def check_run_args(args, mode: str) -> None:
     refuse(args, ["q_sigma"] if args.q_dist != "rescaled" else [], "without --q-dist rescaled")
     refuse(args, ["q_percentile"] if args.q_dist != "truncated" else [], "without --q-dist truncated")
     if args.q_dist == "rescaled" and args.q_sigma is not None:
-        check_sigma(args.q_sigma, "--q-sigma")
+        check_sigma(args.q_sigma, "q_sigma")
     if args.q_dist == "truncated":
         parse_percentile(args.q_percentile)
     if args.iss:

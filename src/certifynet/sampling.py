@@ -438,7 +438,7 @@ class Smooth:
     def certify(self, x: torch.Tensor, n0: int, n: int, alpha: float, batch: int = 1000):
         """CERTIFY: ĉ_A from n0 selection draws, p̲_A from n fresh draws; (ĉ_A, σΦ⁻¹(p̲_A)) or (−1, 0.0)."""
         check_alpha(alpha)
-        check_sample_sizes(n0, n, select_draws=True)
+        check_sample_sizes(n0, n, select_draws=True, names=("n0", "n"))
         check_finite_input(x)
         s = self._sampler_for(batch)
         c_hat = int(s.counts(x, self.noise, n0, self._gen(STREAM_SELECT)).argmax())
@@ -449,7 +449,7 @@ class Smooth:
     def predict(self, x: torch.Tensor, n: int, alpha: float, batch: int = 1000) -> int:
         """PREDICT: top class unless the binomial test of its count vs the runner-up's has p > α."""
         check_alpha(alpha)
-        check_sample_sizes(0, n)
+        check_sample_sizes(0, n, names=("n0", "n"))
         check_finite_input(x)
         counts = self._sampler_for(batch).counts_np(x, self.noise, n, self._gen(STREAM_P))
         top2 = np.argsort(counts)[::-1][:2]

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
+import logging
 import os
 import sys
+import warnings
 
-from certifynet.errors import CertifyNetError
+from certifynet.errors import CertifyNetError, CertifyNetWarning
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -74,9 +77,10 @@ def one_line_errors(main):
     @functools.wraps(main)
     def wrapper(argv=None):
         try:
-            rc = main(argv)
+            with console_diagnostics():
+                rc = main(argv)
         except CertifyNetError as e:
-            print(f"error: {e}", file=sys.stderr)
+            print(f"error: {e.render(cli=True)}", file=sys.stderr)
             return 2
         except FileNotFoundError as e:
             print(f"error: file not found: {e.filename or e}", file=sys.stderr)
@@ -98,3 +102,44 @@ def one_line_errors(main):
         return 0 if rc is None else int(rc)
 
     return wrapper
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    """certifynet's warnings as one line `warning: ...`; others in Python's usual form."""
+    stream = file or sys.stderr
+    if issubclass(category, CertifyNetWarning):
+        text = message.render(cli=True) if isinstance(message, CertifyNetError) else str(message)
+        print(f"warning: {text}", file=stream)
+    else:
+        stream.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
+class _ConsoleHandler(logging.Handler):
+    """The library's log records (`logging.getLogger("certifynet...")`, INFO and up) as bare lines on stderr."""
+
+    def emit(self, record):
+        try:
+            print(record.getMessage(), file=sys.stderr)
+        except Exception:  # noqa: BLE001 - logging must never break a command
+            self.handleError(record)
+
+
+@contextlib.contextmanager
+def console_diagnostics():
+    """While a command runs: every certifynet warning is printed (as one line, each time it is raised), and the
+    library's informational log lines (load summaries, resume notes) go to stderr. Python users of the library
+    see neither unless they configure `warnings`/`logging` themselves."""
+    logger = logging.getLogger("certifynet")
+    handler, level, propagate = _ConsoleHandler(), logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", CertifyNetWarning)
+        warnings.showwarning = _show_warning
+        try:
+            yield
+        finally:
+            logger.removeHandler(handler)
+            logger.setLevel(level)
+            logger.propagate = propagate

@@ -107,7 +107,7 @@ def _routes(app: Flask, st: WebState) -> None:  # noqa: C901 - one place for the
         try:
             path = _store_checkpoint(st, request.files.get("checkpoint"))
         except CertifyNetError as e:
-            return models_page(error=str(e), status=400)
+            return models_page(error=e.render(cli=True), status=400)
         return redirect(url_for("models", uploaded=path), 303)
 
     # ---------------------------------------------------------------- certify
@@ -143,7 +143,7 @@ def _routes(app: Flask, st: WebState) -> None:  # noqa: C901 - one place for the
         try:
             job = _submit(st, request.form, request.files)
         except CertifyNetError as e:
-            return certify_page(request.form, error=str(e), status=400)
+            return certify_page(request.form, error=e.render(cli=True), status=400)
         return redirect(url_for("job_page", job_id=job["id"]), 303)
 
     @app.get("/favicon.ico")
@@ -186,7 +186,7 @@ def _routes(app: Flask, st: WebState) -> None:  # noqa: C901 - one place for the
         try:
             st.jobs.resume(the_job(job_id)["id"])
         except CertifyNetError as e:
-            return redirect(url_for("job_page", job_id=job_id, message=str(e)), 303)
+            return redirect(url_for("job_page", job_id=job_id, message=e.render(cli=True)), 303)
         return redirect(url_for("job_page", job_id=job_id), 303)
 
     @app.get("/jobs/<job_id>/files/<path:name>")
@@ -219,7 +219,7 @@ def _routes(app: Flask, st: WebState) -> None:  # noqa: C901 - one place for the
 
     @app.errorhandler(CertifyNetError)
     def user_error(e):
-        return _error_page(str(e), 400)
+        return _error_page(e.render(cli=True), 400)
 
     @app.errorhandler(Exception)
     def any_error(e):
