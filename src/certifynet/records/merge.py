@@ -32,7 +32,7 @@ MERGE_IGNORE = VOLATILE_META | {"merged_from", "missing"}
 # Columns that may differ between two computations of the same row.
 TIMING_COLUMNS = {"time"}
 # Receives each warning: a message, or a CertifyNetError whose fields name arguments (default: errors.warn).
-Warn = Callable[[str | CertifyNetError], object]
+Warn = Callable[["str | CertifyNetError"], object]
 
 
 @dataclass
