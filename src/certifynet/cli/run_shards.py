@@ -169,10 +169,8 @@ def run_all(cmd, n, jobs, only, logs_dir, threads, say=print):
     return codes
 
 
-@one_line_errors
-def main(argv=None):
-    ours, cmd = split_argv(sys.argv[1:] if argv is None else list(argv))
-    args = build_parser().parse_args(ours)
+def check_args(args, cmd) -> None:
+    """Refuse bad --shards/--jobs/--only, and a command that picks its own --shard, before anything runs."""
     n = args.shards
     if n < 1:
         raise CertifyNetError(f"{{shards}} must be >= 1, got {n}", "shards")
@@ -183,6 +181,14 @@ def main(argv=None):
         raise CertifyNetError(f"{{only}} {bad[0]}: shard numbers run from 0 to {n - 1}", "only")
     if any(a == "--shard" or a.startswith("--shard=") for a in cmd):
         raise CertifyNetError("the command must not have --shard; run_shards.py adds --shard i/N to each shard")
+
+
+@one_line_errors
+def main(argv=None):
+    ours, cmd = split_argv(sys.argv[1:] if argv is None else list(argv))
+    args = build_parser().parse_args(ours)
+    check_args(args, cmd)
+    n = args.shards
     codes = run_all(cmd, n, args.jobs, args.only, args.logs, args.threads)
     failed = sorted(i for i, rc in codes.items() if rc != 0)
     if failed:
