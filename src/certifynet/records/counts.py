@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 
+from certifynet.certify.dsrs.family import check_k
 from certifynet.errors import SIGMA_MAX, CertifyNetError
 from certifynet.records.lock import writer_active
 from certifynet.records.rowlog import read_rows
@@ -49,9 +50,10 @@ def validate_counts_meta(meta: dict, where: str) -> None:
         raise CertifyNetError(f"{where}: 'sigma' must be in (0, {SIGMA_MAX:.1e}], got {sigma!r}")
     d = _field(meta, "d", "int", where, 1)
     k = _field(meta, "k", "int", where, 0)
-    # The k range of the generalized Gaussian, checked inline for now (to become certify.dsrs.check_k).
-    if 2 * k > d - 2:
-        raise CertifyNetError(f"{where}: 'k' = {k} is out of range for d = {d}")
+    try:
+        check_k(d, k)  # the one range of the generalized Gaussian: 0 ≤ 2k < d
+    except CertifyNetError:
+        raise CertifyNetError(f"{where}: 'k' = {k} is out of range for d = {d}") from None
     _field(meta, "N", "int", where, 1)
     _field(meta, "N0", "int", where, 0)
     _field(meta, "num_classes", "int", where, 2)
