@@ -24,7 +24,7 @@ import os
 
 import torch
 
-from certifynet.attack import AuditSummary, SmoothedPGD, attack_and_predict, certified_targets
+from certifynet.attack import AuditSummary, SmoothedPGD, attack_and_predict, audited_rows, certified_targets
 from certifynet.certify.from_counts import METHODS, certify_row
 from certifynet.cli import one_line_errors, parse, refuse
 from certifynet.cli.base import nothing_to_do, per_input_parser, run_batches
@@ -176,7 +176,8 @@ def _audit(args):
     with RowLog(out, AUDIT_COLUMNS, meta) as log:
         run_batches(log, list(by_idx), process, _chunk(args), "audit", args.progress)
     _, rows = read_rows(out)
-    summary = AuditSummary(len(rows), sum(int(r["violation"]) for r in rows), alpha_cert, args.alpha, args.level)
+    summary = AuditSummary(len(rows), sum(int(r["violation"]) for r in rows), alpha_cert, args.alpha, args.level,
+                           rows=audited_rows(src_rows, args.start, args.end))
     atomic_write(out + ".summary.json", lambda f: json.dump(summary.as_dict(), f, indent=1, sort_keys=True))
     print(summary.report())
     print(f"log: {shown(out)}")
