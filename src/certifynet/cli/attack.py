@@ -32,7 +32,7 @@ from certifynet.cli.runs import item, open_run
 from certifynet.errors import CertifyNetError, check_alpha
 from certifynet.models import file_sha256
 from certifynet.paths import default_path, shown
-from certifynet.records import RowLog, atomic_write, read_meta, read_rows, select_indices
+from certifynet.records import RowLog, atomic_write, read_counts, read_meta, read_rows, select_indices
 
 AUDIT_COLUMNS = ["idx", "label", "certified", "radius", "eps", "adv_norm", "base_flip", "soft_p", "predict", "p_hat",
                  "count1", "count2", "pvalue", "violation", "time"]
@@ -103,6 +103,7 @@ def _audit_source(args):
         return rows, meta, float(meta["alpha"])
     if meta.get("kind") != "counts":
         raise CertifyNetError(f"'{path}' is not a counts file (kind {meta.get('kind')!r})")
+    meta, _, rows = read_counts(path)  # every check certify.py --counts makes: digests, completion record
     return [certify_row(r, meta, args.method, args.alpha) for r in rows], meta, args.alpha
 
 
