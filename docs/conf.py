@@ -14,7 +14,7 @@ ROOT = DOCS.parent
 # Document this checkout's code, not a copy installed elsewhere; docs/_ext holds the docstring converter.
 sys.path[:0] = [str(ROOT / "src"), str(DOCS / "_ext")]
 
-import docstrings  # noqa: E402  (docs/_ext/docstrings.py, found through the path set just above)
+import plain_docstrings  # noqa: E402  (docs/_ext/plain_docstrings.py, found through the path set just above)
 
 _version: dict = {}
 exec((ROOT / "src" / "certifynet" / "_version.py").read_text(encoding="utf-8"), _version)
@@ -51,4 +51,4 @@ html_title = f"Certify-Net {release}"
 
 
 def setup(app):
-    docstrings.setup(app)
+    plain_docstrings.setup(app)

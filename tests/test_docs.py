@@ -6,7 +6,7 @@ is the code's, and docstrings that the Sphinx build renders without warnings.
   `page.md#anchor` link at a heading of that page (GitHub's anchors, which the Sphinx build uses too).
 - Every page of docs/ is linked from the README, so the front door shows the whole house.
 - The README's methods table is `certifynet.certify.methods.METHODS`, row for row, and every `Method.doc` exists.
-- docs/_ext/docstrings.py turns plain-text docstrings into reStructuredText that docutils reads without a warning.
+- docs/_ext/plain_docstrings.py turns plain-text docstrings into reStructuredText that docutils reads without a warning.
 """
 from __future__ import annotations
 
@@ -135,7 +135,7 @@ def test_methods_table_parser_sees_a_wrong_row():
 
 
 def _converter():
-    spec = importlib.util.spec_from_file_location("docs_ext_docstrings", ROOT / "docs" / "_ext" / "docstrings.py")
+    spec = importlib.util.spec_from_file_location("plain_docstrings", ROOT / "docs" / "_ext" / "plain_docstrings.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.plain_to_rst
