@@ -70,9 +70,9 @@ def meta_path(path: str) -> str:
     return path + SIDECAR_SUFFIX
 
 
-def read_meta(path: str, required: bool = True) -> dict:
-    """The JSON sidecar of `path` as a dict ({} when absent and not required)."""
-    mp = meta_path(path)
+def read_meta(path: str, required: bool = True, sidecar: str | None = None) -> dict:
+    """The JSON sidecar of `path` (or the file `sidecar`) as a dict ({} when absent and not required)."""
+    mp = sidecar or meta_path(path)
     if not os.path.isfile(mp):
         if required:
             raise CertifyNetError(f"metadata sidecar '{mp}' not found (it is written next to every counts file and log)")
@@ -87,9 +87,9 @@ def read_meta(path: str, required: bool = True) -> dict:
     return meta
 
 
-def write_meta(path: str, meta: dict) -> None:
-    """Write the sidecar of `path` atomically."""
-    atomic_write(meta_path(path), lambda f: f.write(json.dumps(meta, indent=1, sort_keys=True) + "\n"))
+def write_meta(path: str, meta: dict, sidecar: str | None = None) -> None:
+    """Write the sidecar of `path` (or the file `sidecar`) atomically."""
+    atomic_write(sidecar or meta_path(path), lambda f: f.write(json.dumps(meta, indent=1, sort_keys=True) + "\n"))
 
 
 def meta_conflict(a: dict, b: dict, ignore=VOLATILE_META):
@@ -280,11 +280,14 @@ class RowLog:
 
     `done` holds the keys already in the file: the `idx` column (or the first column, e.g. a training
     log's `epoch`). `integrity=True` adds the `check` column and the sidecar's settings digest (counts files).
+    `sidecar`: the metadata file when it is not `<path>.meta.json` (a training run's `log.meta.json`).
     """
 
-    def __init__(self, path: str, columns, meta: dict, sep: str = "\t", integrity: bool = False):
+    def __init__(self, path: str, columns, meta: dict, sep: str = "\t", integrity: bool = False,
+                 sidecar: str | None = None):
         check_output_file(path)
         self.path, self.sep, self.integrity = path, sep, integrity
+        self.sidecar = sidecar or meta_path(path)
         self.columns = list(columns) + ([CHECK_COLUMN] if integrity else [])
         self.key = "idx" if "idx" in self.columns else self.columns[0]
         meta = {**meta, "columns": self.columns, "version": __version__,
@@ -299,7 +302,7 @@ class RowLog:
             if os.path.isfile(path) and os.path.getsize(path) > 0:
                 self._open_existing()
             else:
-                write_meta(path, meta)
+                write_meta(path, meta, self.sidecar)
                 self._f = open(path, "w", newline="", encoding="utf-8")
                 self._write_line(self.columns)
         except BaseException:
@@ -308,9 +311,9 @@ class RowLog:
 
     def _open_existing(self):
         """Resume a log of ours with the same settings; refuse anything else untouched."""
-        old = read_meta(self.path, required=False) if os.path.isfile(meta_path(self.path)) else None
+        old = read_meta(self.path, False, self.sidecar) if os.path.isfile(self.sidecar) else None
         if old is None:
-            raise CertifyNetError(f"'{self.path}' exists and has no sidecar {os.path.basename(meta_path(self.path))}: "
+            raise CertifyNetError(f"'{self.path}' exists and has no sidecar {os.path.basename(self.sidecar)}: "
                                   f"it is not a log this run can resume; give another output path "
                                   f"(or delete the file if it is yours)")
         kind = self.meta.get("kind")
@@ -358,7 +361,7 @@ class RowLog:
         self._f.close()
         self._f = None
         if failed and not self.done:  # nothing but a header: leave no file behind
-            for p in (self.path, meta_path(self.path)):
+            for p in (self.path, self.sidecar):
                 if os.path.exists(p):
                     os.unlink(p)
         self._lock.release()
