@@ -290,6 +290,49 @@ def test_checkpoint_is_written_atomically(tmp_path, capsys, monkeypatch):
     assert load_checkpoint(ckpt).epoch == 2
 
 
+def test_log_rows_keep_their_format_and_a_resume_continues_the_same_file(tmp_path, capsys):
+    """log.csv holds %.6g numbers; a resumed run keeps the earlier rows byte for byte and appends after them,
+    and its log.meta.json describes the resumed run. No lock or temp file is left behind."""
+    out = str(tmp_path / "r")
+    common = ["mnist5k", "lenet", *SMALL, "--noise", "0.25", "--outdir", out]
+    assert run(cli_train.main, [*common, "--epochs", "1"], capsys)[0] == 0
+    first = open(os.path.join(out, "log.csv"), "rb").read()
+    assert run(cli_train.main, [*common, "--epochs", "2", "--resume"], capsys)[0] == 0
+    both = open(os.path.join(out, "log.csv"), "rb").read()
+    assert both.startswith(first) and both.count(b"\n") == 3
+    _, rows = read_log(out)
+    for r in rows:
+        for c in ("lr", "train_loss", "train_acc", "test_acc_noisy", "seconds"):
+            assert r[c] == f"{float(r[c]):.6g}", (c, r[c])
+    meta = json.load(open(os.path.join(out, "log.meta.json")))
+    assert (meta["kind"], meta["start_epoch"], meta["columns"]) == ("train_log", 1, LOG_COLUMNS)
+    assert meta["init"] == f"resume:{os.path.join(out, 'checkpoint.pth')}"
+    assert sorted(os.listdir(out)) == ["checkpoint.pth", "log.csv", "log.meta.json"]
+
+
+def test_a_failed_fresh_run_leaves_no_log_behind(tmp_path, monkeypatch):
+    """A fresh run that fails before its first row deletes its header-only log and sidecar, and the folder
+    when it made it; a folder that was there stays."""
+    def boom(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(loop, "train_one_epoch", boom)
+
+    def cfg(out):
+        return TrainConfig(dataset="mnist5k", arch="lenet", sigma=0.25, epochs=1, batch=32, workers=0, device="cpu",
+                           train_subset=64, test_subset=32, progress=False, outdir=out)
+
+    new = tmp_path / "new"
+    with pytest.raises(RuntimeError, match="boom"):
+        loop.train(cfg(str(new)))
+    assert not new.exists()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    with pytest.raises(RuntimeError, match="boom"):
+        loop.train(cfg(str(mine)))
+    assert os.listdir(mine) == []
+
+
 # ---------------------------------------------------------------- bad inputs: one line, exit 2
 
 @pytest.mark.parametrize("argv, needle", [
