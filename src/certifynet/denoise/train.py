@@ -163,7 +163,8 @@ def _set_up(opts: TrainOptions) -> _Run:
     classifier, clf_meta = _load_classifier(opts, device)
     model = _build_model(opts, info.shape[0]).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=opts.lr)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(opts.lr_milestones), gamma=opts.lr_gamma)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(opts.lr_milestones),
+                                                     gamma=opts.lr_gamma)
     return _Run(opts, spec, device, train_set, test_set, classifier, clf_meta, model, optimizer, scheduler)
 
 

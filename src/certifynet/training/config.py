@@ -88,7 +88,8 @@ def resolve_method(cfg: TrainConfig) -> str:
 
 
 def resolve_entropy(cfg: TrainConfig) -> str:
-    """Consistency's entropy term: the given one, else 'dsrs' (H(softmax p̂)) when η is omitted, else 'pbar' (H(p̂))."""
+    """Consistency's entropy term: the given one, else 'dsrs' (H(softmax p̂)) when η is omitted, else 'pbar'
+    (H(p̂))."""
     return cfg.entropy or ("dsrs" if cfg.eta is None else "pbar")
 
 
