@@ -97,10 +97,13 @@ class RowLog:
 
     `done` holds the keys already in the file: the `idx` column (or the first column, e.g. a training
     log's `epoch`). `integrity=True` adds the `check` column and the sidecar's settings digest (counts files).
+    `sidecar`: the metadata file when it is not `<path>.meta.json` (a training run's `log.meta.json`).
     """
 
-    def __init__(self, path: str, columns, meta: dict, sep: str = "\t", integrity: bool = False):
+    def __init__(self, path: str, columns, meta: dict, sep: str = "\t", integrity: bool = False,
+                 sidecar: str | None = None):
         check_output_file(path)
+        self.sidecar = sidecar or meta_path(path)
         self.path, self.sep, self.integrity = path, sep, integrity
         self.columns = list(columns) + ([CHECK_COLUMN] if integrity else [])
         self.key = "idx" if "idx" in self.columns else self.columns[0]
@@ -116,7 +119,7 @@ class RowLog:
             if os.path.isfile(path) and os.path.getsize(path) > 0:
                 self._open_existing()
             else:
-                write_meta(path, meta)
+                write_meta(path, meta, self.sidecar)
                 self._f = open(path, "w", newline="", encoding="utf-8")
                 self._write_line(self.columns)
         except BaseException:
@@ -125,9 +128,9 @@ class RowLog:
 
     def _check_same_run(self) -> None:
         """The existing file must be ours (a sidecar), of the same kind and settings."""
-        old = read_meta(self.path, required=False) if os.path.isfile(meta_path(self.path)) else None
+        old = read_meta(self.path, False, self.sidecar) if os.path.isfile(self.sidecar) else None
         if old is None:
-            raise CertifyNetError(f"'{self.path}' exists and has no sidecar {os.path.basename(meta_path(self.path))}: "
+            raise CertifyNetError(f"'{self.path}' exists and has no sidecar {os.path.basename(self.sidecar)}: "
                                   f"it is not a log this run can resume; give another output path "
                                   f"(or delete the file if it is yours)")
         kind = self.meta.get("kind")
@@ -182,7 +185,7 @@ class RowLog:
         self._f.close()
         self._f = None
         if failed and not self.done:  # nothing but a header: leave no file behind
-            for p in (self.path, meta_path(self.path)):
+            for p in (self.path, self.sidecar):
                 if os.path.exists(p):
                     os.unlink(p)
         self._lock.release()
