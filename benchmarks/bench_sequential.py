@@ -31,10 +31,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "src"))
 from bench_iss import check_np_counts, run  # noqa: E402
 from certifynet.analysis import read_logs, summarize  # noqa: E402
-from certifynet.certify.iss import IssPlanner  # noqa: E402
-from certifynet.certify.neyman_pearson import cp_lower, np_radius  # noqa: E402
 from certifynet.certify.group_sequential import GroupSequentialCertifier  # noqa: E402
 from certifynet.certify.gs_boundaries import calibrated_design, first_true  # noqa: E402
+from certifynet.certify.iss import IssPlanner  # noqa: E402
+from certifynet.certify.neyman_pearson import cp_lower, np_radius  # noqa: E402
 from certifynet.certify.sequential import SequentialCertifier  # noqa: E402
 from certifynet.cli import certify, sample, train  # noqa: E402
 
@@ -197,9 +197,9 @@ def oracle_draws(p_top, thresholds, alpha, n_max):
         rows = np.flatnonzero(hardest == i)
         if not rows.size:
             continue
-        b = first_true(lambda s: binom.sf(s - 1, n_all, theta) <= alpha, np.zeros_like(n_all), n_all)
+        b = first_true(lambda s, th=theta: binom.sf(s - 1, n_all, th) <= alpha, np.zeros_like(n_all), n_all)
         p = p_top[rows]
-        n = first_true(lambda k: binom.sf(b[k - 1] - 1, k, p) >= 0.5, np.ones(p.size, np.int64),
+        n = first_true(lambda k, b=b, p=p: binom.sf(b[k - 1] - 1, k, p) >= 0.5, np.ones(p.size, np.int64),
                        np.full(p.size, n_max))
         cost[rows] = np.minimum(n, n_max)
     return cost

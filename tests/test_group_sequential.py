@@ -13,7 +13,7 @@ from certifynet.certify import crossing as crossing_mod
 from certifynet.certify.crossing import crossing_probability, lower_crossing_probability
 from certifynet.certify.group_sequential import GroupSequentialCertifier
 from certifynet.certify.gs_boundaries import (calibrated_design, cp_lower_boundary, cp_upper_boundary, cs_boundaries,
-                                              futility_boundary)
+                                              futility_boundary, verify_design)
 from certifynet.certify.sequential import SequentialCertifier, batch_schedule, confidence_sequence, simulate
 from certifynet.errors import CertifyNetError
 
@@ -106,6 +106,8 @@ def test_calibration_spends_alpha_and_boundaries():
     d = calibrated_design(key, 0.84, 0.001)
     assert d.crossing.bound > 0.95 * 0.001          # α is spent (today's boundary alone spends 3–6% of it)
     assert crossing_probability(sizes, d.cs_upper, 0.84).bound < 0.1 * 0.001
+    assert verify_design(d, sizes, 0.001) and not verify_design(d, sizes, 0.9 * 0.001)
+    assert not verify_design(dataclasses.replace(d, upper=d.upper - 1), sizes, 0.001)
     hits = calibrated_design.cache_info().hits
     assert calibrated_design(key, 0.84, 0.001) is d and calibrated_design.cache_info().hits == hits + 1
     # boundary definitions: CP p-values, and today's confidence sequence read off as integers

@@ -160,6 +160,13 @@ def calibrated_design(sizes: tuple, theta: float, alpha: float, family: str = DE
     return Design(float(theta), family, upper, lower, b_cs, float(level), float(refute_level), cross, refute)
 
 
+def verify_design(design: Design, sizes, alpha: float) -> bool:
+    """Re-check a design read back from storage (a file cache): both exact crossing bounds at θ are ≤ α.
+    One DP per boundary (milliseconds), so a stale or edited cache entry cannot make the rule invalid."""
+    return (crossing_probability(sizes, design.upper, design.theta).bound <= alpha
+            and lower_crossing_probability(sizes, design.lower, design.theta).bound <= alpha)
+
+
 def futility_boundary(ns, theta: float, gamma: float) -> np.ndarray:
     """f_k = max{s : P_θ(S_{n_k} ≤ s) < γ}: the Clopper–Pearson upper bound at level γ is below θ."""
     ns = np.asarray(ns, dtype=np.int64)
