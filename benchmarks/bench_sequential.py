@@ -79,7 +79,8 @@ def main(argv=None):
     p.add_argument("--iss-decline", type=float, default=0.05)
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--cifar-sim", type=int, default=4000, help="inputs of the CIFAR-10 simulation (0: skip)")
-    p.add_argument("--futility", type=float, default=0.05, help="γ of the calibrated rule's futility row")
+    p.add_argument("--futility", type=float, default=0.05, help="γ of the calibrated rule's 'upper' futility row")
+    p.add_argument("--projected-futility", type=float, default=0.001, help="γ of its 'projected' futility row")
     p.add_argument("--simulation-only", action="store_true", help="only the CIFAR-10 simulation (no CLI runs)")
     p.add_argument("--out", default="results/bench_sequential")
     a = p.parse_args(argv)
@@ -182,7 +183,9 @@ def cifar_simulation(a, sigma=0.5, seed=7):
     print(f"\nSimulated: Cohen's published CIFAR-10 σ=0.5 p_A distribution, {a.cifar_sim} inputs, α={a.alpha}, "
           f"N={a.N:,} (ĉ_A taken as correct where Cohen's was); today's confidence-sequence rule")
     print_tables(radii, passes, acc, fixed, iss, seq_runs)
-    rule_comparison(p_top, correct, table, radii, sigma, a.alpha, a.N, a.batch, a.futility)
+    rules = rule_comparison(p_top, correct, table, radii, sigma, a.alpha, a.N, a.batch, a.futility,
+                            a.projected_futility)
+    power_near_threshold(rules, radii[1], sigma, a.alpha, a.N, a.batch, rng)
 
 
 def oracle_draws(p_top, thresholds, alpha, n_max):
@@ -205,9 +208,10 @@ def oracle_draws(p_top, thresholds, alpha, n_max):
     return cost
 
 
-def rule_comparison(p_top, correct, table, radii, sigma, alpha, n_max, batch, futility):
-    """Today's rule, the calibrated group-sequential rule (with and without futility, and the calibrated mixture
-    boundary), fixed N and the oracle, on one table of draws: mean/median draws and certified accuracy."""
+def rule_comparison(p_top, correct, table, radii, sigma, alpha, n_max, batch, futility, projected):
+    """Today's rule, the calibrated group-sequential rule (without futility, with the 'upper' and the 'projected'
+    futility rules, and with the calibrated mixture boundary), fixed N and the oracle, on one table of draws:
+    mean/median draws and certified accuracy."""
     def accuracy(radius):
         return [float(np.mean(correct & (radius >= r))) for r in radii]
 
@@ -219,8 +223,10 @@ def rule_comparison(p_top, correct, table, radii, sigma, alpha, n_max, batch, fu
              "calibrated mixture boundary + closure": GroupSequentialCertifier(radii, sigma, alpha, n_max, batch,
                                                                                boundary="mixture"),
              "calibrated CP ∪ today's boundary + closure (default)": default,
-             f"the same + futility γ={futility:g}": GroupSequentialCertifier(radii, sigma, alpha, n_max, batch,
-                                                                             futility=futility)}
+             f"the same + futility 'upper', γ={futility:g}": GroupSequentialCertifier(
+                 radii, sigma, alpha, n_max, batch, futility=futility),
+             f"the same + futility 'projected', γ={projected:g}": GroupSequentialCertifier(
+                 radii, sigma, alpha, n_max, batch, futility=projected, futility_rule="projected")}
     rows = {f"fixed N={n_max:,}": (np.full(p_top.size, float(n_max)),
                                    accuracy(np_radius(cp_lower(table.sum(axis=1), n_max, alpha), sigma)))}
     for label, cert in rules.items():
@@ -239,8 +245,34 @@ def rule_comparison(p_top, correct, table, radii, sigma, alpha, n_max, batch, fu
     print(f"\nCalibrated levels λ* (certify) per radius: {default.params()['levels']}; refute: "
           f"{default.params()['refute_levels']}; calibration {seconds:.1f} s for {len(radii)} radii "
           f"({default.schedule.size} checks; this machine, uncached). The review's oracle: {REFERENCE_ORACLE:,} "
-          f"draws (its own population draw); the futility rule ÷ that: "
-          f"{rows[f'the same + futility γ={futility:g}'][0].mean() / REFERENCE_ORACLE:.2f}×.")
+          f"draws (its own population draw); the futility rows ÷ that: " + ", ".join(
+              f"{rows[k][0].mean() / REFERENCE_ORACLE:.2f}×" for k in rows if "futility" in k) + ".")
+    return {label: cert for label, cert in rules.items() if "mixture boundary" not in label}
+
+
+def power_near_threshold(rules, radius, sigma, alpha, n_max, batch, rng, m=1000, gaps=(0.004, 0.008, 0.02)):
+    """P(C) and mean draws for inputs at p_A = θ_r + gap, radius r asked alone: what futility costs in power."""
+    print(f"\nPower near the threshold, r={radius:g} asked alone ({m} inputs per p_A, the same draws for every "
+          f"rule):\n\n| rule | " + " | ".join(f"p_A = θ+{g:g}: P(C), draws" for g in gaps) + " |\n|:---|"
+          + "---:|" * len(gaps))
+    tables = {}
+    for label, cert in rules.items():
+        alone = type(cert)([radius], sigma, alpha, n_max, batch, **_options(cert))
+        cells = []
+        for gap in gaps:
+            if gap not in tables:
+                p = np.full(m, alone.thresholds[0] + gap)
+                tables[gap] = rng.binomial(alone.schedule[None, :], p[:, None])
+            state = run_on_table(alone, tables[gap])
+            cells.append(f"{np.mean(alone.decisions(state)[:, 0] == 2):.3f}, {state.draws.mean():,.0f}")
+        print(f"| {label} | " + " | ".join(cells) + " |")
+
+
+def _options(cert):
+    """Keyword options of a certifier, to rebuild it with other radii."""
+    if isinstance(cert, GroupSequentialCertifier):
+        return {"boundary": cert.boundary, "futility": cert.futility, "futility_rule": cert.futility_rule}
+    return {}
 
 
 if __name__ == "__main__":

@@ -235,7 +235,14 @@ def test_futility_gives_up_and_refusals():
     quick, slow = (simulate(c, p, np.random.default_rng(1)) for c in (cert, plain))
     assert quick.draws.mean() < 0.5 * slow.draws.mean()
     assert np.all(cert.decisions(quick) != 2) and cert.params()["futility"] == 0.05
-    for kwargs in ({"futility": 1.5}, {"futility": 0.0}, {"boundary": "pocock"}):
+    # just above θ but out of reach within the cap: "upper" runs on, "projected" gives up early
+    kw = dict(radii=[0.25], sigma=0.5, alpha=0.001, n_max=20_000, batch=500, futility=0.01)
+    upper, projected = (GroupSequentialCertifier(**kw, futility_rule=rule) for rule in ("upper", "projected"))
+    p = np.full(100, upper.thresholds[0] + 0.005)
+    runs = [simulate(c, p, np.random.default_rng(2)) for c in (upper, projected)]
+    assert runs[1].draws.mean() < 0.5 * runs[0].draws.mean() and np.mean(projected.decisions(runs[1]) == 1) > 0.9
+    assert np.all(projected.give_up_at >= upper.give_up_at) and projected.params()["futility_rule"] == "projected"
+    for kwargs in ({"futility": 1.5}, {"futility": 0.0}, {"boundary": "pocock"}, {"futility_rule": "curtail"}):
         with pytest.raises(CertifyNetError):
             GroupSequentialCertifier([0.25], 0.5, 0.001, 1000, 100, **kwargs)
     state = plain.start(1)

@@ -9,7 +9,8 @@ Per radius, a group-sequential test (`gs_boundaries.calibrated_design`):
   confidence-sequence boundary) and λ* is the largest level with P_{θ_r}(∃k : S_{n_k} ≥ b_k) ≤ α, computed
   exactly by `crossing.crossing_probability`;
 * refute (N) at the first check with S_{n_k} ≤ a_k(θ_r), the mirror image, P_{θ_r}(∃k : S_{n_k} ≤ a_k) ≤ α;
-* with `futility=γ`, give up (N) when the Clopper–Pearson upper bound at level γ is below θ_r;
+* with `futility=γ`, give up (N) when the Clopper–Pearson upper bound ū at level γ is below θ_r; with
+  futility_rule="projected" also when even at the rate ū the expected path misses every later boundary;
 * out of reach (U): no boundary crossing is possible any more at r (even if every remaining draw hits), or
   today's rule would say so (all hits to the cap would not lift its L above θ_r).
 Closure: C at r only if C at every smaller radius; N (refuted) at r only if refuted at every larger radius;
@@ -35,12 +36,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from certifynet.certify.gs_boundaries import DEFAULT_FAMILY, FAMILIES, Design, calibrated_design, futility_boundary
+from certifynet.certify.gs_boundaries import (DEFAULT_FAMILY, FAMILIES, Design, calibrated_design, futility_boundary,
+                                              projected_futility_boundary)
 from certifynet.certify.sequential import (DECIDED_CODES, DEFAULT_PRIOR, FIRST_BATCH, batch_schedule, check_radii,
                                            confidence_sequence, radius_threshold)
 from certifynet.errors import CertifyNetError, check_alpha, check_sigma
 
 RULE = "group-sequential"
+FUTILITY_RULES = ("upper", "projected")
 
 
 @dataclass
@@ -75,16 +78,22 @@ class GroupSequentialCertifier:
     """The calibrated group-sequential rule; same interface as `sequential.SequentialCertifier`.
 
     boundary: "cp+cs" (default: dominates today's rule on every input), "cp" or "mixture" (gs_boundaries).
-    futility: None, or γ to give up at r when the Clopper–Pearson upper bound at level γ is below θ_r.
+    futility: None, or γ to give up at r when the Clopper–Pearson upper bound ū at level γ is below θ_r.
+    futility_rule: "upper" (that rule) or "projected" (also give up when S + (n_k' − n_k)·ū < b_k' at every later
+    check k': at the optimistic rate ū, the expected path misses the boundary; docs/sequential.md).
     """
 
     def __init__(self, radii, sigma, alpha, n_max, batch, d=None, k=0, *, boundary: str = DEFAULT_FAMILY,
-                 futility: float | None = None, prior=DEFAULT_PRIOR, first_batch=FIRST_BATCH):
+                 futility: float | None = None, futility_rule: str = "upper", prior=DEFAULT_PRIOR,
+                 first_batch=FIRST_BATCH):
         self.alpha, self.sigma = check_alpha(alpha), check_sigma(sigma)
         self.radii = np.array(check_radii(radii))
         if boundary not in FAMILIES:
             raise CertifyNetError(f"{{boundary}} must be one of {', '.join(FAMILIES)}, got {boundary!r}", "boundary")
-        self.boundary, self.futility = boundary, _check_futility(futility)
+        if futility_rule not in FUTILITY_RULES:
+            raise CertifyNetError(f"{{futility_rule}} must be one of {', '.join(FUTILITY_RULES)}, got "
+                                  f"{futility_rule!r}", "futility_rule")
+        self.boundary, self.futility, self.futility_rule = boundary, _check_futility(futility), futility_rule
         self.prior = tuple(float(v) for v in prior)
         confidence_sequence(0, 0, self.alpha, self.prior)  # refuses a bad prior before calibrating
         self.n_max, self.d, self.k = int(n_max), d, int(k or 0)
@@ -94,13 +103,21 @@ class GroupSequentialCertifier:
         self.designs = [self._design(float(th)) for th in self.thresholds]
         self.certify_at = np.array([dz.upper for dz in self.designs])    # [R, K]: C when S ≥
         self.refute_at = np.array([dz.lower for dz in self.designs])     # [R, K]: N when S ≤
-        self.give_up_at = (None if self.futility is None else
-                           np.array([futility_boundary(self.checks, th, self.futility) for th in self.thresholds]))
+        self.give_up_at = self._give_up_boundaries()                     # [R, K]: N (given up) when S ≤
         self.reach_at = self._reach_boundaries()                         # [R, K]: U when S <
 
     def _design(self, theta: float) -> Design:
         """The calibrated test at θ (tests override this with a deliberately uncalibrated one)."""
         return calibrated_design(tuple(self.schedule.tolist()), theta, self.alpha, self.boundary, self.prior)
+
+    def _give_up_boundaries(self) -> np.ndarray | None:
+        if self.futility is None:
+            return None
+        give_up = np.array([futility_boundary(self.checks, th, self.futility) for th in self.thresholds])
+        if self.futility_rule == "projected":
+            projected = [projected_futility_boundary(self.checks, dz.upper, self.futility) for dz in self.designs]
+            give_up = np.maximum(give_up, np.array(projected))
+        return give_up
 
     def _reach_boundaries(self) -> np.ndarray:
         """u[r, k]: S_{n_k} < u ⟹ no future check can be crossed, even if every remaining draw hits
@@ -120,7 +137,8 @@ class GroupSequentialCertifier:
                 "boundary": self.boundary, "levels": [float(f"{dz.level:.6g}") for dz in self.designs],
                 "refute_levels": [float(f"{dz.refute_level:.6g}") for dz in self.designs],
                 "crossing_at_threshold": [float(f"{dz.crossing.bound:.4g}") for dz in self.designs],
-                "futility": self.futility, "first_batch": int(self.schedule[0]), "checks": int(self.schedule.size),
+                "futility": self.futility, "futility_rule": self.futility_rule if self.futility else None,
+                "first_batch": int(self.schedule[0]), "checks": int(self.schedule.size),
                 "confidence_sequence": "beta-binomial mixture (Robbins), two-sided, all radii at alpha (pA bounds)",
                 "cs_prior": list(self.prior)}
 

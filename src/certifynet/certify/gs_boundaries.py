@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
-from scipy.stats import binom
+from scipy.stats import beta, binom
 
 from certifynet.certify.crossing import Crossing, crossing_probability, lower_crossing_probability
 from certifynet.certify.sequential import DEFAULT_PRIOR, confidence_sequence, log_mixture_ratio
@@ -171,3 +171,16 @@ def futility_boundary(ns, theta: float, gamma: float) -> np.ndarray:
     """f_k = max{s : P_θ(S_{n_k} ≤ s) < γ}: the Clopper–Pearson upper bound at level γ is below θ."""
     ns = np.asarray(ns, dtype=np.int64)
     return first_true(lambda s: binom.cdf(s, ns, theta) >= gamma, np.zeros_like(ns), ns) - 1
+
+
+def projected_futility_boundary(ns, upper, gamma: float) -> np.ndarray:
+    """f_k = max{s : s + (n_k' − n_k)·ū < b_k' for every later check k'}, ū = the Clopper–Pearson upper bound at
+    level γ from (s, n_k): even at that optimistic rate the expected path misses every later boundary."""
+    ns, upper = np.asarray(ns, dtype=np.int64), np.asarray(upper, dtype=np.int64)
+    gap = ns[None, :] - ns[:, None]                  # [k, k']: n_k' − n_k
+    later = gap > 0
+
+    def reaches(s):
+        u = np.where(s >= ns, 1.0, beta.ppf(1.0 - gamma, s + 1, np.maximum(ns - s, 1)))
+        return np.any(later & (s[:, None] + gap * u[:, None] >= upper[None, :]), axis=1)
+    return first_true(reaches, np.zeros_like(ns), ns) - 1
