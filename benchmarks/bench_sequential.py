@@ -6,7 +6,7 @@ For each σ: a Gaussian-trained LeNet on mnist5k (trained first unless --models 
   NP N=100,000 (N0 = 100)  |  ISS-NP (absolute ε, pilot --iss-n0)  |  sequential, every radius at once
   |  sequential, one run per radius (the question "certified at r?" asked alone),
 and the same comparison simulated on Cohen's published CIFAR-10 σ=0.5 p_A distribution (sequential_sim.py),
-where today's confidence-sequence rule also meets the calibrated group-sequential rule (with and without
+where the confidence-sequence (CS) rule also meets the calibrated group-sequential rule (with and without
 futility) and an oracle that knows p_A, every rule on the same draws.
 Prints mean forward passes per input, certified accuracy at each radius, and the pass ratio fixed ÷ run.
 
@@ -181,7 +181,7 @@ def cifar_simulation(a, sigma=0.5, seed=7):
         acc[label] = [float(np.mean(correct & (radius >= r))) for r in rs]
         seq_runs.append(label)
     print(f"\nSimulated: Cohen's published CIFAR-10 σ=0.5 p_A distribution, {a.cifar_sim} inputs, α={a.alpha}, "
-          f"N={a.N:,} (ĉ_A taken as correct where Cohen's was); today's confidence-sequence rule")
+          f"N={a.N:,} (ĉ_A taken as correct where Cohen's was); the confidence-sequence (CS) rule")
     print_tables(radii, passes, acc, fixed, iss, seq_runs)
     rules = rule_comparison(p_top, correct, table, radii, sigma, a.alpha, a.N, a.batch, a.futility,
                             a.projected_futility)
@@ -209,7 +209,7 @@ def oracle_draws(p_top, thresholds, alpha, n_max):
 
 
 def rule_comparison(p_top, correct, table, radii, sigma, alpha, n_max, batch, futility, projected):
-    """Today's rule, the calibrated group-sequential rule (without futility, with the 'upper' and the 'projected'
+    """The CS rule, the calibrated group-sequential rule (without futility, with the 'upper' and the 'projected'
     futility rules, and with the calibrated mixture boundary), fixed N and the oracle, on one table of draws:
     mean/median draws and certified accuracy."""
     def accuracy(radius):
@@ -219,10 +219,10 @@ def rule_comparison(p_top, correct, table, radii, sigma, alpha, n_max, batch, fu
     t0 = time.perf_counter()
     default = GroupSequentialCertifier(radii, sigma, alpha, n_max, batch)
     seconds = time.perf_counter() - t0
-    rules = {"today: Beta(1, 0.1) mixture CS, Ville": SequentialCertifier(radii, sigma, alpha, n_max, batch),
+    rules = {"CS rule: Beta(1, 0.1) mixture, Ville": SequentialCertifier(radii, sigma, alpha, n_max, batch),
              "calibrated mixture boundary + closure": GroupSequentialCertifier(radii, sigma, alpha, n_max, batch,
                                                                                boundary="mixture"),
-             "calibrated CP ∪ today's boundary + closure (default)": default,
+             "calibrated CP ∪ CS boundary + closure (default)": default,
              f"the same + futility 'upper', γ={futility:g}": GroupSequentialCertifier(
                  radii, sigma, alpha, n_max, batch, futility=futility),
              f"the same + futility 'projected', γ={projected:g}": GroupSequentialCertifier(

@@ -1,6 +1,6 @@
 """The calibrated group-sequential rule: the exact crossing DP (against brute force and Monte Carlo, with a
 control that must fail), the calibration, soundness on the linear classifier at the thresholds (with an
-uncalibrated control that must fail), dominance over today's confidence-sequence rule, codes and closure."""
+uncalibrated control that must fail), dominance over the confidence-sequence rule, codes and closure."""
 import dataclasses
 import itertools
 
@@ -104,13 +104,13 @@ def test_calibration_spends_alpha_and_boundaries():
             assert np.any(above < d.upper) and crossing_probability(sizes, above, 0.84).probability > 0.001
         assert np.all(d.upper <= d.cs_upper) or family == "cp"
     d = calibrated_design(key, 0.84, 0.001)
-    assert d.crossing.bound > 0.95 * 0.001          # α is spent (today's boundary alone spends 3–6% of it)
+    assert d.crossing.bound > 0.95 * 0.001  # α is spent (the CS boundary alone spends 3–6% of it)
     assert crossing_probability(sizes, d.cs_upper, 0.84).bound < 0.1 * 0.001
     assert verify_design(d, sizes, 0.001) and not verify_design(d, sizes, 0.9 * 0.001)
     assert not verify_design(dataclasses.replace(d, upper=d.upper - 1), sizes, 0.001)
     hits = calibrated_design.cache_info().hits
     assert calibrated_design(key, 0.84, 0.001) is d and calibrated_design.cache_info().hits == hits + 1
-    # boundary definitions: CP p-values, and today's confidence sequence read off as integers
+    # boundary definitions: CP p-values, and the confidence sequence read off as integers
     b, a = cp_upper_boundary(ns, 0.84, 1e-4), cp_lower_boundary(ns, 0.84, 1e-4)
     assert np.all(binom.sf(b - 1, ns, 0.84) <= 1e-4) and np.all(binom.sf(b - 2, ns, 0.84) > 1e-4)
     assert np.all(binom.cdf(a, ns, 0.84) <= 1e-4) and np.all(binom.cdf(a + 1, ns, 0.84) > 1e-4)
@@ -174,7 +174,7 @@ def test_linear_classifier_mixed_inputs_sound_and_decisive():
     assert np.mean(codes[easy] == 2) > 0.99 and np.median(state.draws) < 2000
 
 
-# ---------------------------------------------------------------------------- against today's rule
+# ---------------------------------------------------------------------------- against the confidence-sequence rule
 
 def _on_table(cert, table):
     """Run `cert` on a fixed table of hits per input and batch: both rules see the same draws."""
@@ -184,18 +184,18 @@ def _on_table(cert, table):
 
 def test_never_more_draws_than_the_confidence_sequence():
     """All-hit inputs, inputs exactly at each threshold, inputs below every threshold, and a spread: on the same
-    draws the default rule stops no later than today's and certifies whatever today's certifies. The control
+    draws the default rule stops no later than the CS rule and certifies whatever it certifies. The control
     (pure Clopper–Pearson, calibrated too) falls into the trap: all-hit inputs at 3σ cost it more."""
     radii, sigma = (0.5, 0.75), 0.25            # 2σ and 3σ: where the mixture is strong on all-hit inputs
-    today = SequentialCertifier(radii, sigma, 0.001, 100_000, 500)
+    cs_rule = SequentialCertifier(radii, sigma, 0.001, 100_000, 500)
     new = GroupSequentialCertifier(radii, sigma, 0.001, 100_000, 500)
     rng = np.random.default_rng(5)
     th = new.thresholds
     p = np.concatenate([np.ones(40), np.repeat(th, 60), rng.uniform(0.3, th[0], 80), rng.uniform(0.9, 1.0, 80)])
     table = rng.binomial(new.schedule[None, :], p[:, None])
-    old, got = _on_table(today, table), _on_table(new, table)
+    old, got = _on_table(cs_rule, table), _on_table(new, table)
     assert np.all(got.draws <= old.draws)
-    assert np.all((today.decisions(old) == 2) <= (new.decisions(got) == 2))
+    assert np.all((cs_rule.decisions(old) == 2) <= (new.decisions(got) == 2))
     assert got.draws.sum() < old.draws.sum() and np.all(old.draws[:40] == 5980)
     trap = _on_table(GroupSequentialCertifier(radii, sigma, 0.001, 100_000, 500, boundary="cp"), table)
     assert np.all(trap.draws[:40] > old.draws[:40])

@@ -5,14 +5,14 @@ the schedule fixed in advance (`sequential.batch_schedule`: 32, 64, … up to --
 n_1 < … < n_K, S_{n_k} hits of ĉ_A.
 
 Per radius, a group-sequential test (`gs_boundaries.calibrated_design`):
-* certify (C) at the first check with S_{n_k} ≥ b_k(θ_r), where b = min(Clopper–Pearson at λ*, today's
+* certify (C) at the first check with S_{n_k} ≥ b_k(θ_r), where b = min(Clopper–Pearson at λ*, the
   confidence-sequence boundary) and λ* is the largest level with P_{θ_r}(∃k : S_{n_k} ≥ b_k) ≤ α, computed
   exactly by `crossing.crossing_probability`;
 * refute (N) at the first check with S_{n_k} ≤ a_k(θ_r), the mirror image, P_{θ_r}(∃k : S_{n_k} ≤ a_k) ≤ α;
 * with `futility=γ`, give up (N) when the Clopper–Pearson upper bound ū at level γ is below θ_r; with
   futility_rule="projected" also when even at the rate ū the expected path misses every later boundary;
 * out of reach (U): no boundary crossing is possible any more at r (even if every remaining draw hits), or
-  today's rule would say so (all hits to the cap would not lift its L above θ_r).
+  the confidence-sequence rule would say so (all hits to the cap would not lift its L above θ_r).
 Closure: C at r only if C at every smaller radius; N (refuted) at r only if refuted at every larger radius;
 a radius blocked by a smaller one that was refuted, given up or out of reach is settled (U, or N if given up).
 An input stops when every radius is settled, or at the cap.
@@ -23,12 +23,13 @@ r° = the smallest radius with θ_{r°} ≥ p_A (closure), so P(some false C) �
 split. Stopping early (refuting, giving up, out of reach, settled elsewhere) only removes crossings of the full
 schedule's boundary, so never adds to it. Refutations: P(some false N from refutation) ≤ α likewise; "given up"
 N's make no claim. Unlike `sequential.SequentialCertifier`, the guarantee needs the schedule, α and radii fixed
-before the draws and holds only for the decisions at these radii: `lower`/`upper` in the state are today's
+before the draws and holds only for the decisions at these radii: `lower`/`upper` in the state are the
 anytime-valid confidence sequence (valid at α on their own), reported alongside.
 
-Against today's rule (`SequentialCertifier`, the same schedule and α): b_k ≤ b^cs_k and every stop of today's
-is a stop here, so on every input this rule stops no later and certifies every radius today's certifies (unless
-its own refuting boundary ruled the radius out first: a path crossing one boundary then the other).
+Against the confidence-sequence rule (`SequentialCertifier`, the same schedule and α): b_k ≤ b^cs_k and every
+stop of that rule is a stop here, so on every input this rule stops no later and certifies every radius that
+rule certifies (unless its own refuting boundary ruled the radius out first: a path crossing one boundary, then
+the other).
 """
 from __future__ import annotations
 
@@ -51,8 +52,8 @@ class GroupSequentialState:
     """Per-input arrays of one run (m inputs); [m, R] flags are per radius, radii ascending."""
     hits: np.ndarray
     draws: np.ndarray
-    lower: np.ndarray         # running max of today's L_t (anytime-valid at α on its own)
-    upper: np.ndarray         # running min of today's U_t
+    lower: np.ndarray         # running max of the confidence sequence's L_t (anytime-valid at α on its own)
+    upper: np.ndarray         # running min of the confidence sequence's U_t
     active: np.ndarray
     crossed: np.ndarray       # S ≥ b at some check (certifying boundary crossed)
     refuted: np.ndarray       # S ≤ a at some check
@@ -77,7 +78,8 @@ def _check_futility(futility):
 class GroupSequentialCertifier:
     """The calibrated group-sequential rule; same interface as `sequential.SequentialCertifier`.
 
-    boundary: "cp+cs" (default: dominates today's rule on every input), "cp" or "mixture" (gs_boundaries).
+    boundary: "cp+cs" (default: dominates the confidence-sequence rule on every input), "cp" or "mixture"
+    (gs_boundaries).
     futility: None, or γ to give up at r when the Clopper–Pearson upper bound ū at level γ is below θ_r.
     futility_rule: "upper" (that rule) or "projected" (also give up when S + (n_k' − n_k)·ū < b_k' at every later
     check k': at the optimistic rate ū, the expected path misses the boundary; docs/sequential.md).
@@ -120,16 +122,16 @@ class GroupSequentialCertifier:
         return give_up
 
     def _reach_boundaries(self) -> np.ndarray:
-        """u[r, k]: S_{n_k} < u ⟹ no future check can be crossed, even if every remaining draw hits
-        (own boundary: ∀k' > k, S + n_k' − n_k < b_k'), or today's rule would call r out of reach (all hits to
-        the cap leave its L ≤ θ: S + N − n_k < b^cs_K, with b^cs_K ≥ b_K)."""
+        """u[r, k]: S_{n_k} < u ⟹ no future check can be crossed, even if every remaining draw hits (own
+        boundary: ∀k' > k, S + n_k' − n_k < b_k'), or the confidence-sequence rule would call r out of reach
+        (all hits to the cap leave its L ≤ θ: S + N − n_k < b^cs_K, with b^cs_K ≥ b_K)."""
         b, n = self.certify_at, self.checks
         ahead = b - n[None, :]                                 # b_k' − n_k'
         future = np.minimum.accumulate(ahead[:, ::-1], axis=1)[:, ::-1]  # min over k' ≥ k
         own = np.concatenate([future[:, 1:], np.full((b.shape[0], 1), np.iinfo(np.int64).max // 4)], axis=1)
         own = own + n[None, :]
-        today = np.array([dz.cs_upper[-1] for dz in self.designs])[:, None] - (n[-1] - n[None, :])
-        return np.maximum(own, today)
+        cs_reach = np.array([dz.cs_upper[-1] for dz in self.designs])[:, None] - (n[-1] - n[None, :])
+        return np.maximum(own, cs_reach)
 
     def params(self) -> dict:
         """What a log's sidecar records: the rule, its calibrated levels and the schedule."""

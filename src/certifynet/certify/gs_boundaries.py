@@ -7,8 +7,8 @@ Families of upper boundaries, each indexed by one level λ:
 * "cp":      b_k = min{s : P_θ(S_{n_k} ≥ s) ≤ λ}: the one-sided Clopper–Pearson bound at level λ, re-checked
              at every check (Clopper–Pearson lower bound at λ > θ ⟺ that p-value ≤ λ).
 * "mixture": b_k = min{s > n_kθ : log M_{n_k}(θ) ≥ ln(1/λ)}, the Beta(a, b) mixture of `sequential.py` at level
-             λ instead of α, combined with today's boundary (min with b^cs_k).
-* "cp+cs":   min(b^cp_k(λ), b^cs_k): Clopper–Pearson at λ, lowered further to today's confidence-sequence
+             λ instead of α, combined with the confidence-sequence boundary (min with b^cs_k).
+* "cp+cs":   min(b^cp_k(λ), b^cs_k): Clopper–Pearson at λ, lowered further to the confidence-sequence
              boundary b^cs_k = min{s : L_{n_k}(s) > θ} (L: `confidence_sequence` at α) where that is lower.
 Calibration: λ* = the largest λ (bisection on ln λ to a relative 1e-4) with the exact crossing bound
 P_θ(∃k : S_{n_k} ≥ b_k(λ)) ≤ α (`crossing.crossing_probability`, its rounding bound included). b_k(λ) is
@@ -93,7 +93,7 @@ class Design:
     family: str
     upper: np.ndarray
     lower: np.ndarray
-    cs_upper: np.ndarray      # today's boundary b^cs (upper ≤ cs_upper for "cp+cs" and "mixture")
+    cs_upper: np.ndarray      # the confidence-sequence boundary b^cs (upper ≤ cs_upper for "cp+cs" and "mixture")
     level: float              # λ* of the certifying boundary
     refute_level: float       # λ'* of the refuting boundary
     crossing: Crossing        # P_θ(∃k: S ≥ upper_k): bound ≤ α
