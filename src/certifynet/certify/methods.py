@@ -25,13 +25,13 @@ class Method:
 
 
 METHODS: dict[str, Method] = {m.name: m for m in (
-    Method("np", "NP (Cohen et al.)", ("np",), "no --q-dist, no --iss",
+    Method("np", "NP (Cohen et al.)", ("np", "dsrs"), "no --q-dist, no --iss",
            "Cohen, Rosenfeld & Kolter, ICML 2019", "docs/guarantees.md"),
-    Method("dsrs", "DSRS", ("dsrs", "np"), "--q-dist truncated|rescaled",
+    Method("dsrs", "DSRS", ("dsrs",), "--q-dist truncated|rescaled",
            "Li et al., Double Sampling Randomized Smoothing, ICML 2022", "docs/dsrs.md"),
-    Method("iss-np", "ISS-NP", ("iss-np",), "--iss absolute|relative",
+    Method("iss-np", "ISS-NP", ("iss-np", "iss-dsrs"), "--iss absolute|relative",
            "Chen et al., Input-Specific Robustness Certification, AAAI 2022", "docs/iss_dsrs.md"),
-    Method("iss-dsrs", "ISS-DSRS", ("iss-dsrs", "iss-np"), "--iss ... --q-dist ...",
+    Method("iss-dsrs", "ISS-DSRS", ("iss-dsrs",), "--iss ... --q-dist ...",
            "Chen et al. 2022 with Li et al. 2022", "docs/iss_dsrs.md"),
     Method("sequential", "Sequential", (), "certify.py --model ... --sequential --radii ...",
            "group-sequential tests at fixed radii (this toolkit)", "docs/sequential.md"),
