@@ -181,8 +181,10 @@ def test_validate_names_arguments_as_fields():
         SamplingConfig(model="m.pth", sigma=0.25, N0=5, given=("N0",)).validate("predict")
     with pytest.raises(CertifyNetError, match="^q_dist must be one of none, truncated, rescaled, got 'gauss'"):
         SamplingConfig(model="m.pth", sigma=0.25, q_dist="gauss").validate("sample")
-    SamplingConfig(model="m.pth", sigma=0.25, N0=5).validate("predict")   # not given: no refusal
-    SamplingConfig(model="m.pth", sigma=0.25).validate("sample")
+    with pytest.raises(CertifyNetError, match="^q_percentile does not apply without q_dist truncated"):
+        SamplingConfig(model="m.pth", sigma=0.25, q_percentile="0.5").validate("sample")   # set from Python
+    SamplingConfig(model="m.pth", sigma=0.25, N0=100, given=()).validate("predict")   # the default, not given
+    SamplingConfig(model="m.pth", sigma=0.25, q_dist="truncated", q_percentile="0.5").validate("sample")
 
 
 # The web job's commands, as they were before the configuration existed (web.forms at 3c110dd).

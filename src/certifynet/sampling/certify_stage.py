@@ -83,11 +83,12 @@ def certify_counts(config: SamplingConfig, command: str | None = None) -> str | 
 
 
 def _check_counts_options(config: SamplingConfig, meta: dict, path: str) -> None:
-    """From a counts file nothing is sampled: sampling options must agree with the sidecar or are refused."""
+    """From a counts file nothing is sampled: sampling options set must agree with the sidecar or are refused."""
+    given = set(config.explicit())
     for name, key in SIDECAR_FLAGS.items():
-        if name in config.given and getattr(config, name) != meta.get(key):
+        if name in given and getattr(config, name) != meta.get(key):
             raise CertifyNetError(f"{{{name}}} {getattr(config, name)} disagrees with the counts file '{path}' (its "
                                   f"sidecar has {key}={meta.get(key)!r}); with {{counts}} it comes from the sidecar: "
                                   f"drop the flag", name, "counts")
-    refuse(config, SAMPLING_ONLY, "with {counts} (nothing is sampled; the counts file's sidecar fixes how it was "
+    refuse(given, SAMPLING_ONLY, "with {counts} (nothing is sampled; the counts file's sidecar fixes how it was "
                                   "sampled)", "counts")

@@ -4,8 +4,8 @@
   them from `SamplingConfig()`, so they cannot drift apart.
 - `validate(mode)` is the one check of a run's options, before anything is loaded or written. Its errors name
   the arguments as fields (`{q_sigma} does not apply without {q_dist} rescaled`): Python reads `q_sigma`,
-  the CLI prints `--q-sigma`. Options that do not apply to a mode are refused only when given explicitly
-  (`given`: the names set by the user, which `from_namespace` takes from the parsed command line).
+  the CLI prints `--q-sigma`. Options that do not apply to a mode are refused only when set: given
+  explicitly (`given`, which `from_namespace` takes from the parsed command line) or away from the default.
 - `to_argv()` spells the configuration back as the command line that gives it (the web job's commands and
   the `command` a sidecar records); `cli.base`'s parser turns that argv into an equal configuration.
 
@@ -122,7 +122,7 @@ class SamplingConfig:
         return value is not None and (name in self.given or value != getattr(default, name))
 
     def explicit(self) -> dict:
-        """{option: value} for every option given or away from its default (JSON-able)."""
+        """{option: value} for every option set: given or away from its default (JSON-able)."""
         default = SamplingConfig()
         return {n: getattr(self, n) for n in self.names() if self._explicit(n, default)}
 
@@ -157,17 +157,18 @@ class SamplingConfig:
         if mode not in MODES:
             raise CertifyNetError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         self._check_choices()
-        self._check_common()
+        given = set(self.explicit())
+        self._check_common(given)
         if mode in WHY_NOT:
-            refuse(self, [*NOT_FOR_PREDICT, *(["inputs_per_batch"] if mode == "attack" else [])], WHY_NOT[mode])
+            refuse(given, [*NOT_FOR_PREDICT, *(["inputs_per_batch"] if mode == "attack" else [])], WHY_NOT[mode])
             check_sample_sizes(0, self.N)
         else:
-            self._check_q()
+            self._check_q(given)
             if self.iss:
-                self._check_iss()
+                self._check_iss(given)
             else:
-                self._check_class_selection()
-        self._check_image()
+                self._check_class_selection(given)
+        self._check_image(given)
 
     def _check_choices(self) -> None:
         for name, choices in CHOICES.items():
@@ -175,7 +176,7 @@ class SamplingConfig:
             if value not in choices and not (value is None and name in ("iss", "dist")):
                 raise CertifyNetError(f"{{{name}}} must be one of {', '.join(choices)}, got {value!r}", name)
 
-    def _check_common(self) -> None:
+    def _check_common(self, given: set) -> None:
         if self.model is None:
             raise CertifyNetError("{model} is required", "model")
         if self.sigma is None:
@@ -190,21 +191,21 @@ class SamplingConfig:
         check_inputs_per_batch(self.inputs_per_batch)
         if self.k is None or self.k < 0:
             raise CertifyNetError(f"{{k}} must be >= 0, got {self.k}", "k")
-        if self.k and self.dist == "gaussian" and "dist" in self.given:
+        if self.k and self.dist == "gaussian" and "dist" in given:
             raise CertifyNetError("{k} > 0 needs {dist} general_gaussian (or leave {dist} out)", "k", "dist")
 
-    def _check_q(self) -> None:
+    def _check_q(self, given: set) -> None:
         """DSRS's Q: σ_Q only for rescaled Q, p_T only for truncated Q."""
-        refuse(self, ["q_sigma"] if self.q_dist != "rescaled" else [], "without {q_dist} rescaled", "q_dist")
-        refuse(self, ["q_percentile"] if self.q_dist != "truncated" else [], "without {q_dist} truncated", "q_dist")
+        refuse(given, ["q_sigma"] if self.q_dist != "rescaled" else [], "without {q_dist} rescaled", "q_dist")
+        refuse(given, ["q_percentile"] if self.q_dist != "truncated" else [], "without {q_dist} truncated", "q_dist")
         if self.q_dist == "rescaled" and self.q_sigma is not None:
             check_sigma(self.q_sigma, "q_sigma")
         if self.q_dist == "truncated":
             parse_percentile(self.q_percentile)
 
-    def _check_iss(self) -> None:
+    def _check_iss(self, given: set) -> None:
         """ISS: the pilot of iss_n0 ≤ N draws picks the class; the decline ε is ≥ 0 (< 1 when relative)."""
-        refuse(self, ["N0"], "with {iss}: the ISS pilot ({iss_n0} draws) picks the class", "iss", "iss_n0")
+        refuse(given, ["N0"], "with {iss}: the ISS pilot ({iss_n0} draws) picks the class", "iss", "iss_n0")
         check_sample_sizes(0, self.N)
         if not 1 <= self.iss_n0 <= self.N:
             raise CertifyNetError(f"{{iss_n0}} (the ISS pilot) must be in [1, N={self.N}], got {self.iss_n0}",
@@ -217,22 +218,22 @@ class SamplingConfig:
             raise CertifyNetError("{q_percentile} x+ (re-sample P when every P draw hits) is not available with {iss}",
                                   "q_percentile", "iss")
 
-    def _check_class_selection(self) -> None:
+    def _check_class_selection(self, given: set) -> None:
         """Fixed budget: ĉ_A from N0 ≥ 1 selection draws, or the label (no selection draws)."""
-        refuse(self, ["iss_decline", "iss_n0"], "without {iss}", "iss")
+        refuse(given, ["iss_decline", "iss_n0"], "without {iss}", "iss")
         if self.select == "label":
-            refuse(self, ["N0"], "with {select} label (the true label is counted; there are no selection draws)",
+            refuse(given, ["N0"], "with {select} label (the true label is counted; there are no selection draws)",
                    "select")
         check_sample_sizes(self.N0 if self.select == "n0" else 0, self.N, select_draws=self.select == "n0")
 
-    def _check_image(self) -> None:
+    def _check_image(self, given: set) -> None:
         """An image file replaces the dataset: the dataset options are refused with it, its label without it."""
         if self.image:
-            refuse(self, ["split", "data_dir"], "with {image} (the image file is the only input)", "image")
+            refuse(given, ["split", "data_dir"], "with {image} (the image file is the only input)", "image")
             if self.select == "label" and self.image_label < 0:
                 raise CertifyNetError("{select} label needs the image's {image_label}", "select", "image_label")
         else:
-            refuse(self, ["image_label"], "without {image}", "image")
+            refuse(given, ["image_label"], "without {image}", "image")
 
 
 def parse_percentile(text) -> str | float:
