@@ -46,7 +46,7 @@ def _pooled_lower(n: int, a_pool: float):
 
 @functools.lru_cache(maxsize=None)
 def _pooled_branch(n: int, alpha: float) -> np.ndarray:
-    """Counts c for which the sampler re-samples P (pipeline `_choose_q`: P̄ of cp_interval(c, n, α/2))."""
+    """Counts c for which the sampler re-samples P (`sampling.inputs` `_choose_q`: P̄ of cp_interval(c, n, α/2))."""
     return np.array([pooled_np_fallback_needed(u) for u in _dsrs_interval(n, alpha)[1]])
 
 

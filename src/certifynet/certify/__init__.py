@@ -8,8 +8,9 @@ The public API, by method (each module's docstring states its math):
   noise family's `sigma_prime`, `check_k`, `truncation_percentile`, `truncation_beta`.
 - ISS (Chen et al.), `iss`: `iss_sample_size`, `IssPlanner`, `iss_certify`, and for DSRS `iss_dsrs_budget`,
   `dsrs_expected_radius_fn`.
-- Sequential certification at fixed radii, `sequential`: `SequentialCertifier`, `confidence_sequence`,
-  `radius_threshold`, `simulate`.
+- Sequential certification at fixed radii: `group_sequential.GroupSequentialCertifier` (exactly calibrated
+  group-sequential tests, closure over radii) and `sequential` (`SequentialCertifier`, the anytime-valid
+  confidence sequence: `confidence_sequence`, `radius_threshold`, `simulate`).
 - What a row means: `methods.METHODS` and `outcome` (`is_correct`, `ABSTAIN`, `UNKNOWN_LABEL`).
 
 Certifying one counts row is `certifynet.certify.from_counts`.
@@ -28,6 +29,7 @@ _HOMES = {
              "truncation_percentile", "truncation_beta"),
     "iss": ("iss_sample_size", "IssPlanner", "iss_certify", "iss_dsrs_budget", "dsrs_expected_radius_fn"),
     "sequential": ("SequentialCertifier", "confidence_sequence", "radius_threshold", "simulate"),
+    "group_sequential": ("GroupSequentialCertifier",),
     "methods": ("METHODS", "COUNTS_METHODS"),
     "outcome": ("is_correct", "ABSTAIN", "UNKNOWN_LABEL"),
 }

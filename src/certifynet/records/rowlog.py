@@ -120,11 +120,14 @@ class RowLog:
     `done` holds the keys already in the file: the `idx` column (or the first column, e.g. a training
     log's `epoch`). `integrity=True` (counts files) adds the `check` column, the sidecar's settings digest
     (keyed when `$CERTIFYNET_KEY_FILE` is set) and, on a clean close with the selection written, the
-    completion record.
+    completion record. `sidecar`: the metadata file when it is not `<path>.meta.json` (a training run's
+    `log.meta.json`).
     """
 
-    def __init__(self, path: str, columns, meta: dict, sep: str = "\t", integrity: bool = False):
+    def __init__(self, path: str, columns, meta: dict, sep: str = "\t", integrity: bool = False,
+                 sidecar: str | None = None):
         check_output_file(path)
+        self.sidecar = sidecar or meta_path(path)
         self.path, self.sep, self.integrity = path, sep, integrity
         self.digester = Digester.from_env() if integrity else None  # a bad key file: refused before any file
         self.columns = list(columns) + ([CHECK_COLUMN] if integrity else [])
@@ -143,7 +146,7 @@ class RowLog:
             if os.path.isfile(path) and os.path.getsize(path) > 0:
                 self._open_existing()
             else:
-                write_meta(path, meta)
+                write_meta(path, meta, self.sidecar)
                 self._f = open(path, "w", newline="", encoding="utf-8")
                 self._write_line(self.columns)
         except BaseException:
@@ -152,9 +155,9 @@ class RowLog:
 
     def _check_same_run(self) -> None:
         """The existing file must be ours (a sidecar), of the same kind and settings."""
-        old = read_meta(self.path, required=False) if os.path.isfile(meta_path(self.path)) else None
+        old = read_meta(self.path, False, self.sidecar) if os.path.isfile(self.sidecar) else None
         if old is None:
-            raise CertifyNetError(f"'{self.path}' exists and has no sidecar {os.path.basename(meta_path(self.path))}: "
+            raise CertifyNetError(f"'{self.path}' exists and has no sidecar {os.path.basename(self.sidecar)}: "
                                   f"it is not a log this run can resume; give another output path "
                                   f"(or delete the file if it is yours)")
         kind = self.meta.get("kind")
@@ -206,9 +209,9 @@ class RowLog:
         if self.integrity:
             values.append(row_check(self.meta["integrity"]["sha256"], values, self.digester))
         if self._drop_completion:  # rows follow the completed ones: the old record no longer describes the file
-            old = read_meta(self.path)
+            old = read_meta(self.path, True, self.sidecar)
             old.pop("complete", None)
-            write_meta(self.path, old)
+            write_meta(self.path, old, self.sidecar)
             self._drop_completion = False
         self._write_line(values)
         self.done.add(idx)
@@ -221,7 +224,7 @@ class RowLog:
         self._f = None
         try:
             if failed and not self.done:  # nothing but a header: leave no file behind
-                for p in (self.path, meta_path(self.path)):
+                for p in (self.path, self.sidecar):
                     if os.path.exists(p):
                         os.unlink(p)
             elif not failed and self.integrity and _selection_written(self.meta, self.done):
@@ -233,9 +236,9 @@ class RowLog:
         """Add the completion record (row count, digest over the rows in order) to the sidecar on disk."""
         with open(self.path, "rb") as f:
             _, rows, _, _ = parse_log(self.path, f.read(), self.sep)
-        meta = read_meta(self.path)
+        meta = read_meta(self.path, True, self.sidecar)
         meta["complete"] = completion_record(meta, [r[CHECK_COLUMN] for r in rows], self.digester)
-        write_meta(self.path, meta)
+        write_meta(self.path, meta, self.sidecar)
 
     def __enter__(self) -> RowLog:
         return self

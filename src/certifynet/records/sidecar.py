@@ -21,9 +21,9 @@ def meta_path(path: str) -> str:
     return path + SIDECAR_SUFFIX
 
 
-def read_meta(path: str, required: bool = True) -> dict:
+def read_meta(path: str, required: bool = True, sidecar: str | None = None) -> dict:
     """The JSON sidecar of `path` as a dict ({} when absent and not required)."""
-    mp = meta_path(path)
+    mp = sidecar or meta_path(path)
     if not os.path.isfile(mp):
         if required:
             raise CertifyNetError(f"metadata sidecar '{mp}' not found (it is written next to every counts file and log)")
@@ -38,9 +38,9 @@ def read_meta(path: str, required: bool = True) -> dict:
     return meta
 
 
-def write_meta(path: str, meta: dict) -> None:
+def write_meta(path: str, meta: dict, sidecar: str | None = None) -> None:
     """Write the sidecar of `path` atomically."""
-    atomic_write(meta_path(path), lambda f: f.write(json.dumps(meta, indent=1, sort_keys=True) + "\n"))
+    atomic_write(sidecar or meta_path(path), lambda f: f.write(json.dumps(meta, indent=1, sort_keys=True) + "\n"))
 
 
 def meta_conflict(a: dict, b: dict, ignore=VOLATILE_META) -> str | None:
