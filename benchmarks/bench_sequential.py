@@ -5,7 +5,7 @@ For each σ: a Gaussian-trained LeNet on mnist5k (trained first unless --models 
 --digits test digits certified by
   NP N=100,000 (N0 = 100)  |  ISS-NP (absolute ε, pilot --iss-n0)  |  sequential, every radius at once
   |  sequential, one run per radius (the question "certified at r?" asked alone),
-and the same comparison simulated on Cohen's published CIFAR-10 σ=0.5 p_A distribution (tests/helpers.py).
+and the same comparison simulated on Cohen's published CIFAR-10 σ=0.5 p_A distribution (reference_data.py).
 Prints mean forward passes per input, certified accuracy at each radius, and the pass ratio fixed ÷ run.
 
   python benchmarks/bench_sequential.py                    # σ = 0.25 and 0.5, 100 digits, N = 100,000
@@ -24,14 +24,13 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "src"))
-sys.path.insert(1, os.path.join(HERE, "..", "tests"))
 from bench_iss import check_np_counts, run  # noqa: E402
 from certifynet.analysis import read_logs, summarize  # noqa: E402
 from certifynet.certify.iss import IssPlanner  # noqa: E402
 from certifynet.certify.neyman_pearson import cp_lower, np_radius  # noqa: E402
 from certifynet.certify.sequential import SequentialCertifier, simulate  # noqa: E402
 from certifynet.cli import certify, sample, train  # noqa: E402
-from helpers import cohen_cifar10_population  # noqa: E402
+from reference_data import cohen_cifar10_population  # noqa: E402
 
 N0 = 100
 

@@ -13,10 +13,9 @@ import pytest
 from certifynet import analysis
 from certifynet.cli.analyze import main
 from certifynet.errors import CertifyNetError
-from helpers import REFERENCE
+from helpers import reference_file
 
 ROOT = Path(__file__).resolve().parents[1]
-PEER = REFERENCE / "peer-logs"
 SCRIPT = ROOT / "scripts" / "analyze.py"
 
 # idx label predict radius correct time n   (hand-made; m = 5)
@@ -178,9 +177,9 @@ def _hand_metrics(path, radii):
     return acc, acr, sum(secs(x["time"]) for x in rows) / m
 
 
-def _readme_acr():
+def _readme_acr(peer):
     """{(dataset prefix, σ): ACR} from the table in peer-logs/README.md."""
-    lines = [ln for ln in (PEER / "README.md").read_text().splitlines() if ln.startswith("|")]
+    lines = [ln for ln in (peer / "README.md").read_text().splitlines() if ln.startswith("|")]
     head = [c.strip() for c in lines[0].strip("|").split("|")]
     sigmas = [float(h.split("=")[1]) for h in head[1:]]
     out = {}
@@ -191,14 +190,14 @@ def _readme_acr():
     return out
 
 
-@pytest.mark.skipif(not PEER.is_dir(), reason="peer logs not available")
 def test_peer_logs_match_hand_computation_and_readme():
     radii = [0.0, 0.25, 0.5, 0.75, 1.0]
-    paths = sorted(PEER.glob("*.tsv"))
+    peer = reference_file("peer-logs")
+    paths = sorted(peer.glob("*.tsv"))
     assert len(paths) == 7
     logs = analysis.read_logs(paths)
     df = analysis.summarize(logs, radii)
-    readme = _readme_acr()
+    readme = _readme_acr(peer)
     best = {}
     for path, (_, row) in zip(paths, df.iterrows()):
         acc, acr, secs = _hand_metrics(path, radii)

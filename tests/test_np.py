@@ -1,6 +1,4 @@
 """Neyman–Pearson (Cohen) certification: reference vectors, soundness and tightness on a linear classifier."""
-import csv
-import os
 
 import numpy as np
 import pytest
@@ -11,15 +9,11 @@ from certifynet.certify import certify_from_counts, cp_interval, cp_lower, np_ra
 from certifynet.noise import GaussianNoise
 from certifynet.sampling import Sampler, Smooth, input_generator
 
-from helpers import REFERENCE, LinearBinary
-
-REF = str(REFERENCE)
-needs_ref = pytest.mark.skipif(not os.path.isdir(REF), reason="shared/reference not present")
+from helpers import LinearBinary, reference_rows
 
 
-@needs_ref
 def test_cohen_certify_vectors():
-    for row in csv.DictReader(open(os.path.join(REF, "cohen_certify_vectors.csv"))):
+    for row in reference_rows("cohen_certify_vectors.csv"):
         c, n, a = int(row["count"]), int(row["n"]), float(row["alpha"])
         p = cp_lower(c, n, a)
         assert abs(p - float(row["pA_lower"])) < 1e-9 and p <= float(row["pA_lower"])
@@ -32,9 +26,8 @@ def test_cohen_certify_vectors():
                 assert not abstain and abs(r - float(ref)) < 1e-9 and r <= float(ref)
 
 
-@needs_ref
 def test_cohen_predict_vectors():
-    for row in csv.DictReader(open(os.path.join(REF, "cohen_predict_vectors.csv"))):
+    for row in reference_rows("cohen_predict_vectors.csv"):
         pv = predict_pvalue(int(row["count1"]), int(row["count2"]))
         assert abs(pv - float(row["pvalue"])) < 1e-12
         assert (pv > 0.001) == (row["predict_alpha_0.001"] == "ABSTAIN")
