@@ -144,6 +144,7 @@ def test_malformed_log_names_file_and_line(tmp_path, content, where):
     assert str(path) in str(e.value) and where in str(e.value)
 
 
+@pytest.mark.e2e
 def test_cli_missing_file_one_line_exit_2(tmp_path, capsys):
     assert main([str(tmp_path / "missing.tsv")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -152,6 +153,7 @@ def test_cli_missing_file_one_line_exit_2(tmp_path, capsys):
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
 
 
+@pytest.mark.e2e
 def test_cli_help_and_table(ours, capsys):
     r = subprocess.run([sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "--radii" in r.stdout and "--envelope" in r.stdout
@@ -307,6 +309,7 @@ def _pdf_has_type3(path):
     return b"/Type3" in Path(path).read_bytes()
 
 
+@pytest.mark.e2e
 def test_pdfs_embed_truetype_not_type3(tmp_path, ours):
     import shutil
     logs = analysis.read_logs([ours])
@@ -338,6 +341,7 @@ def test_bold_only_within_comparable_runs():
     assert analysis.best_mask(pd.Series([0.5, 0.5]), 3, "max").tolist() == [False, False]
 
 
+@pytest.mark.e2e
 def test_latex_is_pure_ascii_and_compiles(tmp_path):
     import shutil
     df = pd.DataFrame({"log": ["NP σ=0.25 ĉ_A p̲_A σ̂ ℓ₂ ≥ Φ⁻¹(α) → 1 – 2 é 日本 100% $ # & ~ ^ \\ | < > {}",

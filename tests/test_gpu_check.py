@@ -161,24 +161,25 @@ ddp.cleanup()
 '''
 
 
+@pytest.mark.e2e
 @cuda_test
 def test_torchrun_one_process_nccl(tmp_path):
     """`torchrun --nproc_per_node=1` on one GPU: an NCCL process group, DDP forward/backward and the library's
     collective helpers; and scripts/train.py under torchrun on CUDA. (With one GPU, init_distributed itself
     opens no group: WORLD_SIZE is 1; its multi-rank NCCL branch needs 2+ GPUs.)"""
-    from test_ddp import TORCHRUN_ENV, free_port
+    from test_ddp import TORCHRUN_ENV
     env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_ENV}
-    run = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=1", "--master_addr=127.0.0.1"]
+    run = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1"]  # no port race
     worker = tmp_path / "nccl_worker.py"
     worker.write_text(NCCL_WORKER)
-    r = subprocess.run([*run, f"--master_port={free_port()}", str(worker)], capture_output=True, text=True, env=env,
+    r = subprocess.run([*run, str(worker)], capture_output=True, text=True, env=env,
                        timeout=90, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-3000:]
     got = json.loads(r.stdout.strip().splitlines()[-1])
     assert got["backend"] == "nccl" and got["world"] == 1 and got["main"] and got["sum"] == [1.0, 1.0, 1.0]
     assert got["obj"] == {"rank": 0} and got["grad"]
     out = str(tmp_path / "run")
-    r = subprocess.run([*run, f"--master_port={free_port()}", os.path.join(ROOT, "scripts", "train.py"), "mnist5k",
+    r = subprocess.run([*run, os.path.join(ROOT, "scripts", "train.py"), "mnist5k",
                         "lenet", "--epochs", "1", "--train-subset", "128", "--test-subset", "64", "--batch", "32",
                         "--workers", "0", "--device", "cuda", "--no-progress", "--noise", "0.25", "--outdir", out],
                        capture_output=True, text=True, env=env, timeout=90, cwd=ROOT)

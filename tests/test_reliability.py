@@ -127,6 +127,7 @@ def test_writer_lock_refuses_a_second_writer_and_is_released(tmp_path):
     WriterLock(target).acquire(target).release()
 
 
+@pytest.mark.e2e
 def test_lock_of_a_killed_writer_is_free(tmp_path):
     """kill -9 leaves the lock file behind, but the kernel has dropped the flock: the next writer gets it."""
     target = str(tmp_path / "x.tsv")
@@ -312,6 +313,7 @@ def test_safe_file_names(label, name):
     assert safe_filename(label) == name and name.isascii() and " " not in name
 
 
+@pytest.mark.e2e
 def test_plain_progress_lines_without_a_terminal(model, tmp_path, monkeypatch):
     monkeypatch.setenv("CERTIFYNET_PROGRESS_SECONDS", "0")
     r = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "sample.py"), "--model", model, *SMALL[:-1],

@@ -245,6 +245,7 @@ print("log:", path)
 '''
 
 
+@pytest.mark.e2e
 def test_run_shards_reports_failures_and_merges(tmp_path, monkeypatch, capsys):
     from certifynet.cli.run_shards import main
     script = tmp_path / "toy.py"
@@ -323,6 +324,7 @@ def test_slurm_templates_parse(name):
         assert "#SBATCH --array=0-15" in text
 
 
+@pytest.mark.e2e
 def test_submit_pipeline_chains_with_afterok(tmp_path):
     """submit_pipeline.sh (copied into a scratch repo) against a fake sbatch that records its arguments."""
     import shutil
@@ -342,6 +344,7 @@ def test_submit_pipeline_chains_with_afterok(tmp_path):
                      "--parsable --dependency=afterok:102 scripts/slurm/merge_analyze.sbatch"]
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_templates_run_locally(random_model, tmp_path):
     """certify.sbatch as two array tasks, then merge_analyze.sbatch, all as plain bash (tiny N)."""
@@ -384,6 +387,7 @@ def trained_model(tmp_path_factory):
     return path
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_done_when_4_shards_one_killed_equals_single_run(trained_model, tmp_path, one_thread, capsys):
     from certifynet.cli.run_shards import main as run_shards
@@ -421,6 +425,7 @@ def test_done_when_4_shards_one_killed_equals_single_run(trained_model, tmp_path
           f"clean accuracy {accuracy:.3f}, {n_abstain} abstains")
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("template, env, want, unwanted", [
     ("certify.sbatch", {"METHOD": "np"}, ["--method np", "--N0 100"], ["--iss", "--q-dist"]),
     ("certify.sbatch", {"METHOD": "dsrs"}, ["--method dsrs", "--q-dist truncated", "--N0 100"], ["--iss"]),
@@ -447,6 +452,7 @@ def test_templates_bring_the_flags_of_their_method(tmp_path, template, env, want
         assert flag not in r.stdout, (flag, r.stdout)
 
 
+@pytest.mark.e2e
 def test_certify_template_refuses_an_unknown_method():
     r = subprocess.run(["bash", os.path.join(SLURM, "certify.sbatch")], capture_output=True, text=True, timeout=60,
                        env={**os.environ, "REPO": ROOT, "METHOD": "iss_np", "SLURM_ARRAY_TASK_COUNT": "2"})
@@ -483,6 +489,7 @@ def _when_file_appears(path, action, limit=300):
     return thread
 
 
+@pytest.mark.e2e
 def test_run_shards_pool_caps_jobs_and_ctrl_c_stops_everything(tmp_path):
     """At most --jobs shards run at once; Ctrl-C terminates the running shards and starts no more. Nothing
     races with the machine's speed: the first two shards wait for each other (they can end only if the pool

@@ -318,6 +318,7 @@ def test_smoothmix_bad_mix_step(tmp_path, capsys):
     assert rc == 2 and "--mix_step" in err and err.count("\n") == 1
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("script, flags", [
     ("train.py", ["--noise_sd", "--lr_step_size", "--num-noise-vec", "--lbd", "--eta", "--k-warmup", "--resume",
                   "--pretrained-model", "--dry-run", "--train-subset"]),
