@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS = ROOT / "benchmarks"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_benchmark(name: str):
     """benchmarks/<name>.py as a module, loaded by its path (sys.path untouched; tests never import benchmarks
     any other way, and benchmarks never import tests). Registered as `benchmarks_<name>` in sys.modules."""
