@@ -173,7 +173,7 @@ def test_torchrun_one_process_nccl(tmp_path):
     worker = tmp_path / "nccl_worker.py"
     worker.write_text(NCCL_WORKER)
     r = subprocess.run([*run, str(worker)], capture_output=True, text=True, env=env,
-                       timeout=90, cwd=ROOT)
+                       timeout=600, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-3000:]
     got = json.loads(r.stdout.strip().splitlines()[-1])
     assert got["backend"] == "nccl" and got["world"] == 1 and got["main"] and got["sum"] == [1.0, 1.0, 1.0]
@@ -182,7 +182,7 @@ def test_torchrun_one_process_nccl(tmp_path):
     r = subprocess.run([*run, os.path.join(ROOT, "scripts", "train.py"), "mnist5k",
                         "lenet", "--epochs", "1", "--train-subset", "128", "--test-subset", "64", "--batch", "32",
                         "--workers", "0", "--device", "cuda", "--no-progress", "--noise", "0.25", "--outdir", out],
-                       capture_output=True, text=True, env=env, timeout=90, cwd=ROOT)
+                       capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-3000:]
     assert os.path.exists(os.path.join(out, "checkpoint.pth"))
 

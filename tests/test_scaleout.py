@@ -442,7 +442,7 @@ def test_templates_bring_the_flags_of_their_method(tmp_path, template, env, want
     fake.mkdir()
     (fake / "python").write_text("#!/bin/sh\necho \"$@\"\n")
     (fake / "python").chmod(0o755)
-    r = subprocess.run(["bash", os.path.join(SLURM, template)], capture_output=True, text=True, timeout=60,
+    r = subprocess.run(["bash", os.path.join(SLURM, template)], capture_output=True, text=True, timeout=300,
                        env={"PATH": f"{fake}:{os.environ['PATH']}", "REPO": ROOT, "VENV": str(tmp_path / "none"),
                             "SLURM_ARRAY_TASK_ID": "0", "SLURM_ARRAY_TASK_COUNT": "2", **env})
     assert r.returncode == 0, r.stderr
@@ -454,7 +454,7 @@ def test_templates_bring_the_flags_of_their_method(tmp_path, template, env, want
 
 @pytest.mark.e2e
 def test_certify_template_refuses_an_unknown_method():
-    r = subprocess.run(["bash", os.path.join(SLURM, "certify.sbatch")], capture_output=True, text=True, timeout=60,
+    r = subprocess.run(["bash", os.path.join(SLURM, "certify.sbatch")], capture_output=True, text=True, timeout=300,
                        env={**os.environ, "REPO": ROOT, "METHOD": "iss_np", "SLURM_ARRAY_TASK_COUNT": "2"})
     assert r.returncode == 2 and "METHOD must be np, dsrs, iss-np or iss-dsrs" in r.stderr
 

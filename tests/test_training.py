@@ -326,7 +326,7 @@ def test_smoothmix_bad_mix_step(tmp_path, capsys):
 ])
 def test_help(script, flags):
     r = subprocess.run([sys.executable, os.path.join(SCRIPTS, script), "--help"], capture_output=True, text=True,
-                       timeout=60)
+                       timeout=300)
     assert r.returncode == 0, r.stderr
     for flag in flags:
         assert flag in r.stdout
