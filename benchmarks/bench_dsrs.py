@@ -3,7 +3,8 @@
 Run from the repository root: python benchmarks/bench_dsrs.py
 It prints median seconds per input at the MNIST, CIFAR-10 and ImageNet settings. DSRS runs with truncated Q
 (heuristic x) and with rescaled Q (σ_Q = 0.8σ). It also times the reference vectors of
-tests/data/reference/dsrs_vectors.csv (vendored; see its README) and reports the speed-up over their sec_np / sec_dsrs columns.
+tests/data/reference/dsrs_vectors.csv (vendored; see its README) and reports the speed-up over their sec_np /
+sec_dsrs columns.
 """
 import os
 
@@ -17,8 +18,13 @@ import time  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
 
-from certifynet.certify.dsrs import (dsrs_intervals, dsrs_radius, generalized_np_radius,  # noqa: E402
-                                     truncation_percentile)
+from certifynet.certify.dsrs import (  # noqa: E402
+    dsrs_intervals,
+    dsrs_radius,
+    generalized_np_radius,
+    truncation_percentile,
+)
+
 from reference_data import reference_file  # noqa: E402  (benchmarks/, the script's folder)
 
 SETTINGS = [("mnist", 784, 380), ("cifar10", 3072, 1530), ("imagenet", 150528, 75260)]

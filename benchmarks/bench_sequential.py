@@ -24,12 +24,13 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "src"))
-from bench_iss import check_np_counts, run  # noqa: E402
 from certifynet.analysis import read_logs, summarize  # noqa: E402
 from certifynet.certify.iss import IssPlanner  # noqa: E402
 from certifynet.certify.neyman_pearson import cp_lower, np_radius  # noqa: E402
 from certifynet.certify.sequential import SequentialCertifier, simulate  # noqa: E402
 from certifynet.cli import certify, sample, train  # noqa: E402
+
+from bench_iss import check_np_counts, run  # noqa: E402  (benchmarks/, the script's folder)
 from reference_data import cohen_cifar10_population  # noqa: E402
 
 N0 = 100
