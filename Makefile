@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast test-slow lint bench gpu-check gpu-check-prep install clean
+.PHONY: demo test test-fast test-slow lint bench docs gpu-check gpu-check-prep install clean
 
 $(STAMP): setup.py requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,11 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_sampler.py
 	$(PY) benchmarks/bench_dsrs.py
+
+# The Sphinx site (docs/): Markdown pages + the API reference from the docstrings, warnings as errors.
+docs: $(STAMP)
+	$(VENV)/bin/sphinx-build -W --keep-going -q -b html docs docs/_build/html
+	@echo "docs: docs/_build/html/index.html"
 
 # The device check (issue #18): CUDA tests + sampler benchmarks in <= 6 min on one GPU -> results/gpu_check.json.
 # No venv is made (a GPU machine may have no network): it uses .venv if present, else $(PYTHON).

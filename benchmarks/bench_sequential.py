@@ -5,11 +5,14 @@ For each σ: a Gaussian-trained LeNet on mnist5k (trained first unless --models 
 --digits test digits certified by
   NP N=100,000 (N0 = 100)  |  ISS-NP (absolute ε, pilot --iss-n0)  |  sequential, every radius at once
   |  sequential, one run per radius (the question "certified at r?" asked alone),
-and the same comparison simulated on Cohen's published CIFAR-10 σ=0.5 p_A distribution (reference_data.py).
+and the same comparison simulated on Cohen's published CIFAR-10 σ=0.5 p_A distribution (reference_data.py),
+where the confidence-sequence (CS) rule also meets the calibrated group-sequential rule (with and without
+futility) and an oracle that knows p_A, every rule on the same draws.
 Prints mean forward passes per input, certified accuracy at each radius, and the pass ratio fixed ÷ run.
 
   python benchmarks/bench_sequential.py                    # σ = 0.25 and 0.5, 100 digits, N = 100,000
   python benchmarks/bench_sequential.py --sigmas 0.5 --digits 20 --N 20000 --out results/bench_seq_small
+  python benchmarks/bench_sequential.py --simulation-only   # the CIFAR-10 simulation alone (~1 min, no model)
 
 Every stage resumes: rerunning the same command samples only inputs missing from its files under --out.
 --np-counts reuses fixed-N counts files (one per σ, in --sigmas order) of the same model and digits.
@@ -18,22 +21,33 @@ The fixed N = 100,000 runs dominate: about 15 min per σ on 2 free cores (hours 
 import argparse
 import os
 import sys
+import time
 from types import SimpleNamespace
 
 import numpy as np
+from scipy.stats import binom
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "src"))
 from certifynet.analysis import read_logs, summarize  # noqa: E402
+from certifynet.certify.group_sequential import GroupSequentialCertifier  # noqa: E402
+from certifynet.certify.gs_boundaries import calibrated_design, first_true  # noqa: E402
 from certifynet.certify.iss import IssPlanner  # noqa: E402
 from certifynet.certify.neyman_pearson import cp_lower, np_radius  # noqa: E402
-from certifynet.certify.sequential import SequentialCertifier, simulate  # noqa: E402
+from certifynet.certify.sequential import SequentialCertifier  # noqa: E402
 from certifynet.cli import certify, sample, train  # noqa: E402
 
 from bench_iss import check_np_counts, run  # noqa: E402  (benchmarks/, the script's folder)
 from reference_data import cohen_cifar10_population  # noqa: E402
 
 N0 = 100
+REFERENCE_ORACLE = 3182   # the oracle's mean draws in the review of issue 26 (its own population draw)
+
+
+def run_on_table(cert, table):
+    """Run a sequential certifier on a fixed table of hits per input and batch (the same draws for every rule)."""
+    batches = iter(range(table.shape[1]))
+    return cert.run(lambda size, active: table[:, next(batches)], m=table.shape[0])
 
 
 def main(argv=None):
@@ -50,12 +64,15 @@ def main(argv=None):
     p.add_argument("--iss-decline", type=float, default=0.05)
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--cifar-sim", type=int, default=4000, help="inputs of the CIFAR-10 simulation (0: skip)")
+    p.add_argument("--futility", type=float, default=0.05, help="γ of the calibrated rule's 'upper' futility row")
+    p.add_argument("--projected-futility", type=float, default=0.001, help="γ of its 'projected' futility row")
+    p.add_argument("--simulation-only", action="store_true", help="only the CIFAR-10 simulation (no CLI runs)")
     p.add_argument("--out", default="results/bench_sequential")
     a = p.parse_args(argv)
     for name in ("models", "np_counts"):
         if getattr(a, name) and len(getattr(a, name)) != len(a.sigmas):
             raise SystemExit(f"error: --{name.replace('_', '-')} needs one path per σ ({len(a.sigmas)})")
-    for i, sigma in enumerate(a.sigmas):
+    for i, sigma in enumerate([] if a.simulation_only else a.sigmas):
         bench_sigma(a, sigma, (a.models or [None] * len(a.sigmas))[i], (a.np_counts or [None] * len(a.sigmas))[i])
     if a.cifar_sim:
         cifar_simulation(a)
@@ -121,17 +138,20 @@ def print_tables(radii, passes, acc, fixed, iss, seq_runs, seconds=None):
 
 
 def cifar_simulation(a, sigma=0.5, seed=7):
-    """The same comparison on Bernoulli draws at Cohen's published CIFAR-10 σ=0.5 p_A (as tests/test_iss.py)."""
+    """The same comparison on Bernoulli draws at Cohen's published CIFAR-10 σ=0.5 p_A (as tests/test_iss.py).
+    Every sequential rule and fixed N read the same table of hits per input and batch."""
     rng = np.random.default_rng(seed)
     radii = [float(r) for r in a.radii]
     p_top, correct = cohen_cifar10_population(a.cifar_sim, rng)
+    schedule = SequentialCertifier(radii, sigma, a.alpha, a.N, a.batch).schedule
+    table = rng.binomial(schedule[None, :], p_top[:, None])
 
     def accuracy(radius):
         return [float(np.mean(correct & (radius >= r))) for r in radii]
 
     fixed, iss = f"NP N={a.N}", f"ISS-NP ε={a.iss_decline} n0={a.iss_n0}"
     passes = {fixed: N0 + a.N}
-    acc = {fixed: accuracy(np_radius(cp_lower(rng.binomial(a.N, p_top), a.N, a.alpha), sigma))}
+    acc = {fixed: accuracy(np_radius(cp_lower(table.sum(axis=1), a.N, a.alpha), sigma))}
     planner = IssPlanner(a.N, min(a.batch, a.N), sigma, a.alpha, a.iss_decline, "absolute", a.iss_n0)
     n_iss = np.array([planner.sample_size(k) for k in range(a.iss_n0 + 1)])[rng.binomial(a.iss_n0, p_top)]
     count = rng.binomial(n_iss, p_top)
@@ -140,14 +160,106 @@ def cifar_simulation(a, sigma=0.5, seed=7):
     seq_runs = []
     for label, rs in [("sequential, all radii", radii)] + [(f"sequential r={r:g} only", [r]) for r in radii]:
         cert = SequentialCertifier(rs, sigma, a.alpha, a.N, a.batch)
-        state = simulate(cert, p_top, rng)
+        state = run_on_table(cert, table)
         passes[label] = N0 + float(state.draws.mean())
         radius = cert.certified_radius(state)
         acc[label] = [float(np.mean(correct & (radius >= r))) for r in rs]
         seq_runs.append(label)
     print(f"\nSimulated: Cohen's published CIFAR-10 σ=0.5 p_A distribution, {a.cifar_sim} inputs, α={a.alpha}, "
-          f"N={a.N:,} (ĉ_A taken as correct where Cohen's was)")
+          f"N={a.N:,} (ĉ_A taken as correct where Cohen's was); the confidence-sequence (CS) rule")
     print_tables(radii, passes, acc, fixed, iss, seq_runs)
+    rules = rule_comparison(p_top, correct, table, radii, sigma, a.alpha, a.N, a.batch, a.futility,
+                            a.projected_futility)
+    power_near_threshold(rules, radii[1], sigma, a.alpha, a.N, a.batch, rng)
+
+
+def oracle_draws(p_top, thresholds, alpha, n_max):
+    """Draws of an oracle that knows p_A: for the hardest radius r* with θ_r* < p_A (none: 0 draws), the fixed
+    n at which one-sided Clopper–Pearson at α certifies r* with probability ½ (n_max where no n ≤ n_max does).
+    n is found by bisection on n ≥ 1 (the power P_{p_A}(S_n ≥ b_n), b_n = min{s : P_θ(S_n ≥ s) ≤ α}, is
+    nearly monotone in n)."""
+    n_all = np.arange(1, n_max + 1)
+    cost = np.zeros(p_top.size)
+    hardest = np.sum(p_top[:, None] > np.asarray(thresholds)[None, :], axis=1) - 1
+    for i, theta in enumerate(thresholds):
+        rows = np.flatnonzero(hardest == i)
+        if not rows.size:
+            continue
+        b = first_true(lambda s, th=theta: binom.sf(s - 1, n_all, th) <= alpha, np.zeros_like(n_all), n_all)
+        p = p_top[rows]
+        n = first_true(lambda k, b=b, p=p: binom.sf(b[k - 1] - 1, k, p) >= 0.5, np.ones(p.size, np.int64),
+                       np.full(p.size, n_max))
+        cost[rows] = np.minimum(n, n_max)
+    return cost
+
+
+def rule_comparison(p_top, correct, table, radii, sigma, alpha, n_max, batch, futility, projected):
+    """The CS rule, the calibrated group-sequential rule (without futility, with the 'upper' and the 'projected'
+    futility rules, and with the calibrated mixture boundary), fixed N and the oracle, on one table of draws:
+    mean/median draws and certified accuracy."""
+    def accuracy(radius):
+        return [float(np.mean(correct & (radius >= r))) for r in radii]
+
+    calibrated_design.cache_clear()
+    t0 = time.perf_counter()
+    default = GroupSequentialCertifier(radii, sigma, alpha, n_max, batch)
+    seconds = time.perf_counter() - t0
+    rules = {"CS rule: Beta(1, 0.1) mixture, Ville": SequentialCertifier(radii, sigma, alpha, n_max, batch),
+             "calibrated mixture boundary + closure": GroupSequentialCertifier(radii, sigma, alpha, n_max, batch,
+                                                                               boundary="mixture"),
+             "calibrated CP ∪ CS boundary + closure (default)": default,
+             f"the same + futility 'upper', γ={futility:g}": GroupSequentialCertifier(
+                 radii, sigma, alpha, n_max, batch, futility=futility),
+             f"the same + futility 'projected', γ={projected:g}": GroupSequentialCertifier(
+                 radii, sigma, alpha, n_max, batch, futility=projected, futility_rule="projected")}
+    rows = {f"fixed N={n_max:,}": (np.full(p_top.size, float(n_max)),
+                                   accuracy(np_radius(cp_lower(table.sum(axis=1), n_max, alpha), sigma)))}
+    for label, cert in rules.items():
+        state = run_on_table(cert, table)
+        rows[label] = (state.draws.astype(float), accuracy(cert.certified_radius(state)))
+    oracle = oracle_draws(p_top, default.thresholds, alpha, n_max)
+    rows["oracle: fixed n knowing p_A, power ½ at the hardest certifiable radius"] = (oracle, None)
+    cols = " | ".join(f"r={r:g}" for r in radii)
+    print(f"\nRules on the same draws (sequential draws per input, without the N0={N0} selection draws; "
+          f"batches {int(default.schedule[0])} → {batch}, cap {n_max:,}):\n\n| rule | mean draws | median | "
+          f"fixed ÷ rule | rule ÷ oracle | {cols} |\n|:---|---:|---:|---:|---:|" + "---:|" * len(radii))
+    for label, (draws, acc) in rows.items():
+        cells = " | ".join(f"{v:.3f}" for v in acc) if acc else " | ".join("—" for _ in radii)
+        print(f"| {label} | {draws.mean():,.0f} | {np.median(draws):,.0f} | {n_max / draws.mean():.1f}× | "
+              f"{draws.mean() / oracle.mean():.2f}× | {cells} |")
+    print(f"\nCalibrated levels λ* (certify) per radius: {default.params()['levels']}; refute: "
+          f"{default.params()['refute_levels']}; calibration {seconds:.1f} s for {len(radii)} radii "
+          f"({default.schedule.size} checks; this machine, uncached).")
+    if (n_max, alpha, batch, tuple(radii)) == (100_000, 0.001, 500, (0.25, 0.5, 0.75, 1.0)):
+        print(f"The review's oracle at these settings: {REFERENCE_ORACLE:,} draws (its own population draw); the "
+              "futility rows ÷ that: " + ", ".join(f"{rows[k][0].mean() / REFERENCE_ORACLE:.2f}×" for k in rows
+                                                    if "futility" in k) + ".")
+    return {label: cert for label, cert in rules.items() if "mixture boundary" not in label}
+
+
+def power_near_threshold(rules, radius, sigma, alpha, n_max, batch, rng, m=1000, gaps=(0.004, 0.008, 0.02)):
+    """P(C) and mean draws for inputs at p_A = θ_r + gap, radius r asked alone: what futility costs in power."""
+    print(f"\nPower near the threshold, r={radius:g} asked alone ({m} inputs per p_A, the same draws for every "
+          f"rule):\n\n| rule | " + " | ".join(f"p_A = θ+{g:g}: P(C), draws" for g in gaps) + " |\n|:---|"
+          + "---:|" * len(gaps))
+    tables = {}
+    for label, cert in rules.items():
+        alone = type(cert)([radius], sigma, alpha, n_max, batch, **_options(cert))
+        cells = []
+        for gap in gaps:
+            if gap not in tables:
+                p = np.full(m, alone.thresholds[0] + gap)
+                tables[gap] = rng.binomial(alone.schedule[None, :], p[:, None])
+            state = run_on_table(alone, tables[gap])
+            cells.append(f"{np.mean(alone.decisions(state)[:, 0] == 2):.3f}, {state.draws.mean():,.0f}")
+        print(f"| {label} | " + " | ".join(cells) + " |")
+
+
+def _options(cert):
+    """Keyword options of a certifier, to rebuild it with other radii."""
+    if isinstance(cert, GroupSequentialCertifier):
+        return {"boundary": cert.boundary, "futility": cert.futility, "futility_rule": cert.futility_rule}
+    return {}
 
 
 if __name__ == "__main__":

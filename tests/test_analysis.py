@@ -5,14 +5,16 @@ import math
 import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from certifynet import analysis
 from certifynet.cli.analyze import main
-from certifynet.errors import CertifyNetError
+from certifynet.errors import CertifyNetError, CertifyNetWarning
 from helpers import reference_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -284,7 +286,7 @@ def test_plot_has_a_panel_per_sigma_and_every_coinciding_curve_is_visible(tmp_pa
     def naive(ax, grid, curves, styles, colours, labels, **kw):  # control: same width, no order, no markers
         for curve, colour, label in zip(curves, colours, labels):
             ax.plot(grid, curve, color=colour, lw=1.5, drawstyle="steps-pre", label=label)
-    monkeypatch.setattr(analysis, "_draw_curves", naive)
+    monkeypatch.setattr(analysis.plots, "_draw_curves", naive)
     hidden = _visible_pixels(analysis.certified_accuracy_figure(logs), tmp_path / "naive.png")
     assert hidden[0] < 20 and hidden[-1] > 100  # the check sees a hidden NP curve
 
@@ -391,3 +393,160 @@ def test_figure_text_is_created_at_paper_sizes(ours):
     legend = fig.axes[0].get_legend()
     assert legend.get_texts()[0].get_fontsize() == pytest.approx(7.5)
     assert fig.axes[0].title.get_fontsize() == pytest.approx(9)
+
+
+# ------------------------------------------------------------------------------------------- unknown labels
+REQUIRED = ("idx", "label", "predict", "radius", "correct", "time")
+UNKNOWN = ("{} input(s) of unknown label (−1, an image certified without its label): {}; counted as not correct, "
+           "so certified accuracy can only be understated")
+CERTIFY_HEAD = REQUIRED + ("pA_lower", "n")
+
+
+def test_unknown_label_rows_are_read_counted_as_not_correct_and_warned_once(tmp_path, capsys):
+    """--image without --image-label writes label −1: such rows are never correct (outcome.is_correct), abstain
+    or not; read_logs accepts them and warns once with their number."""
+    rows = [(0, -1, -1, 0.0, 0, 1.0, 0.40, 100),   # unknown label, abstain
+            (1, -1, 4, 0.52, 0, 1.0, 0.98, 100),   # unknown label, a class
+            (2, 3, 3, 0.3, 1, 1.0, 0.88, 100),
+            (3, 5, 5, 0.9, 1, 1.0, 0.99, 100)]
+    a = write_log(tmp_path / "image.tsv", rows, CERTIFY_HEAD, meta={"method": "np", "sigma": 0.25})
+    b = write_log(tmp_path / "image2.tsv", rows[:2], CERTIFY_HEAD, meta={"method": "np", "sigma": 0.5})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        logs = analysis.read_logs([a, b])
+    texts = [str(w.message) for w in caught if issubclass(w.category, CertifyNetWarning)]
+    assert texts == [UNKNOWN.format("4", "2 in image.tsv, 2 in image2.tsv")]
+    assert [log.unknown_labels for log in logs] == [2, 2]
+    row = analysis.summarize(logs[:1], [0, 0.5]).iloc[0]
+    assert (row["m"], row["r=0"], row["r=0.5"], row["abstain"]) == (4, 2 / 4, 1 / 4, 1 / 4)
+    assert row["ACR"] == pytest.approx((0.3 + 0.9) / 4)
+    assert main([str(a)]) == 0  # the CLI says it once, as one warning line
+    err = capsys.readouterr().err.splitlines()
+    assert [ln for ln in err if ln.startswith("warning:")] == ["warning: " + UNKNOWN.format("2", "2 in image.tsv")]
+    with warnings.catch_warnings(record=True) as caught:  # control: known labels only, no warning
+        warnings.simplefilter("always")
+        analysis.read_logs([write_log(tmp_path / "known.tsv", rows[2:], CERTIFY_HEAD)])
+    assert not [w for w in caught if issubclass(w.category, CertifyNetWarning)]
+
+
+@pytest.mark.parametrize("row, why", [
+    ((0, -1, -1, 0.0, 1, 1.0), "correct=1 but predict=-1, label=-1"),   # an abstain is never correct
+    ((0, -1, 4, 0.5, 1, 1.0), "correct=1 but predict=4, label=-1"),     # nor is a class on an unknown label
+    ((0, 3, -1, 0.0, 1, 1.0), "correct=1 but predict=-1, label=3"),
+    ((0, 3, 3, 0.5, 0, 1.0), "correct=0 but predict=3, label=3"),
+])
+def test_correct_that_contradicts_is_correct_is_refused(tmp_path, row, why):
+    path = write_log(tmp_path / "bad.tsv", [(1, 2, 2, 0.1, 1, 1.0), row], REQUIRED)
+    with pytest.raises(CertifyNetError, match="^" + re.escape(f"{path}, line 3: {why}") + "$"):
+        analysis.read_log(path)
+
+
+# ------------------------------------------------------------------------------------------- sidecar, messages
+@pytest.mark.parametrize("sidecar, message", [
+    ('{"kind": ', "is not valid JSON"),
+    ("[1, 2]", "holds a JSON list, not an object"),
+    ('{"kind": "counts"}', "kind is 'counts', expected a certify log"),
+])
+def test_a_malformed_sidecar_is_one_error_line(ours, capsys, sidecar, message):
+    Path(str(ours) + ".meta.json").write_text(sidecar)
+    with pytest.raises(CertifyNetError, match=re.escape(message)):
+        analysis.read_log(ours)
+    assert main([str(ours)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0] and ".meta.json" in err[0]
+
+
+def test_a_log_without_sidecar_is_read(tmp_path):
+    log = analysis.read_log(write_log(tmp_path / "plain.tsv", ROWS))
+    assert log.meta == {"method": "np"} and log.label == "np"
+
+
+@pytest.mark.parametrize("call, python, cli", [
+    (lambda logs, out: analysis.summarize(logs, [-1]), "radii must be", "--radii must be"),
+    (lambda logs, out: analysis.summarize(logs, hp_rho=2), "hp_rho must be in (0, 1)", "--hp-rho must be"),
+    (lambda logs, out: analysis.summarize(logs, baseline="x"), "baseline 'x' is not", "--baseline 'x' is not"),
+    (lambda logs, out: analysis.read_logs([logs[0].path], ["a", "b"]), "got 2 label value(s)", "got 2 --label"),
+    (lambda logs, out: analysis.write_outputs(out, logs, None), "out ", "--out "),
+])
+def test_messages_name_arguments_the_callers_way(ours, tmp_path, call, python, cli):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(CertifyNetError) as e:
+        call(analysis.read_logs([ours]), tmp_path / "file")
+    assert python in str(e.value) and cli in e.value.render(cli=True) and "--" not in str(e.value)
+
+
+def test_method_styles_follow_the_method_table():
+    """np, dsrs, iss-np, iss-dsrs keep styles 0-3 (certify.methods.METHODS' order), sequential 4, others next."""
+    from certifynet.analysis.plots import _Styles
+    from certifynet.certify.methods import METHODS
+    logs = [analysis.CertifyLog(Path(f"{m}.tsv"), pd.DataFrame(), {"method": m, "sigma": 0.25})
+            for m in ["custom", "sequential", "iss-dsrs", "np", "iss-np", "dsrs"]]
+    styles = _Styles(logs)
+    assert [styles.index(log) for log in logs] == [5, 4, 3, 0, 2, 1]
+    assert list(METHODS)[:5] == ["np", "dsrs", "iss-np", "iss-dsrs", "sequential"]
+
+
+# ------------------------------------------------------------------------------------------- p̲_A, ACR secondary
+PA = [0.2, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 0.99]  # m = 11: quantile positions 1, 2.5, 5, 7.5, 9
+
+
+def _pa_log(tmp_path, name="pa.tsv", label="mine"):
+    rows = [(i, 1, -1 if p < 0.5 else 1, 0.0 if p < 0.5 else round(0.25 * (p - 0.45), 4), 0 if p < 0.5 else 1, 1.0,
+             p, 100) for i, p in enumerate(PA)]
+    return write_log(tmp_path / name, rows, CERTIFY_HEAD, meta={"method": "np", "sigma": 0.25, "label": label,
+                                                                 "dataset": "mnist5k"})
+
+
+def test_pa_lower_quantiles_by_hand(tmp_path, ours):
+    q = analysis.pa_lower_quantiles(analysis.read_logs([_pa_log(tmp_path), ours]))
+    assert list(q["log"]) == ["mine"]  # ours has no pA_lower column
+    row = q.iloc[0]
+    assert row["m"] == 11
+    # numpy's linear interpolation at positions q·(m−1) = 1, 2.5, 5, 7.5, 9 of the sorted values
+    assert [row[c] for c in ("10%", "25%", "50%", "75%", "90%")] == pytest.approx([0.4, 0.55, 0.8, 0.925, 0.98])
+    assert row["p̲_A < ½"] == pytest.approx(2 / 11)  # 0.5 itself is not below ½
+
+
+def test_pa_lower_figure_draws_the_empirical_cdf_and_the_threshold(tmp_path):
+    fig = analysis.pa_lower_figure(analysis.read_logs([_pa_log(tmp_path)]))
+    ax = fig.axes[0]
+    threshold = [ln for ln in ax.get_lines() if list(ln.get_xdata()) == [0.5, 0.5]]
+    assert len(threshold) == 1
+    (curve,) = [ln for ln in ax.get_lines() if ln.get_label() == "mine"]
+    grid, y = curve.get_xdata(), curve.get_ydata()
+    assert curve.get_drawstyle() == "steps-pre"
+
+    def drawn(grid, y, x):  # a steps-pre line shows y[j] on (grid[j-1], grid[j]]
+        return y[np.searchsorted(grid, x, side="left")]
+
+    def is_ecdf(grid, y):
+        return all(drawn(grid, y, v + 1e-9) == pytest.approx(np.mean(np.array(PA) <= v))
+                   and drawn(grid, y, v - 1e-9) == pytest.approx(np.mean(np.array(PA) < v)) for v in PA)
+    assert is_ecdf(grid, y)
+    wrong = np.searchsorted(np.sort(PA), grid, side="right") / len(PA)  # control: F(x) instead of F(x−)
+    assert not is_ecdf(grid, wrong)
+
+
+def test_report_leads_with_certified_accuracy_and_shows_pa_lower(tmp_path, ours):
+    """With a log that records p̲_A and one that does not (Cohen-style): the figure, the quantiles, a note for the
+    skipped log; certified accuracy columns before ACR, and the sentence saying why ACR is secondary."""
+    out = tmp_path / "out"
+    analysis.summarize_runs([_pa_log(tmp_path), ours], out, title="σ=0.25")
+    report = (out / "report.md").read_text()
+    assert "## Distribution of p̲_A" in report and "![Distribution of p̲_A](pA_lower.png)" in report
+    assert "| log | m | 10% | 25% | 50% | 75% | 90% | p̲_A < ½ |" in report
+    assert "| mine | 11 | 0.4000 | 0.5500 | 0.8000 | 0.9250 | 0.9800 | 0.182 |" in report
+    assert "Not shown (no `pA_lower` column, e.g. Cohen et al.'s published logs): **np σ=0.25 resnet110**." in report
+    assert "ACR is secondary, because a trivial classifier can reach an arbitrarily large ACR" in report
+    head = (out / "table.md").read_text().splitlines()[0].split(" | ")
+    assert max(head.index(c) for c in head if c.startswith("r=")) < head.index("ACR")
+    assert (out / "pA_lower.png").read_bytes()[:4] == b"\x89PNG"
+    assert not _pdf_has_type3(out / "pA_lower.pdf") and b"/FontFile2" in (out / "pA_lower.pdf").read_bytes()
+
+
+def test_logs_without_pa_lower_get_a_note_and_no_figure(tmp_path, ours):
+    out = tmp_path / "out"
+    analysis.summarize_runs([ours], out)
+    report = (out / "report.md").read_text()
+    assert "No log records p̲_A (column `pA_lower`" in report and "pA_lower.png" not in report
+    assert not (out / "pA_lower.png").exists() and analysis.plot_pa_lower(analysis.read_logs([ours]), out / "x") is None

@@ -17,8 +17,9 @@ import torch.nn.functional as F
 
 from certifynet import models as M
 from certifynet.errors import CertifyNetError
-from certifynet.models import (ARCHITECTURES, NORMALIZATION, get_architecture, load_checkpoint,
-                               parse_normalization, resolve_normalization, save_checkpoint)
+from certifynet.models import (NORMALIZATION, get_architecture, load_checkpoint, parse_normalization,
+                               resolve_normalization, save_checkpoint)
+from certifynet.models.layouts import infer_arch
 
 SHAPES = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32), "imagenet": (3, 224, 224)}
 
@@ -458,9 +459,9 @@ def _tv_resnet50():
 def test_infer_arch_from_keys(arch, net):
     with torch.device("meta"):   # keys and shapes only
         net = net()
-    assert M._infer_arch(net.state_dict()) == arch
-    assert M._infer_arch(nn.Sequential(nn.Identity(), net).state_dict()) == arch
-    assert M._infer_arch(nn.Sequential(nn.Identity(), nn.DataParallel(net)).state_dict()) == arch
+    assert infer_arch(net.state_dict()) == arch
+    assert infer_arch(nn.Sequential(nn.Identity(), net).state_dict()) == arch
+    assert infer_arch(nn.Sequential(nn.Identity(), nn.DataParallel(net)).state_dict()) == arch
 
 
 @pytest.mark.parametrize("wrapper", ["module", "_orig_mod"])
@@ -511,7 +512,7 @@ def test_unknown_layout_is_one_line(tmp_path):
     torch.save(state, tmp_path / "bare.pth")
     with pytest.raises(CertifyNetError) as e:
         load_checkpoint(str(tmp_path / "bare.pth"))
-    assert "--arch" in one_line(e)
+    assert "pass arch (lenet, " in one_line(e) and "pass --arch (lenet, " in e.value.render(cli=True)
 
 
 # ---------------------------------------------------------------- pickled payloads

@@ -6,10 +6,14 @@ import pytest
 from scipy.special import betaincinv, gammaincinv, lambertw
 from scipy.stats import binom, norm
 
-import certifynet.certify.dsrs as dsrs
-from certifynet.certify.dsrs import (dsrs_certify, dsrs_intervals, dsrs_radius, generalized_np_radius,
+from certifynet.certify.dsrs import (check_k, dsrs_certify, dsrs_intervals, dsrs_radius, generalized_np_radius,
                                      pooled_np_fallback_needed, radial_quantile, sigma_prime, truncation_beta,
                                      truncation_percentile, truncation_radius)
+from certifynet.certify.dsrs import quadrature as quad
+from certifynet.certify.dsrs.generalized_np import _gauss_level
+from certifynet.certify.dsrs.rescaled import _Rescaled, _resc_margin
+from certifynet.certify.dsrs.truncated import _trunc_shifted
+from certifynet.certify.neyman_pearson import cp_lower
 from certifynet.errors import CertifyNetError
 from helpers import reference_rows
 
@@ -87,10 +91,10 @@ def test_s3_check_by_brute_force():
     """
     d, k, sigma, r = 3072, 1530, 0.5, 0.646875
     iv = (0.8952526387039557, 0.9046123932155232, 0.9568615625408672, 0.9629829777540189)
-    R, sp = dsrs._radial(d, k), sigma_prime(sigma, d, k)
-    rs = dsrs._Rescaled(R, 0.8)
-    st = {"L1": dsrs._gauss_level(r / sigma, iv[0]), "Lin": 0.0, "Lout": 0.0, "iv": iv}
-    margin = dsrs._resc_margin(R, r / sp, iv, rs, st)
+    R, sp = quad._radial(d, k), sigma_prime(sigma, d, k)
+    rs = _Rescaled(R, 0.8)
+    st = {"L1": _gauss_level(r / sigma, iv[0]), "Lin": 0.0, "Lout": 0.0, "iv": iv}
+    margin = _resc_margin(R, r / sp, iv, rs, st)
     assert margin > 1e-4
     lam1, mu2 = st["two"][1]
     n, h, rt, m = d / 2 - k, (d - 1) / 2, r / sp, 1500
@@ -195,7 +199,7 @@ def test_dsrs_certify_from_counts():
     assert dsrs_certify(45000, 50000, 49500, 50000, 0.5, d, k, "truncated", "x") == want
     # x+: every P draw correct → the Q run sampled P; pool 2N draws at α
     pooled = dsrs_certify(50000, 50000, 49999, 50000, 0.5, d, k, "truncated", "x+")
-    assert pooled == generalized_np_radius(dsrs.cp_lower(99999, 100000, 0.001), 0.5, d, k)
+    assert pooled == generalized_np_radius(cp_lower(99999, 100000, 0.001), 0.5, d, k)
 
 
 def test_radial_helpers():
@@ -210,11 +214,45 @@ def test_radial_helpers():
     assert 2 * sigma_prime(sigma, d, k) ** 2 * n == pytest.approx(d * sigma ** 2)
 
 
+@pytest.mark.parametrize("d, k_max", [(784, 391), (785, 392), (3072, 1535), (150528, 75263), (3, 1), (2, 0), (1, 0)])
+def test_check_k_range_is_2k_below_d(d, k_max):
+    """The density ∝ ‖δ‖^(−2k)·e^(−‖δ‖²/2σ'²) is normalisable iff d − 2k > 0: k ∈ [0, ⌈d/2⌉ − 1]."""
+    assert check_k(d, 0) == 0 and check_k(d, k_max) == k_max and check_k(d, float(k_max)) == k_max
+    assert math.isfinite(sigma_prime(0.5, d, k_max)) and sigma_prime(0.5, d, 0) == 0.5
+    for bad in (k_max + 1, -1):
+        with pytest.raises(CertifyNetError) as e:
+            check_k(d, bad)
+        assert str(e.value).startswith("k must be in [0, ") and f"got {bad}" in str(e.value)
+        assert e.value.render(cli=True).startswith("--k must be in [0, ")
+        with pytest.raises(CertifyNetError):
+            sigma_prime(0.5, d, bad)
+    with pytest.raises(CertifyNetError, match="integer"):
+        check_k(d, 0.5)
+
+
+def test_check_k_names_the_argument_and_the_bound():
+    with pytest.raises(CertifyNetError) as e:
+        check_k(784, 392)
+    assert str(e.value) == ("k must be in [0, d/2 - 1] = [0, 391] for input dimension d=784 "
+                            "(the density needs d - 2k > 0), got 392")
+    with pytest.raises(CertifyNetError) as e:
+        check_k(785, 393, name="q_k")
+    assert e.value.render(cli=True).startswith("--q-k must be in [0, (d-1)/2] = [0, 392]")
+    with pytest.raises(CertifyNetError):
+        generalized_np_radius(0.9, 0.5, 1, 0)                 # DSRS's shell geometry needs d ≥ 2
+
+
+def test_odd_d_largest_k_certifies():
+    """d odd, k = (d−1)/2: the radial law is Gamma(½), still a valid P; its NP radius is finite and positive."""
+    r = generalized_np_radius(0.99, 0.5, 101, 50)
+    assert 0.0 < r < 10.0
+
+
 def test_gap_matches_lambert_w():
     t = np.array([0.3, 4.0, 12.0, 300.0])
     for k in (1, 380, 75260):
         for c in (-30.0, -1.0, 0.0, 0.5, 20.0):
-            gap, _ = dsrs._gap(t, c, k)
+            gap, _ = quad._gap(t, c, k)
             u = k * np.real(lambertw(np.exp(t / k + np.log(t / k) + c / k)))
             assert np.allclose(gap, u - t, rtol=1e-9, atol=1e-12 * t)
 
@@ -225,23 +263,23 @@ def test_gap_matches_lambert_w():
 def test_quadrature_error_estimates_cover_reference(d, k):
     """Certified masses (64 nodes) vs a 192-node reference: the error is below the estimate 2|I64 − I48|."""
     rng = np.random.default_rng(7)
-    coarse, fine, ref = dsrs._Radial(d, k, 48), dsrs._Radial(d, k, 64), dsrs._Radial(d, k, 192)
+    coarse, fine, ref = quad._Radial(d, k, 48), quad._Radial(d, k, 64), quad._Radial(d, k, 192)
     sp = math.sqrt(d / (d - 2 * k))
     for _ in range(3):
         rr = math.exp(rng.uniform(math.log(0.02), math.log(5)))
         rt = rr / sp
-        lev = dsrs._gauss_level(rr, rng.uniform(0.6, 0.9999)) + rng.normal()
+        lev = _gauss_level(rr, rng.uniform(0.6, 0.9999)) + rng.normal()
         beta = truncation_beta(rng.uniform(0.3, 0.95), d, k)
         lam1, mu2 = math.exp(lev) * rng.uniform(0.5, 2), math.exp(lev) * rng.uniform(-0.9, 0.9)
-        fns = [lambda R: R.integrate(dsrs._origin_eval(R, rt, dsrs._const(lev)))[0],
-               lambda R: R.integrate(dsrs._ball_eval(R, rt, lev))[0],
-               lambda R: R.integrate(dsrs._origin_eval(R, rt, dsrs._const(lev)), bounds=(0, beta))[0],
-               lambda R: dsrs._trunc_shifted(R, rt, beta, lev + 1.0, lev - 1.0),
-               lambda R: dsrs._Rescaled(R, 0.8).masses(rt, lam1, mu2),
-               lambda R: dsrs._Rescaled(R, 0.8).shifted(rt, lam1, mu2)]
+        fns = [lambda R: R.integrate(quad._origin_eval(R, rt, quad._const(lev)))[0],
+               lambda R: R.integrate(quad._ball_eval(R, rt, lev))[0],
+               lambda R: R.integrate(quad._origin_eval(R, rt, quad._const(lev)), bounds=(0, beta))[0],
+               lambda R: _trunc_shifted(R, rt, beta, lev + 1.0, lev - 1.0),
+               lambda R: _Rescaled(R, 0.8).masses(rt, lam1, mu2),
+               lambda R: _Rescaled(R, 0.8).shifted(rt, lam1, mu2)]
         for fn in fns:
             a, b, c = (np.atleast_1d(fn(R)) for R in (coarse, fine, ref))
-            est = np.maximum(dsrs._QUAD_FLOOR, 2 * np.abs(b - a))
+            est = np.maximum(quad._QUAD_FLOOR, 2 * np.abs(b - a))
             assert np.all(np.abs(b - c) <= est), (d, k, np.abs(b - c), est)
 
 

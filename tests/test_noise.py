@@ -6,6 +6,8 @@ import pytest
 import torch
 from scipy import stats
 
+import certifynet.noise as noise_mod
+from certifynet.certify import dsrs
 from certifynet.certify.dsrs import truncation_beta
 from certifynet.errors import CertifyNetError
 from certifynet.noise import GaussianNoise, GeneralizedGaussianNoise, make_noise, sigma_prime
@@ -56,7 +58,26 @@ def test_same_generator_same_noise_and_k_bounds():
     noise = GeneralizedGaussianNoise(0.25, 380, 784)
     assert torch.equal(_draw(noise, 10, (1, 28, 28), seed=3), _draw(noise, 10, (1, 28, 28), seed=3))
     assert not torch.equal(_draw(noise, 10, (1, 28, 28), seed=3), _draw(noise, 10, (1, 28, 28), seed=4))
-    with pytest.raises(CertifyNetError, match="--k"):
+    with pytest.raises(CertifyNetError) as e:
         GeneralizedGaussianNoise(0.25, 392, 784)
-    with pytest.raises(CertifyNetError, match="general_gaussian"):
+    assert str(e.value).startswith("k must be in [0, d/2 - 1] = [0, 391]")
+    assert e.value.render(cli=True).startswith("--k must be in [0, d/2 - 1] = [0, 391]")
+    with pytest.raises(CertifyNetError) as e:
         make_noise("gaussian", 0.25, 784, k=3)
+    assert e.value.render(cli=True) == "--k > 0 needs --dist general_gaussian"
+    assert str(e.value) == "k > 0 needs dist general_gaussian"
+
+
+def test_noise_uses_the_certify_definitions():
+    """One σ' and one range of k: the sampler's are certify's."""
+    assert noise_mod.sigma_prime is dsrs.sigma_prime and noise_mod.check_k is dsrs.check_k
+    assert not hasattr(noise_mod, "gamma_cdf")
+
+
+def test_largest_k_for_odd_d_samples_its_law():
+    """d = 3, k = 1 (2k = d − 1, the largest k): t = ‖δ‖²/(2σ'²) ~ Gamma(½), drawn from one coordinate."""
+    d, k, sigma = 3, 1, 0.5
+    t = (_draw(GeneralizedGaussianNoise(sigma, k, d), 3000, (3,)).square().sum(1)
+         / (2 * sigma_prime(sigma, d, k) ** 2)).numpy()
+    assert stats.kstest(t, stats.gamma(0.5).cdf).pvalue > 1e-3
+    assert stats.kstest(t, stats.gamma(1.5).cdf).pvalue < 1e-6      # control: the Gaussian's law is rejected

@@ -5,7 +5,9 @@ import pytest
 import torch
 from scipy.stats import binom, norm
 
-from certifynet.certify import certify_from_counts, cp_interval, cp_lower, np_radius, predict_pvalue
+from certifynet.certify import (ABSTAIN, certify_from_counts, cp_interval, cp_lower, np_radius, predict_from_counts,
+                                predict_pvalue, top_two)
+from certifynet.errors import CertifyNetError
 from certifynet.noise import GaussianNoise
 from certifynet.sampling import Sampler, Smooth, input_generator
 
@@ -31,6 +33,34 @@ def test_cohen_predict_vectors():
         pv = predict_pvalue(int(row["count1"]), int(row["count2"]))
         assert abs(pv - float(row["pvalue"])) < 1e-12
         assert (pv > 0.001) == (row["predict_alpha_0.001"] == "ABSTAIN")
+
+
+@needs_ref
+def test_predict_from_counts_vectors():
+    """The one PREDICT on class-count vectors built from the reference (n1, n2) pairs, in either order."""
+    for row in csv.DictReader(open(os.path.join(REF, "cohen_predict_vectors.csv"))):
+        n1, n2 = int(row["count1"]), int(row["count2"])
+        for counts, top in (([n2, 0, n1, 0], 2), ([n1, n2], 0), ([0, n2, 0, n1], 3)):
+            pred = predict_from_counts(np.array(counts), 0.001)
+            want = ABSTAIN if row["predict_alpha_0.001"] == "ABSTAIN" else top
+            assert pred == (want, n1, n2, pytest.approx(float(row["pvalue"]), abs=1e-12)), (counts, pred)
+            assert pred.label == want and pred.n1 == n1 and pred.n2 == n2
+
+
+def test_predict_top_two_tie_rule_and_one_class():
+    assert top_two([5, 9, 9, 2]) == (1, 9, 9)          # ties: the smallest class index first
+    assert top_two([7, 7]) == (0, 7, 7)
+    assert top_two(np.array([3, 9, 1, 9], dtype=np.uint64)) == (1, 9, 9)
+    assert predict_from_counts([5, 9, 9, 2], 0.5).label == ABSTAIN      # a tie for first: p-value 1
+    assert predict_pvalue(9, 9) == 1.0
+    assert top_two([12]) == (0, 12, 0)                 # one class: the runner-up count is 0
+    assert predict_from_counts([12], 0.001) == (0, 12, 0, pytest.approx(2 ** -11))
+    assert predict_from_counts([0], 0.001).label == ABSTAIN
+    for bad in ([], [[1, 2], [3, 4]]):
+        with pytest.raises(CertifyNetError, match="1-D"):
+            predict_from_counts(bad, 0.001)
+    with pytest.raises(CertifyNetError, match="alpha"):
+        predict_from_counts([3, 1], 1.5)
 
 
 def test_np_radius_edges():

@@ -7,12 +7,14 @@ import os
 import signal
 import subprocess
 import sys
+import warnings
 
+import numpy as np
 import pytest
 import torch
 
 from certifynet.cli import certify, sample
-from certifynet.errors import CertifyNetError
+from certifynet.errors import CertifyNetError, CertifyNetWarning
 from certifynet.models import get_architecture
 from certifynet.paths import project_root, safe_filename
 from certifynet.records import RowLog, WriterLock, read_rows, writer_active
@@ -115,6 +117,41 @@ def test_method_defaults_to_the_counts_kind(model, tmp_path):
     assert certify.main(["--counts", out, "--method", "np", "--no-progress"]) == 0  # NP on the P draws is valid
 
 
+def test_which_method_reads_which_counts():
+    """NP also reads the P draws of DSRS counts (ISS-NP those of ISS-DSRS); DSRS needs Q draws; ISS counts are
+    read only by the ISS methods. Refusals name the argument (the CLI shows --method)."""
+    from certifynet.certify.from_counts import check_method, readers_of
+    assert {k: readers_of(k) for k in ("np", "dsrs", "iss-np", "iss-dsrs")} == {
+        "np": ("np",), "dsrs": ("dsrs", "np"), "iss-np": ("iss-np",), "iss-dsrs": ("iss-dsrs", "iss-np")}
+    assert check_method(None, "dsrs", "'c'") == "dsrs" and check_method("np", "dsrs", "'c'") == "np"
+    with pytest.raises(CertifyNetError) as e:
+        check_method("dsrs", "np", "'c'")
+    assert e.value.render(cli=True) == ("--method dsrs needs counts sampled with --q-dist truncated|rescaled; 'c' "
+                                        "holds np counts: use --method np")
+    with pytest.raises(CertifyNetError, match="^unknown method 'sequential'; choose from np, dsrs, iss-np, iss-dsrs$"):
+        check_method("sequential", "np", "'c'")
+
+
+def test_an_image_of_unknown_label_is_never_correct(model, tmp_path):
+    """--image without --image-label (label −1): correct = 0 whether the row abstains (N = 2) or not (N = 200);
+    the control with the predicted class as --image-label is correct."""
+    image = str(tmp_path / "x.npy")
+    np.save(image, np.full((28, 28), 0.5, np.float32))
+
+    def certified(name, n, *extra):
+        out = str(tmp_path / f"{name}.csv")
+        assert sample.main(["--model", model, "--image", image, *extra, "--sigma", "0.25", "--N0", "2", "--N", n,
+                            "--batch", "100", "--no-progress", "--out", out]) == 0
+        assert certify.main(["--counts", out, "--no-progress"]) == 0
+        (row,) = read_rows(str(tmp_path / f"{name}.np.tsv"))[1]
+        return row
+
+    few, many = certified("few", "2"), certified("many", "200")
+    assert few["predict"] == "-1" and many["predict"] != "-1"   # one abstains, one does not
+    assert few["label"] == many["label"] == "-1" and few["correct"] == many["correct"] == "0"
+    assert certified("known", "200", "--image-label", many["predict"])["correct"] == "1"
+
+
 # ---------------------------------------------------------------- one writer; resume after damage
 def test_writer_lock_refuses_a_second_writer_and_is_released(tmp_path):
     target = str(tmp_path / "x.tsv")
@@ -187,15 +224,15 @@ def _log(path, rows=(), meta=None, sep="\t"):
     (lambda text: text + "3\t9\t0.1", "half-written"),     # a full row without its newline
     (lambda text: text + "\x00" * 64, "half-written"),     # zero-filled tail after a power loss
 ])
-def test_resume_cuts_crash_damage(tmp_path, capsys, damage, message):
+def test_resume_cuts_crash_damage(tmp_path, damage, message):
     path = str(tmp_path / "x.tsv")
     _log(path, [0, 1, 2])
     with open(path, "r+") as f:
         text = f.read()
         f.seek(0)
         f.write(damage(text))
-    log = _log(path, [3, 4])
-    assert message in capsys.readouterr().err
+    with pytest.warns(CertifyNetWarning, match=message):
+        log = _log(path, [3, 4])
     assert [r["idx"] for r in read_rows(path)[1]] == ["0", "1", "2", "3", "4"] and log.done == {0, 1, 2, 3, 4}
 
 
@@ -245,7 +282,7 @@ def test_wrong_shapes_name_the_expected_shape():
         sm.certify(torch.rand(1, 1, 28, 28), 10, 20, 0.01, batch=10)
     with pytest.raises(CertifyNetError, match="floating-point image tensor"):
         sm.predict([[0.5]], 20, 0.01, batch=10)
-    with pytest.raises(CertifyNetError, match="--N0 must be >= 1"):
+    with pytest.raises(CertifyNetError, match="^n0 must be >= 1"):
         sm.certify(torch.rand(1, 28, 28), 0, 20, 0.01, batch=10)
 
 
@@ -277,12 +314,20 @@ def test_kair_drunet_with_one_block_per_level_loads(tmp_path):
 
 
 def test_dsrs_imagenet_file_names_warn_without_center(capsys):
-    from certifynet.models import _warn_dsrs_imagenet
-    _warn_dsrs_imagenet("models/new_cohen/cohen-imagenet-75260-0.50.pth.tar", "resnet50", "dataset")
-    assert "--normalization center" in capsys.readouterr().err
-    _warn_dsrs_imagenet("models/new_cohen/cohen-imagenet-75260-0.50.pth.tar", "resnet50", "center")
-    _warn_dsrs_imagenet("models/imagenet/resnet50/noise_0.50/checkpoint.pth.tar", "resnet50", "dataset")
-    assert capsys.readouterr().err == ""
+    from certifynet.cli import console_diagnostics
+    from certifynet.models.layouts import warn_dsrs_imagenet
+    dsrs = "models/new_cohen/cohen-imagenet-75260-0.50.pth.tar"
+    with pytest.warns(CertifyNetWarning, match="pass normalization center"):
+        warn_dsrs_imagenet(dsrs, "resnet50", "dataset")
+    with console_diagnostics():  # the CLI names the flag
+        warn_dsrs_imagenet(dsrs, "resnet50", "dataset")
+    err = capsys.readouterr().err
+    assert err.startswith(f"warning: '{dsrs}' looks like a DSRS ImageNet model")
+    assert err.endswith("pass --normalization center (now: dataset)\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_dsrs_imagenet(dsrs, "resnet50", "center")
+        warn_dsrs_imagenet("models/imagenet/resnet50/noise_0.50/checkpoint.pth.tar", "resnet50", "dataset")
 
 
 def test_load_summary_names_the_normalisation(model, tmp_path, capsys):
@@ -339,7 +384,7 @@ def test_training_recipes_get_distinct_default_folders():
 def test_merged_counts_shards_keep_their_integrity(model, tmp_path, capsys):
     """Shards of one sampling run merge into a counts file that certify.py verifies (the settings digest
     leaves out the shard bookkeeping), and an edit of the merged file is still caught."""
-    from certifynet.merge import merge_files
+    from certifynet.records.merge import merge_files
     out = str(tmp_path / "c.csv")
     for i in range(2):
         assert sample.main(["--model", model, *SMALL, "--shard", f"{i}/2", "--out", out]) == 0

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -11,9 +10,9 @@ import time
 
 import pytest
 
-from certifynet.errors import CertifyNetError
-from certifynet.merge import describe, from_ranges, merge_files, to_ranges
+from certifynet.errors import CertifyNetError, CertifyNetWarning
 from certifynet.records import RowLog, parse_shard, read_meta, read_rows, select_indices, shard_path
+from certifynet.records.merge import describe, from_ranges, merge_files, to_ranges
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SLURM = os.path.join(ROOT, "scripts", "slurm")
@@ -111,8 +110,10 @@ def test_shards_partition_the_selection():
     ({"skip": 0}, "--skip must be >= 1"),
 ])
 def test_selection_errors_name_their_cause(kw, fragment):
-    with pytest.raises(CertifyNetError, match=re.escape(fragment)):
+    """The CLI names the flag; Python callers read the argument's name."""
+    with pytest.raises(CertifyNetError) as e:
         select_indices(10, **kw)
+    assert fragment in e.value.render(cli=True) and fragment.replace("--", "") in str(e.value)
 
 
 def test_parse_shard_text_and_slurm_env():
@@ -128,8 +129,9 @@ def test_parse_shard_text_and_slurm_env():
         with pytest.raises(CertifyNetError, match="SLURM_ARRAY_TASK_ID"):
             parse_shard(None, env=bad)
     for bad in ("4/4", "1", "a/b", "-1/2"):
-        with pytest.raises(CertifyNetError, match="--shard"):
+        with pytest.raises(CertifyNetError, match="^shard") as e:
             parse_shard(bad, env={})
+        assert e.value.render(cli=True).startswith("--shard")
 
 
 def test_index_ranges_roundtrip():
@@ -155,36 +157,59 @@ def test_merge_glob_by_idx_keeps_values_and_delimiter(tmp_path):
     assert merge_files(out, [str(tmp_path / "counts*.csv")], warn=lambda m: None).rows == 20
 
 
+def _collect(into):
+    """A merge `warn` that keeps each warning's text (a message or a CertifyNetError naming arguments)."""
+    return lambda m: into.append(str(m))
+
+
 def test_merge_reports_missing_shard_and_missing_rows(tmp_path):
     toy_shards(tmp_path, skip_shards=(3,), drop=(6, 7))
     out, warnings = str(tmp_path / "run.tsv"), []
     with pytest.raises(CertifyNetError, match=r"7 of 20 inputs missing \(idx 6-7, 15-19\); nothing written"):
-        merge_files(out, [str(tmp_path / "run.shard*.tsv")], warn=warnings.append)
+        merge_files(out, [str(tmp_path / "run.shard*.tsv")], warn=_collect(warnings))
     assert not os.path.exists(out) and not os.path.exists(out + ".meta.json")
     text = "\n".join(warnings)
     assert "shard 3/4 is not among the inputs (5 inputs: 15-19)" in text
     assert "run.shard1of4.tsv' lacks 2 of its 5 inputs (6-7)" in text
-    rep = merge_files(out, [str(tmp_path / "run.shard*.tsv")], allow_missing=True, warn=warnings.append)
+    rep = merge_files(out, [str(tmp_path / "run.shard*.tsv")], allow_missing=True, warn=_collect(warnings))
     assert rep.rows == 13 and rep.missing == [6, 7, 15, 16, 17, 18, 19]
+    assert warnings[-1] == f"writing {out} without 7 inputs (allow_missing)"
     assert from_ranges(read_meta(out)["missing"]) == set(rep.missing)
     # the rest arrives later: merging the partial merge with it completes the run
     toy_shards(tmp_path, name="run.tsv", skip_shards=(0, 1, 2))
     toy_shards(tmp_path / "fix", name="run.tsv", skip_shards=(0, 2, 3))   # shard 1 rerun elsewhere
     done = str(tmp_path / "done.tsv")
     rep = merge_files(done, [out, str(tmp_path / "run.shard3of4.tsv"), str(tmp_path / "fix" / "run.shard1of4.tsv")],
-                      warn=warnings.append)
+                      warn=_collect(warnings))
     assert rep.rows == 20 and rep.missing == [] and rep.duplicates == 3   # shard 1's other rows again
+
+
+def test_merge_warnings_go_through_warnings_and_name_cli_flags(tmp_path, capsys):
+    """Without `warn`, merge_files warns through `warnings` (argument names as in Python); merge.py prints the
+    same warnings as `warning: ...` lines naming its flags."""
+    from certifynet.cli.merge import main
+    toy_shards(tmp_path, skip_shards=(3,))
+    out = str(tmp_path / "m.tsv")
+    with pytest.warns(CertifyNetWarning) as caught:
+        merge_files(out, [str(tmp_path / "run.shard*.tsv")], allow_missing=True)
+    assert [str(w.message) for w in caught][-1] == f"writing {out} without 5 inputs (allow_missing)"
+    capsys.readouterr()
+    assert main([out, str(tmp_path / "run.shard*.tsv"), "--allow-missing"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert "warning: shard 3/4 is not among the inputs (5 inputs: 15-19)" in err
+    assert err[-1] == f"warning: writing {out} without 5 inputs (--allow-missing)"
 
 
 def test_merge_duplicates(tmp_path):
     a = toy_shards(tmp_path / "a", n=2, n_total=10)
     b = toy_shards(tmp_path / "b", n=5, n_total=10, skip_shards=(0, 1, 3, 4))   # idx 4, 5 again
     warnings = []
-    rep = merge_files(str(tmp_path / "m.tsv"), a + b, warn=warnings.append)
+    rep = merge_files(str(tmp_path / "m.tsv"), a + b, warn=_collect(warnings))
     assert rep.rows == 10 and rep.duplicates == 2 and "same values" in warnings[0]
     c = toy_shards(tmp_path / "c", n=5, n_total=10, skip_shards=(0, 1, 3, 4), value=lambda i: i * i + (i == 5))
     with pytest.raises(CertifyNetError, match=r"idx 5 is in '.*a/run.shard1of2.tsv' and '.*c/run.shard2of5.tsv' "
-                                              r"with different value \('25' vs '26'\)"):
+                                              r"with different value \('25' vs '26'\)"), \
+            pytest.warns(CertifyNetWarning, match="idx 4 is in both"):
         merge_files(str(tmp_path / "m.tsv"), a + c)
 
 
@@ -209,7 +234,7 @@ def test_merge_without_dataset_size_reports_idx_gaps(tmp_path):
     paths = toy_shards(tmp_path, n_total=20, drop=(3, 11), n_inputs=None)
     warnings = []
     with pytest.raises(CertifyNetError, match="2 of .* inputs missing"):
-        merge_files(str(tmp_path / "m.tsv"), paths, warn=warnings.append)
+        merge_files(str(tmp_path / "m.tsv"), paths, warn=_collect(warnings))
     assert "missing idx 3, 11 (some inputs have no dataset size" in warnings[-1]
 
 
@@ -219,8 +244,9 @@ def test_merge_guards_its_output(tmp_path):
         merge_files(paths[0], paths)
     other = tmp_path / "precious.tsv"
     other.write_text("idx\tvalue\ttime\n")
-    with pytest.raises(CertifyNetError, match="not the output of a merge; pass --force"):
+    with pytest.raises(CertifyNetError, match="not the output of a merge; pass force") as e:
         merge_files(str(other), paths)
+    assert "pass --force" in e.value.render(cli=True)
     assert merge_files(str(other), paths, force=True).rows == 20
     with pytest.raises(CertifyNetError, match="no files match"):
         merge_files(str(tmp_path / "m.tsv"), [str(tmp_path / "nothing*.tsv")])

@@ -16,8 +16,8 @@ from certifynet.cli import train as cli_train
 from certifynet.cli import train_smoothmix as cli_smoothmix
 from certifynet.data import get_dataset
 from certifynet.models import get_architecture, load_checkpoint, save_checkpoint
-from certifynet.training import loop
-from certifynet.training.loop import LOG_COLUMNS, LossSpec, TrainConfig, split_batch
+from certifynet.training import LOG_COLUMNS, LossSpec, TrainConfig, config, loop, split_batch
+from certifynet.training import data as train_data
 from certifynet.training.schedule import k_at
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -140,14 +140,14 @@ def test_k_schedule_by_step(tmp_path, capsys):
 
 def test_method_auto_choice():
     cfg = lambda **kw: TrainConfig(dataset="mnist5k", arch="lenet", sigma=0.25, **kw)  # noqa: E731
-    assert loop.resolve_method(cfg(num_noise_vec=2, lbd=5)) == "consistency"
-    assert loop.resolve_method(cfg(num_noise_vec=1, lbd=5)) == "gaussian"
-    assert loop.resolve_method(cfg(num_noise_vec=2, lbd=0)) == "gaussian"
-    assert loop.resolve_method(cfg(num_noise_vec=1, lbd=0, method="consistency")) == "consistency"
-    p = loop.prepare_config(cfg(num_noise_vec=2, lbd=5))
+    assert config.resolve_method(cfg(num_noise_vec=2, lbd=5)) == "consistency"
+    assert config.resolve_method(cfg(num_noise_vec=1, lbd=5)) == "gaussian"
+    assert config.resolve_method(cfg(num_noise_vec=2, lbd=0)) == "gaussian"
+    assert config.resolve_method(cfg(num_noise_vec=1, lbd=0, method="consistency")) == "consistency"
+    p = config.prepare_config(cfg(num_noise_vec=2, lbd=5))
     assert p.entropy == "dsrs" and p.outdir == default_path(os.path.join(
         "models", "mnist5k", "lenet", "consistency", "num_2", "lbd_5", "eta_5_dsrs", "noise_0.25"))
-    p = loop.prepare_config(cfg(num_noise_vec=2, lbd=5, eta=0.5, k=380))
+    p = config.prepare_config(cfg(num_noise_vec=2, lbd=5, eta=0.5, k=380))
     assert p.entropy == "pbar" and p.outdir.endswith(os.path.join("lbd_5", "eta_0.5", "noise_0.25_k380"))
 
 
@@ -167,7 +167,7 @@ def test_train_accuracy_counts_every_noisy_copy():
     x, y = x[:16], y[:16]
     loader = [(x, y)]
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
-    noise = loop.NoiseSource(0.0, 784, torch.Generator())
+    noise = train_data.NoiseSource(0.0, 784, torch.Generator())
     sums, _ = loop.train_one_epoch(model, loader, opt, LossSpec("consistency", m=2, lbd=1.0), noise, 0,
                                    lambda s: 0, "cpu")
     with torch.no_grad():
@@ -290,6 +290,49 @@ def test_checkpoint_is_written_atomically(tmp_path, capsys, monkeypatch):
     assert load_checkpoint(ckpt).epoch == 2
 
 
+def test_log_rows_keep_their_format_and_a_resume_continues_the_same_file(tmp_path, capsys):
+    """log.csv holds %.6g numbers; a resumed run keeps the earlier rows byte for byte and appends after them,
+    and its log.meta.json describes the resumed run. No lock or temp file is left behind."""
+    out = str(tmp_path / "r")
+    common = ["mnist5k", "lenet", *SMALL, "--noise", "0.25", "--outdir", out]
+    assert run(cli_train.main, [*common, "--epochs", "1"], capsys)[0] == 0
+    first = open(os.path.join(out, "log.csv"), "rb").read()
+    assert run(cli_train.main, [*common, "--epochs", "2", "--resume"], capsys)[0] == 0
+    both = open(os.path.join(out, "log.csv"), "rb").read()
+    assert both.startswith(first) and both.count(b"\n") == 3
+    _, rows = read_log(out)
+    for r in rows:
+        for c in ("lr", "train_loss", "train_acc", "test_acc_noisy", "seconds"):
+            assert r[c] == f"{float(r[c]):.6g}", (c, r[c])
+    meta = json.load(open(os.path.join(out, "log.meta.json")))
+    assert (meta["kind"], meta["start_epoch"], meta["columns"]) == ("train_log", 1, LOG_COLUMNS)
+    assert meta["init"] == f"resume:{os.path.join(out, 'checkpoint.pth')}"
+    assert sorted(os.listdir(out)) == ["checkpoint.pth", "log.csv", "log.meta.json"]
+
+
+def test_a_failed_fresh_run_leaves_no_log_behind(tmp_path, monkeypatch):
+    """A fresh run that fails before its first row deletes its header-only log and sidecar, and the folder
+    when it made it; a folder that was there stays."""
+    def boom(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(loop, "train_one_epoch", boom)
+
+    def cfg(out):
+        return TrainConfig(dataset="mnist5k", arch="lenet", sigma=0.25, epochs=1, batch=32, workers=0, device="cpu",
+                           train_subset=64, test_subset=32, progress=False, outdir=out)
+
+    new = tmp_path / "new"
+    with pytest.raises(RuntimeError, match="boom"):
+        loop.train(cfg(str(new)))
+    assert not new.exists()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    with pytest.raises(RuntimeError, match="boom"):
+        loop.train(cfg(str(mine)))
+    assert os.listdir(mine) == []
+
+
 # ---------------------------------------------------------------- bad inputs: one line, exit 2
 
 @pytest.mark.parametrize("argv, needle", [
@@ -315,7 +358,7 @@ def test_bad_inputs_one_line_exit_2(tmp_path, capsys, argv, needle):
 def test_smoothmix_bad_mix_step(tmp_path, capsys):
     rc, _, err = run(cli_smoothmix.main, ["mnist5k", "lenet", "--noise", "0.5", "--num-steps", "2", "--mix_step", "3",
                                           "--outdir", str(tmp_path)], capsys)
-    assert rc == 2 and "--mix_step" in err and err.count("\n") == 1
+    assert rc == 2 and "--mix-step must be in [0, --num-steps=2], got 3" in err and err.count("\n") == 1
 
 
 @pytest.mark.e2e
@@ -338,19 +381,19 @@ def test_seed_commands_parse_as_written():
     a = cli_train.build_parser().parse_args(SEED_MNIST)
     assert (a.dataset, a.arch, a.lr, a.lr_step_size, a.epochs, a.sigma, a.num_noise_vec, a.lbd, a.k, a.k_warmup) == \
         ("mnist", "mnist_43", 0.01, 50, 150, 0.25, 2, 5.0, 380, 100)
-    cfg = loop.prepare_config(TrainConfig.from_namespace(a))
+    cfg = config.prepare_config(TrainConfig.from_namespace(a))
     assert cfg.method == "consistency" and cfg.eta is None and cfg.entropy == "dsrs"
     assert (cfg.gamma, cfg.momentum, cfg.weight_decay, cfg.batch) == (0.1, 0.9, 1e-4, 256)
     assert cfg.outdir == default_path(os.path.join("models", "mnist", "mnist_43", "consistency", "num_2", "lbd_5",
                                                    "eta_5_dsrs", "noise_0.25_k380_kw100"))
 
     a = cli_train.build_parser().parse_args(SEED_CIFAR)
-    cfg = loop.prepare_config(TrainConfig.from_namespace(a))
+    cfg = config.prepare_config(TrainConfig.from_namespace(a))
     assert (cfg.arch, cfg.method, cfg.num_noise_vec, cfg.lbd, cfg.k, cfg.k_warmup) == \
         ("cifar_resnet110", "gaussian", 1, 0.0, 1530, 100)
 
     a = cli_smoothmix.build_parser().parse_args(SEED_SMOOTHMIX)
-    cfg = loop.prepare_config(TrainConfig.from_namespace(a, method="smoothmix"))
+    cfg = config.prepare_config(TrainConfig.from_namespace(a, method="smoothmix"))
     assert (cfg.method, cfg.sigma, cfg.eta, cfg.num_noise_vec, cfg.num_steps, cfg.alpha, cfg.mix_step, cfg.k,
             cfg.k_warmup, cfg.lr, cfg.warmup, cfg.maxnorm, cfg.maxnorm_s) == \
         ("smoothmix", 0.5, 5.0, 2, 4, 1.0, 1, 1530, 110, 0.1, 10, None, None)
@@ -358,7 +401,7 @@ def test_seed_commands_parse_as_written():
     a = cli_train.build_parser().parse_args(["imagenet", "resnet50", "--pretrained-model", "PATH", "--batch", "96",
                                              "--noise", "0.5", "--lr", "0.001", "--epochs", "3"])
     assert (a.pretrained_model, a.batch) == ("PATH", 96)
-    assert loop.warmup_unit(TrainConfig.from_namespace(a)) == "step"
+    assert config.warmup_unit(TrainConfig.from_namespace(a)) == "step"
 
 
 def _write_idx(path, arr, magic):
@@ -421,7 +464,7 @@ def fake_cifar(monkeypatch):
         assert name == "cifar10"
         return ds
 
-    monkeypatch.setattr(loop, "get_dataset", fake)
+    monkeypatch.setattr(train_data, "get_dataset", fake)
 
 
 @pytest.mark.filterwarnings("ignore:This DataLoader will create")

@@ -5,8 +5,10 @@ with independent draws δ, with no host round-trip. Distributions (d = C·H·W):
 
 - `gaussian`: δ ~ N(0, σ²I).
 - `general_gaussian` (DSRS P, and Q in `rescaled` mode with its own σ): p(δ) ∝ ‖δ‖^(−2k)·exp(−‖δ‖²/(2σ'²)),
-  σ' = σ·√(d/(d−2k)), so E‖δ‖² = dσ². The radial law is t = ‖δ‖²/(2σ'²) ~ Gamma(d/2−k): we draw it
-  exactly as t = ½‖z‖², z ~ N(0, I_{d−2k}), with a uniform direction u = g/‖g‖, g ~ N(0, I_d).
+  σ' = σ·√(d/(d−2k)), so E‖δ‖² = dσ², for 0 ≤ 2k < d (σ' and the range of k are defined once, in
+  `certifynet.certify.dsrs`: `sigma_prime`, `check_k`). The radial law is t = ‖δ‖²/(2σ'²) ~
+  Gamma(d/2−k): we draw it exactly as t = ½‖z‖², z ~ N(0, I_{d−2k}), with a uniform direction u = g/‖g‖,
+  g ~ N(0, I_d).
 - `truncated` (DSRS Q): P restricted to ‖δ‖ ≤ T, with T given by its percentile p_T under P,
   β = T²/(2σ'²) = F⁻¹_Gamma(d/2−k)(p_T). t is drawn by the inverse CDF on [0, F(β)]: t = F⁻¹(U·p_T),
   solved by 64 float64 bisection steps on `torch.special.gammainc` (exact to double precision).
@@ -17,7 +19,11 @@ import math
 
 import torch
 
+from certifynet.certify.dsrs import check_k, sigma_prime
 from certifynet.errors import CertifyNetError, check_sigma
+
+__all__ = ["Noise", "GaussianNoise", "GeneralizedGaussianNoise", "TruncatedGeneralizedGaussianNoise", "make_noise",
+           "check_k", "sigma_prime"]
 
 
 class Noise:
@@ -51,24 +57,13 @@ class GaussianNoise(Noise):
         return {"dist": self.name, "sigma": self.sigma, "k": 0}
 
 
-def sigma_prime(sigma: float, d: int, k: int) -> float:
-    """σ' = σ·√(d/(d−2k)), which keeps E‖δ‖² = dσ² for the generalized Gaussian."""
-    return sigma * math.sqrt(d / (d - 2 * k))
-
-
-def check_k(d: int, k: int) -> None:
-    """The generalized Gaussian needs an integer 0 ≤ k ≤ d/2 − 1 (so that d/2 − k ≥ 1)."""
-    if k < 0 or 2 * k > d - 2:
-        raise CertifyNetError(f"--k must be in [0, d/2 - 1] = [0, {d // 2 - 1}] for input dimension d={d}, got {k}")
-
-
 class GeneralizedGaussianNoise(Noise):
     """p(δ) ∝ ‖δ‖^(−2k)·exp(−‖δ‖²/(2σ'²)); k = 0 is N(0, σ²I)."""
     name = "general_gaussian"
 
     def __init__(self, sigma: float, k: int, d: int):
-        self.sigma, self.k, self.d = check_sigma(sigma), int(k), int(d)
-        check_k(self.d, self.k)
+        self.sigma, self.d = check_sigma(sigma), int(d)
+        self.k = check_k(self.d, k)
         self.sigma_p = sigma_prime(self.sigma, self.d, self.k)
         self.shape = self.d / 2.0 - self.k  # Gamma shape of t = ‖δ‖²/(2σ'²)
 
@@ -93,11 +88,6 @@ class GeneralizedGaussianNoise(Noise):
 
     def params(self):
         return {"dist": self.name, "sigma": self.sigma, "k": self.k, "d": self.d}
-
-
-def gamma_cdf(shape: float, t: float) -> float:
-    """F_Gamma(shape)(t), the regularised lower incomplete gamma P(shape, t)."""
-    return float(torch.special.gammainc(torch.tensor(shape, dtype=torch.float64), torch.tensor(t, dtype=torch.float64)))
 
 
 class TruncatedGeneralizedGaussianNoise(GeneralizedGaussianNoise):
@@ -139,7 +129,7 @@ def make_noise(dist: str, sigma: float, d: int, k: int = 0, percentile: float | 
     """Build a distribution by name: 'gaussian', 'general_gaussian' or 'truncated'."""
     if dist == "gaussian":
         if k:
-            raise CertifyNetError("--k > 0 needs --dist general_gaussian")
+            raise CertifyNetError("{k} > 0 needs {dist} general_gaussian", "k", "dist")
         return GaussianNoise(sigma)
     if dist == "general_gaussian":
         return GeneralizedGaussianNoise(sigma, k, d)

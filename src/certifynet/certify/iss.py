@@ -37,7 +37,9 @@ import math
 from functools import lru_cache
 
 import numpy as np
+from scipy.stats import binom
 
+from certifynet.certify.dsrs import dsrs_intervals, dsrs_radius, truncation_percentile
 from certifynet.certify.neyman_pearson import certify_from_counts, cp_interval, cp_lower, np_radius
 from certifynet.errors import CertifyNetError, check_alpha, check_sigma
 
@@ -175,7 +177,6 @@ class IssPlanner:
 
     def expected_sample_size(self, p):
         """E[n_ISS] = Σ_k Bin(k; n0, p)·n_ISS(k) for a true top-class rate p (pilot cost n0 not included)."""
-        from scipy.stats import binom
         p = np.atleast_1d(np.asarray(p, dtype=float))
         pmf = binom.pmf(np.arange(self.n0 + 1)[None, :], self.n0, p[:, None])
         return pmf @ self._sizes.astype(float)
@@ -284,7 +285,6 @@ def _dsrs_plan(p, q, sizes, decline, mode, radius_fn, n_full=None):
 
 def pilot_truncation_percentile(count_p0, n0, alpha, heuristic="x"):
     """Truncated Q for ISS-DSRS: p_T from the PILOT one-sided lower bound p̲_A (α), fixed before any Q draw."""
-    from certifynet.certify.dsrs import truncation_percentile
     return truncation_percentile(cp_lower(count_p0, n0, alpha), heuristic=heuristic)
 
 
@@ -293,8 +293,6 @@ def dsrs_expected_radius_fn(sigma, d, k, q_mode, q_param, alpha):
 
     Intervals from `dsrs_intervals` (α/2 per distribution); 0 when either run is empty.
     """
-    from certifynet.certify.dsrs import dsrs_intervals, dsrs_radius
-
     def radius_fn(count_p, n_p, count_q, n_q):
         if n_p <= 0 or n_q <= 0:
             return 0.0

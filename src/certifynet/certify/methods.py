@@ -25,16 +25,16 @@ class Method:
 
 
 METHODS: dict[str, Method] = {m.name: m for m in (
-    Method("np", "NP (Cohen et al.)", ("np",), "no --q-dist, no --iss",
-           "Cohen, Rosenfeld & Kolter, ICML 2019", "docs/guarantees.md"),
-    Method("dsrs", "DSRS", ("dsrs", "np"), "--q-dist truncated|rescaled",
-           "Li et al., Double Sampling Randomized Smoothing, ICML 2022", "docs/dsrs.md"),
-    Method("iss-np", "ISS-NP", ("iss-np",), "--iss absolute|relative",
-           "Chen et al., Input-Specific Robustness Certification, AAAI 2022", "docs/iss_dsrs.md"),
-    Method("iss-dsrs", "ISS-DSRS", ("iss-dsrs", "iss-np"), "--iss ... --q-dist ...",
+    Method("np", "NP (Cohen et al.)", ("np", "dsrs"), "no --q-dist, no --iss",
+           "Cohen, Rosenfeld & Kolter, ICML 2019", "docs/methods.md#np"),
+    Method("dsrs", "DSRS", ("dsrs",), "--q-dist truncated|rescaled",
+           "Li et al., Double Sampling Randomized Smoothing, ICML 2022", "docs/methods.md#dsrs"),
+    Method("iss-np", "ISS-NP", ("iss-np", "iss-dsrs"), "--iss absolute|relative",
+           "Chen et al., Input-Specific Robustness Certification, AAAI 2022", "docs/methods.md#iss"),
+    Method("iss-dsrs", "ISS-DSRS", ("iss-dsrs",), "--iss ... --q-dist ...",
            "Chen et al. 2022 with Li et al. 2022", "docs/iss_dsrs.md"),
     Method("sequential", "Sequential", (), "certify.py --model ... --sequential --radii ...",
-           "group-sequential tests at fixed radii (this toolkit)", "docs/sequential.md"),
+           "anytime-valid confidence sequences at fixed radii (this toolkit)", "docs/sequential.md"),
 )}
 
 # The methods that certify a stored counts file (certify.py --counts --method ...).

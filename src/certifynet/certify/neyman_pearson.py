@@ -6,8 +6,13 @@ scipy's Beta quantile or Φ⁻¹ can never turn into a larger certificate (Vorá
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 from scipy.stats import beta, binomtest, norm
+
+from certifynet.certify.outcome import ABSTAIN
+from certifynet.errors import CertifyNetError, check_alpha
 
 # Relative safety margin applied to radii: larger than any rounding error of Φ⁻¹ in double precision.
 _RADIUS_REL_MARGIN = 1e-12
@@ -74,11 +79,36 @@ def predict_abstains(n1: int, n2: int, alpha: float) -> bool:
     return predict_pvalue(n1, n2) > alpha
 
 
-def predict_from_counts(counts, alpha: float):
-    """Cohen's PREDICT on class counts: (class, n1, n2, p-value), n1 ≥ n2 the two largest counts (a stable sort
-    orders ties as predict.py does); the class is −1 (abstain) when the binomial p-value of n1 vs n2 exceeds α."""
+class Prediction(NamedTuple):
+    """Cohen's PREDICT on one input's class counts."""
+
+    label: int     # the top class c₁, or ABSTAIN (−1)
+    n1: int        # count of c₁
+    n2: int        # count of the runner-up (0 when there is only one class)
+    pvalue: float  # two-sided binomial p-value of n1 out of n1 + n2 at ½
+
+
+def top_two(counts) -> tuple[int, int, int]:
+    """(c₁, n1, n2): the most frequent class and the two largest counts, n1 ≥ n2.
+
+    Tie rule: among equal counts the smallest class index ranks first (np.argmax, as CERTIFY's selection
+    picks ĉ_A). A tie for first place gives n1 = n2, whose p-value is 1, so PREDICT abstains whatever the
+    rule. One class: n2 = 0.
+    """
     counts = np.asarray(counts)
-    top = np.argsort(counts, kind="stable")[::-1][:2]
-    n1, n2 = int(counts[top[0]]), int(counts[top[1]]) if len(top) > 1 else 0
+    if counts.ndim != 1 or counts.size == 0:
+        raise CertifyNetError(f"PREDICT needs a non-empty 1-D vector of class counts, got shape {counts.shape}")
+    c1 = int(np.argmax(counts))
+    n2 = int(np.max(np.delete(counts, c1))) if counts.size > 1 else 0
+    return c1, int(counts[c1]), n2
+
+
+def predict_from_counts(counts, alpha: float) -> Prediction:
+    """Cohen's PREDICT on class counts: c₁ unless the binomial p-value of n1 vs n2 exceeds α, else ABSTAIN.
+
+    The one PREDICT of the toolkit: (label, n1, n2, p-value), with the top two from `top_two`.
+    """
+    alpha = check_alpha(alpha)
+    c1, n1, n2 = top_two(counts)
     pvalue = predict_pvalue(n1, n2)
-    return (-1 if pvalue > alpha else int(top[0])), n1, n2, pvalue
+    return Prediction(ABSTAIN if pvalue > alpha else c1, n1, n2, pvalue)

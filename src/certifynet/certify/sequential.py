@@ -37,6 +37,8 @@ import numpy as np
 from scipy.special import betaln, xlog1py, xlogy
 from scipy.stats import norm
 
+from certifynet.certify.dsrs import generalized_np_radius
+from certifynet.certify.neyman_pearson import np_radius
 from certifynet.errors import CertifyNetError, check_alpha, check_sigma
 
 # Beta(a, b) mixing prior of the confidence sequence. b < 1 puts more mass near p = 1, where the
@@ -126,8 +128,6 @@ def radius_threshold(radius, sigma, d=None, k=0):
     by ulps): it errs toward a larger θ, and both radius functions are themselves rounded down, so
     p > θ_r always certifies r. Radii needing p > 1 − 1e-12 get θ = 1 (never certified).
     """
-    from certifynet.certify.dsrs import generalized_np_radius
-    from certifynet.certify.neyman_pearson import np_radius
     sigma, r = check_sigma(sigma), float(radius)
     if not (r >= 0.0 and math.isfinite(r)):
         raise CertifyNetError(f"radii must be finite and >= 0, got {radius}")
@@ -161,7 +161,7 @@ def check_radii(radii) -> list:
     """The requested radii, sorted; they must be distinct, finite and > 0."""
     radii = [float(r) for r in radii or ()]
     if not radii or any(not (r > 0 and math.isfinite(r)) for r in radii) or len(set(radii)) != len(radii):
-        raise CertifyNetError(f"--radii must be distinct finite numbers > 0, got {radii}")
+        raise CertifyNetError(f"{{radii}} must be distinct finite numbers > 0, got {radii}", "radii")
     return sorted(radii)
 
 

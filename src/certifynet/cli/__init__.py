@@ -108,7 +108,8 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
     """certifynet's warnings as one line `warning: ...`; others in Python's usual form."""
     stream = file or sys.stderr
     if issubclass(category, CertifyNetWarning):
-        text = message.render(cli=True) if isinstance(message, CertifyNetError) else str(message)
+        inner = message.args[0] if isinstance(message, Warning) and message.args else message  # warn(CertifyNetError)
+        text = inner.render(cli=True) if isinstance(inner, CertifyNetError) else str(message)
         print(f"warning: {text}", file=stream)
     else:
         stream.write(warnings.formatwarning(message, category, filename, lineno, line))

@@ -1,5 +1,6 @@
-"""`analyze.py LOG [LOG ...]`: certified accuracy / ACR / cost table (Markdown on stdout) and, with --out,
-table.md/.tex/.csv, certified_accuracy.png/.pdf, report.md (+ envelope files with --envelope)."""
+"""`analyze.py LOG [LOG ...]`: certified accuracy per radius, then ACR and cost (Markdown table on stdout) and,
+with --out, table.md/.tex/.csv, certified_accuracy.png/.pdf, cost.png/.pdf, pA_lower.png/.pdf (the distribution
+of p̲_A, for logs that record it) and report.md (+ envelope files with --envelope)."""
 from __future__ import annotations
 
 import argparse
@@ -24,7 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="display label, one per log in order (default: sidecar label, else method σ model)")
     p.add_argument("--radii", nargs="+", type=float, default=list(analysis.DEFAULT_RADII), metavar="R",
                    help="radius grid for certified accuracy")
-    p.add_argument("--out", metavar="DIR", help="write table.md/.tex/.csv, certified_accuracy.png/.pdf, report.md here")
+    p.add_argument("--out", metavar="DIR", help="write table.md/.tex/.csv, certified_accuracy.png/.pdf, "
+                                                "pA_lower.png/.pdf, report.md here")
     p.add_argument("--title", help="title of the plots, LaTeX caption and report")
     p.add_argument("--envelope", action="store_true",
                    help="also the envelope over σ: per (dataset, method) and radius, the max certified accuracy "

@@ -19,13 +19,14 @@ import os
 import sys
 import time
 
-from certifynet.certify.from_counts import METHODS, certify_row, check_method, counts_kind, read_counts
+from certifynet.certify.from_counts import METHODS, certify_row, check_method
+from certifynet.certify.methods import counts_kind
 from certifynet.cli import one_line_errors, parse
 from certifynet.cli.base import nothing_to_do, per_input_parser, run_rows
 from certifynet.errors import CertifyNetError, check_alpha
-from certifynet.merge import to_ranges
 from certifynet.paths import check_output_file, default_path, shown
-from certifynet.records import RowLog, parse_shard, select_rows, shard_part, shard_path
+from certifynet.records import RowLog, parse_shard, read_counts, select_rows, shard_part, shard_path
+from certifynet.records.merge import to_ranges
 
 LOG_COLUMNS = ["idx", "label", "predict", "radius", "correct", "time", "pA_lower", "n", "samples", "method"]
 DSRS_COLUMNS = ["pA_upper", "qA_lower", "qA_upper"]

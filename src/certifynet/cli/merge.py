@@ -11,8 +11,8 @@ that agree on everything but time are kept once; conflicting duplicates are an e
 from __future__ import annotations
 
 from certifynet.cli import CliParser, one_line_errors
-from certifynet.merge import merge_files
 from certifynet.paths import shown
+from certifynet.records.merge import merge_files
 
 
 def build_parser():

@@ -8,7 +8,6 @@ under --out (default results/quickstart/).
 """
 from __future__ import annotations
 
-import argparse
 import os
 import shlex
 import time
@@ -84,6 +83,21 @@ def build_parser():
 @one_line_errors
 def main(argv=None):
     a = build_parser().parse_args(argv)
+    demo = open_demo(a)
+    ckpt = train_and_test(demo, a)
+    common = ["--model", ckpt, "--sigma", a.sigma, "--max", a.digits, "--batch", 500]
+    certify_every_method(demo, a, common)
+    seq_label = sequential_stage(demo, a, common)
+    attack_certificates(demo, a, ckpt)
+    if not a.skip_denoiser:
+        denoised_smoothing(demo, a)
+    summarize(demo, a, seq_label)
+    where_methods_differ(demo, a)
+    print(f"quickstart finished in {time.time() - demo.t0:.0f}s")
+
+
+def open_demo(a) -> Demo:
+    """Settings of the whole demo (progress, --fresh, threads) and its output folder."""
     if not a.progress:
         os.environ["CERTIFYNET_NO_PROGRESS"] = "1"
     if a.fresh and os.path.isdir(a.out):
@@ -91,11 +105,14 @@ def main(argv=None):
         shutil.rmtree(a.out)
     os.makedirs(a.out, exist_ok=True)
     torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
-    demo = Demo(a.out, fast=True)
-    s, n, digits = a.sigma, a.N, a.digits
-    print(f"Certify-Net quickstart on mnist5k (4,000 train / 1,000 test real MNIST digits), σ={s}; outputs in {a.out}/")
+    print(f"Certify-Net quickstart on mnist5k (4,000 train / 1,000 test real MNIST digits), σ={a.sigma}; "
+          f"outputs in {a.out}/")
+    return Demo(a.out, fast=True)
 
-    # 1. train a Gaussian-augmented LeNet, reload it, test it clean and under noise
+
+def train_and_test(demo: Demo, a) -> str:
+    """1. Train a Gaussian-augmented LeNet, reload it, test it clean and under noise; its checkpoint."""
+    s = a.sigma
     model_dir = demo.path("lenet_gaussian")
     demo.run("train", ["mnist5k", "lenet", "--noise", s, "--epochs", a.epochs, "--batch", 64, "--lr", 0.01,
                        "--lr_step_size", max(1, a.epochs * 2 // 3), "--workers", 0, "--outdir", model_dir, "--resume"])
@@ -106,8 +123,12 @@ def main(argv=None):
     test = get_dataset("mnist5k", "test")
     print(f"\nreloaded {ckpt}: clean test accuracy {noisy_accuracy(model, test, 0.0):.3f}, "
           f"under N(0,{s}²I) {noisy_accuracy(model, test, s):.3f} (1,000 test digits)")
+    return ckpt
 
-    common = ["--model", ckpt, "--sigma", s, "--max", digits, "--batch", 500]
+
+def certify_every_method(demo: Demo, a, common):
+    """2.-4. Sample and certify with NP, DSRS, ISS-NP and ISS-DSRS (labels in this order: see `summarize`)."""
+    s, n = a.sigma, a.N
     # 2. Neyman–Pearson (Cohen): N0 selection + N estimation draws
     counts_np = demo.path("counts_np.csv")
     demo.run("sample", [*common, "--N0", 100, "--N", n, "--out", counts_np])
@@ -130,20 +151,16 @@ def main(argv=None):
                         "--out", counts_iss_dsrs])
     demo.certify(counts_iss_dsrs, "iss-dsrs", f"ISS-DSRS σ={s} ε=0.05")
 
-    seq_label = sequential_stage(demo, a, common)
-    attack_certificates(demo, a, ckpt)
 
-    if not a.skip_denoiser:
-        denoised_smoothing(demo, a)
-
-    # 5. tables and plots for every run
-    from certifynet.analysis import summarize_runs
+def summarize(demo: Demo, a, seq_label: str):
+    """5. Tables and plots for every run, and what ISS and sequential cost in forward passes."""
+    from certifynet.analysis import summarize_runs, to_markdown
+    digits, n = a.digits, a.N
     print(f"\n== all runs ({digits} digits, α=0.001) ==")
     summary = summarize_runs(demo.logs, a.out, labels=demo.labels, radii=RADII,
                              title=f"mnist5k, LeNet, {digits} test digits")
     keep = [c for c in summary.columns  # dataset, sigma: bold only among comparable runs (not shown)
             if c.startswith("r=") or c in ("log", "ACR", "abstain", "samples/input", "dataset", "sigma")]
-    from certifynet.analysis import to_markdown
     print(to_markdown(summary[keep], bold_best=True))
     passes = dict(zip(summary["log"], summary["samples/input"]))
     print(f"\nISS forward passes per input: NP {passes[demo.labels[0]]:.0f} → ISS-NP {passes[demo.labels[2]]:.0f}; "
@@ -152,8 +169,6 @@ def main(argv=None):
     print(f"sequential at the fixed radii {', '.join(f'{r:g}' for r in RADII[1:])}: {passes[seq_label]:.0f} forward "
           f"passes per input, capped at N0 + N = {100 + n} (benchmarks/bench_sequential.py)")
     print(f"\nplots: {a.out}/certified_accuracy.png (.pdf); tables: {a.out}/table.md/.tex/.csv; report: {a.out}/report.md")
-    where_methods_differ(demo, a)
-    print(f"quickstart finished in {time.time() - demo.t0:.0f}s")
 
 
 def sequential_stage(demo: Demo, a, common):

@@ -13,7 +13,6 @@ environment says otherwise.
 """
 from __future__ import annotations
 
-import argparse
 import concurrent.futures
 import datetime
 import os
@@ -26,9 +25,9 @@ import time
 
 from certifynet.cli import CliParser, HelpFormatter, one_line_errors
 from certifynet.errors import CertifyNetError
-from certifynet.merge import merge_files
 from certifynet.paths import default_path
 from certifynet.records import shard_path
+from certifynet.records.merge import merge_files
 
 OUTPUT_LINE = re.compile(r"^(?:log|counts): (.+)$")  # what sample/certify/predict print last
 
@@ -170,20 +169,26 @@ def run_all(cmd, n, jobs, only, logs_dir, threads, say=print):
     return codes
 
 
+def check_args(args, cmd) -> None:
+    """Refuse bad --shards/--jobs/--only, and a command that picks its own --shard, before anything runs."""
+    n = args.shards
+    if n < 1:
+        raise CertifyNetError(f"{{shards}} must be >= 1, got {n}", "shards")
+    if args.jobs is not None and args.jobs < 1:
+        raise CertifyNetError(f"{{jobs}} must be >= 1, got {args.jobs}", "jobs")
+    bad = [i for i in args.only or [] if not 0 <= i < n]
+    if bad:
+        raise CertifyNetError(f"{{only}} {bad[0]}: shard numbers run from 0 to {n - 1}", "only")
+    if any(a == "--shard" or a.startswith("--shard=") for a in cmd):
+        raise CertifyNetError("the command must not have --shard; run_shards.py adds --shard i/N to each shard")
+
+
 @one_line_errors
 def main(argv=None):
     ours, cmd = split_argv(sys.argv[1:] if argv is None else list(argv))
     args = build_parser().parse_args(ours)
+    check_args(args, cmd)
     n = args.shards
-    if n < 1:
-        raise CertifyNetError(f"--shards must be >= 1, got {n}")
-    if args.jobs is not None and args.jobs < 1:
-        raise CertifyNetError(f"--jobs must be >= 1, got {args.jobs}")
-    bad = [i for i in args.only or [] if not 0 <= i < n]
-    if bad:
-        raise CertifyNetError(f"--only {bad[0]}: shard numbers run from 0 to {n - 1}")
-    if any(a == "--shard" or a.startswith("--shard=") for a in cmd):
-        raise CertifyNetError("the command must not have --shard; run_shards.py adds --shard i/N to each shard")
     codes = run_all(cmd, n, args.jobs, args.only, args.logs, args.threads)
     failed = sorted(i for i, rc in codes.items() if rc != 0)
     if failed:

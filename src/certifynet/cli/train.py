@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 @one_line_errors
 def main(argv=None):
-    from certifynet.training.loop import TrainConfig, run_training
+    from certifynet.training import TrainConfig, run_training
     args = parse(build_parser(), argv)
     check_noise_flags(args)
     if args.method != "smoothadv":
@@ -129,7 +129,8 @@ def main(argv=None):
         refuse(args, (["lbd"] if args.lbd > 0 else []) + ["eta", "entropy"], "to Gaussian training (consistency needs --num-noise-vec >= 2 "
                                                 "and --lbd > 0, or --method consistency)")
     elif args.num_noise_vec < 2:
-        raise CertifyNetError("--method consistency needs --num-noise-vec >= 2 (the KL term compares the m copies)")
+        raise CertifyNetError("{method} consistency needs {num_noise_vec} >= 2 (the KL term compares the m copies)",
+                              "method", "num_noise_vec")
     report_outputs(run_training(TrainConfig.from_namespace(args)))
     return 0
 
@@ -138,5 +139,5 @@ def report_outputs(summary: dict) -> None:
     """Print the files a training run wrote (rank 0 only; nothing for --dry-run)."""
     if not summary.get("dry_run") and os.environ.get("RANK", "0") == "0":
         from certifynet.paths import shown
-        from certifynet.training.loop import LOG_NAME
+        from certifynet.training import LOG_NAME
         print(f"checkpoint: {shown(summary['checkpoint'])}\nlog: {shown(os.path.join(summary['outdir'], LOG_NAME))}")

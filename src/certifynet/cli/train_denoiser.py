@@ -13,8 +13,8 @@ from __future__ import annotations
 import argparse
 
 from certifynet.cli import CliParser, HelpFormatter, one_line_errors
-from certifynet.denoise.train import (CHOICES, OPTION_SPECS, coerce_option, read_options_file, resolve_options,
-                                      train_denoiser)
+from certifynet.denoise.options import CHOICES, OPTION_SPECS, coerce_option, read_options_file, resolve_options
+from certifynet.denoise.train import train_denoiser
 
 
 def build_parser():

@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 @one_line_errors
 def main(argv=None):
-    from certifynet.training.loop import TrainConfig, run_training
+    from certifynet.training import TrainConfig, run_training
     args = parse(build_parser(), argv)
     check_noise_flags(args)
     report_outputs(run_training(TrainConfig.from_namespace(args, method="smoothmix")))

@@ -10,7 +10,7 @@ Our file (written atomically by `save_denoiser`)::
 - the reference layout of microsoft/denoised-smoothing, {"arch": "cifar_dncnn" | "cifar_dncnn_wide" |
   "imagenet_dncnn", "state_dict", ...} (DataParallel's `module.` stripped), DnCNN depth/width from the shapes;
 - KAIR's bare DRUNet state dict (drunet_gray.pth, drunet_color.pth): channels and nb from the shapes.
-Every file is read through `models.read_checkpoint_file` (weights_only=True), so pickled objects are refused.
+Every file is read through `models.checkpoint.read_checkpoint_file` (weights_only=True), so pickled objects are refused.
 """
 from __future__ import annotations
 
@@ -21,9 +21,10 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
-from certifynet.denoise import build_denoiser_from_config, denoiser_config, get_denoiser
+from certifynet.denoise.registry import build_denoiser_from_config, denoiser_config, get_denoiser
 from certifynet.errors import CertifyNetError
-from certifynet.models import CHECKPOINT_FORMAT, _plain, check_finite_weights, read_checkpoint_file, write_checkpoint
+from certifynet.models.checkpoint import (CHECKPOINT_FORMAT, check_finite_weights, plain, read_checkpoint_file,
+                                          write_checkpoint)
 
 DENOISER_FORMAT = "certifynet-denoiser"
 # Denoiser architectures of the denoised-smoothing code that we can rebuild (all DnCNN variants).
@@ -48,8 +49,8 @@ def save_denoiser(path: str, model: nn.Module, *, sigma: dict | None = None, obj
                   epoch: int = 0, optimizer=None, scheduler=None, args=None, extra: dict | None = None) -> None:
     """Write {"format": "certifynet-denoiser", "config", "state_dict", "sigma", "objective", "epoch",
     "optimizer", "scheduler", "args"} atomically (temp file + rename)."""
-    write_checkpoint(path, {"format": DENOISER_FORMAT, "config": _plain(denoiser_config(model)),
-                            "sigma": _plain(sigma), "objective": objective},
+    write_checkpoint(path, {"format": DENOISER_FORMAT, "config": plain(denoiser_config(model)),
+                            "sigma": plain(sigma), "objective": objective},
                      model, epoch=epoch, optimizer=optimizer, scheduler=scheduler, args=args, extra=extra)
 
 
@@ -106,13 +107,38 @@ def _load_strict(model: nn.Module, state: dict, path: str) -> None:
     model.load_state_dict({**expected, **state})
 
 
+def _reference_or_kair(raw: dict, path: str) -> tuple[nn.Module, dict, str]:
+    """(model, state, source) of a file that is not ours: the denoised-smoothing layout ({"arch", "state_dict"})
+    or KAIR's bare state dict, the architecture read off the weights' shapes."""
+    if isinstance(raw.get("state_dict"), dict):
+        state, source = raw["state_dict"], "reference"
+        arch = raw.get("arch")
+        if isinstance(arch, str) and arch not in REFERENCE_DNCNN_ARCHS:
+            raise CertifyNetError(f"denoiser '{path}' has reference arch '{arch}'; only "
+                                  f"{', '.join(REFERENCE_DNCNN_ARCHS)} (DnCNN) can be rebuilt")
+    elif raw and all(torch.is_tensor(v) for v in raw.values()):
+        state, source = raw, "kair"
+    else:
+        raise CertifyNetError(f"denoiser '{path}' has no 'state_dict' and is not a state dict "
+                              f"(keys {sorted(map(str, raw))[:5]})")
+    state = _strip(state)
+    if "dncnn.0.weight" in state:
+        return _infer_dncnn(state), state, source
+    if "m_head.weight" in state:
+        state = _kair_single_body(state)
+        return _infer_drunet(state), state, source
+    raise CertifyNetError(f"denoiser '{path}' has an unknown layout: unmatched keys {list(state)[:3] or '-'} "
+                          f"(expected DnCNN 'dncnn.0.weight' or DRUNet 'm_head.weight')")
+
+
 def load_denoiser(path: str, device="cpu") -> LoadedDenoiser:
     """Rebuild the denoiser stored in `path` (any supported layout), in eval mode on `device`."""
     raw = read_checkpoint_file(path)
     if not isinstance(raw, dict):
         raise CertifyNetError(f"denoiser '{path}' is not a dict of tensors")
     if raw.get("format") == CHECKPOINT_FORMAT:
-        raise CertifyNetError(f"'{path}' is a classifier checkpoint; pass it as --model, not --denoiser")
+        raise CertifyNetError(f"'{path}' is a classifier checkpoint; pass it as {{model}}, not {{denoiser}}",
+                              "model", "denoiser")
     kw = {}
     if raw.get("format") == DENOISER_FORMAT:
         if not isinstance(raw.get("config"), dict) or not isinstance(raw.get("state_dict"), dict):
@@ -120,28 +146,9 @@ def load_denoiser(path: str, device="cpu") -> LoadedDenoiser:
         model, state, source = build_denoiser_from_config(raw["config"]), raw["state_dict"], "certifynet"
         kw = {"sigma": raw.get("sigma"), "objective": raw.get("objective"), "epoch": int(raw.get("epoch") or 0)}
     else:
-        if isinstance(raw.get("state_dict"), dict):
-            state, source = raw["state_dict"], "reference"
-            arch = raw.get("arch")
-            if isinstance(arch, str) and arch not in REFERENCE_DNCNN_ARCHS:
-                raise CertifyNetError(f"denoiser '{path}' has reference arch '{arch}'; only "
-                                      f"{', '.join(REFERENCE_DNCNN_ARCHS)} (DnCNN) can be rebuilt")
-        elif raw and all(torch.is_tensor(v) for v in raw.values()):
-            state, source = raw, "kair"
-        else:
-            raise CertifyNetError(f"denoiser '{path}' has no 'state_dict' and is not a state dict "
-                                  f"(keys {sorted(map(str, raw))[:5]})")
-        state = _strip(state)
-        if "dncnn.0.weight" in state:
-            model = _infer_dncnn(state)
-        elif "m_head.weight" in state:
-            state = _kair_single_body(state)
-            model = _infer_drunet(state)
-        else:
-            raise CertifyNetError(f"denoiser '{path}' has an unknown layout: unmatched keys {list(state)[:3] or '-'} "
-                                  f"(expected DnCNN 'dncnn.0.weight' or DRUNet 'm_head.weight')")
+        model, state, source = _reference_or_kair(raw, path)
     state = _strip(state)
     check_finite_weights(state, path)
     _load_strict(model, state, path)
     return LoadedDenoiser(model=model.to(device).eval(), path=os.path.abspath(path),
-                          config=_plain(denoiser_config(model)), source=source, raw=raw, **kw)
+                          config=plain(denoiser_config(model)), source=source, raw=raw, **kw)

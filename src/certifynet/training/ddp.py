@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn as nn
+from torch import nn
 
 from certifynet.errors import CertifyNetError
 
@@ -58,10 +58,11 @@ def resolve_device(device: str = "auto", local_rank: int = 0, distributed: bool 
     try:
         dev = torch.device(device)
     except RuntimeError:
-        raise CertifyNetError(f"--device '{device}' is not a torch device (use auto, cpu, cuda or cuda:N)") from None
+        raise CertifyNetError(f"{{device}} '{device}' is not a torch device (use auto, cpu, cuda or cuda:N)",
+                              "device") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise CertifyNetError(f"--device {device} asked for CUDA, but no CUDA device is available")
+            raise CertifyNetError(f"{{device}} {device} asked for CUDA, but no CUDA device is available", "device")
         if dev.index is None:
             dev = torch.device("cuda", local_rank if distributed else torch.cuda.current_device())
         if dev.index >= torch.cuda.device_count():

@@ -10,15 +10,16 @@ The m noisy copies of a batch are stacked into one forward pass of m·B inputs. 
 published recipes, the training loop should feed B/m images per call (the references split each loader batch
 into m chunks).
 """
+from __future__ import annotations
 
-from typing import Callable, Dict, Optional, Sequence, Tuple, Union
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 NoiseFn = Callable[[Tensor], Tensor]
-Stats = Dict[str, Tensor]
+Stats = dict[str, Tensor]
 
 PROB_FLOOR = 1e-20  # probabilities are clamped here before a log
 
@@ -46,7 +47,7 @@ def _entropy(p: Tensor) -> Tensor:
     return -(p * p.clamp_min(PROB_FLOOR).log()).sum(-1)
 
 
-def _ce_and_p_hat(model: nn.Module, x: Tensor, y: Tensor, noises: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+def _ce_and_p_hat(model: nn.Module, x: Tensor, y: Tensor, noises: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Returns (mean_{i,b} CE(f(x+δ_i), y), log p_i of shape (m,B,K), p̂ of shape (B,K))."""
     logits = _noisy_logits(model, x, noises)
     ce = F.cross_entropy(logits.flatten(0, 1), y.repeat(noises.shape[0]))
@@ -54,7 +55,7 @@ def _ce_and_p_hat(model: nn.Module, x: Tensor, y: Tensor, noises: Tensor) -> Tup
     return ce, log_p, log_p.exp().mean(0)
 
 
-def gaussian_loss(model: nn.Module, x: Tensor, y: Tensor, noise_fn: NoiseFn) -> Tuple[Tensor, Stats]:
+def gaussian_loss(model: nn.Module, x: Tensor, y: Tensor, noise_fn: NoiseFn) -> tuple[Tensor, Stats]:
     """Gaussian augmentation (Cohen et al. 2019): L = CE(f(x+δ), y), batch mean.  Stats: ce."""
     ce = F.cross_entropy(model(x + noise_fn(x)), y)
     return ce, {"ce": ce.detach()}
@@ -67,11 +68,11 @@ def consistency_loss(
     noise_fn: NoiseFn,
     m: int,
     lbd: float,
-    eta: Optional[float] = None,
+    eta: float | None = None,
     *,
     detach_target: bool = False,
     dsrs_entropy: bool = False,
-) -> Tuple[Tensor, Stats]:
+) -> tuple[Tensor, Stats]:
     """Consistency regularisation (Jeong & Shin 2020), batch mean of
 
         L = (1/m) Σ_i CE(f(x+δ_i), y) + λ·(1/m) Σ_i KL(p̂ ‖ p_i) + η·H(p̂).
@@ -99,12 +100,12 @@ def consistency_loss(
     return loss, {"ce": ce.detach(), "kl": kl.detach(), "ent": ent.detach()}
 
 
-def _per_sample(v: Union[float, Tensor], x: Tensor) -> Union[float, Tensor]:
+def _per_sample(v: float | Tensor, x: Tensor) -> float | Tensor:
     """A float as is; a per-sample tensor (B,) viewed as (B, 1, ..., 1) to broadcast against x."""
     return v.view(-1, *([1] * (x.dim() - 1))) if isinstance(v, Tensor) else v
 
 
-def _project(x_t: Tensor, x: Tensor, radius: Optional[Union[float, Tensor]]) -> Tensor:
+def _project(x_t: Tensor, x: Tensor, radius: float | Tensor | None) -> Tensor:
     """clip_[0,1](Π(x_t)): Π scales x_t − x per sample onto the L2 ball of the given radius (None: no ball;
     a tensor (B,): one radius per sample). Clipping only shrinks |x_t − x|, so the result stays in the ball."""
     if radius is not None:
@@ -126,14 +127,14 @@ def smoothed_pgd_path(
     model: nn.Module,
     x: Tensor,
     y: Tensor,
-    noises: Union[Tensor, Sequence[Tensor]],
+    noises: Tensor | Sequence[Tensor],
     num_steps: int,
-    step_size: Union[float, Tensor],
-    maxnorm: Optional[Union[float, Tensor]] = None,
+    step_size: float | Tensor,
+    maxnorm: float | Tensor | None = None,
     *,
-    start: Optional[Tensor] = None,
+    start: Tensor | None = None,
     keep_step: int = 0,
-) -> Tuple[Tensor, Tensor]:
+) -> tuple[Tensor, Tensor]:
     """Normalised-gradient L2 ascent on the smoothed soft classifier's loss (SmoothMix, SmoothAdv):
 
         x^0 = start (default x),  x^{t+1} = clip_[0,1](Π_maxnorm(x^t + s·g/‖g‖₂)),  g = ∇_x Σ_b −log p̂(x^t)_y,
@@ -174,13 +175,13 @@ def smoothmix_adversarial_path(
     model: nn.Module,
     x: Tensor,
     y: Tensor,
-    noises: Union[Tensor, Sequence[Tensor]],
+    noises: Tensor | Sequence[Tensor],
     num_steps: int,
     step_alpha: float,
-    maxnorm: Optional[float] = None,
+    maxnorm: float | None = None,
     mix_step: int = 0,
-    maxnorm_s: Optional[float] = None,
-) -> Tuple[Tensor, Tensor]:
+    maxnorm_s: float | None = None,
+) -> tuple[Tensor, Tensor]:
     """SmoothMix adversarial path on the smoothed soft classifier (Jeong et al. 2021).
 
         x^0 = x,  x^{t+1} = clip_[0,1](Π_maxnorm(x^t + α·g/‖g‖₂)),  g = ∇_x Σ_b −log p̂(x^t)_y,
@@ -213,14 +214,14 @@ def smoothmix_loss(
     step_alpha: float,
     eta: float,
     warmup_weight: float,
-    num_classes: Optional[int] = None,
+    num_classes: int | None = None,
     mix_step: int = 0,
-    maxnorm: Optional[float] = None,
-    maxnorm_s: Optional[float] = None,
+    maxnorm: float | None = None,
+    maxnorm_s: float | None = None,
     detach_target: bool = False,
     clean_at_init: bool = True,
-    generator: Optional[torch.Generator] = None,
-) -> Tuple[Tensor, Stats]:
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Stats]:
     """SmoothMix (Jeong et al. 2021), with x̃ the clean point (see clean_at_init):
 
         L = mean_{i,b} CE(f(x̃+δ_i), y) + η·w·mean_{i,b}[𝟙(argmax p̂(x̃) = y)·KL(ŷ_mix ‖ softmax f(x_mix+δ_i))],
@@ -274,7 +275,7 @@ def smoothadv_loss(
     eps: float,
     num_steps: int,
     warmup_weight: float = 1.0,
-) -> Tuple[Tensor, Stats]:
+) -> tuple[Tensor, Stats]:
     """SmoothAdv (Salman et al., NeurIPS 2019), trained on PGD points of the smoothed soft classifier:
 
         L = mean_{i,b} CE(f(x' + δ_i), y),   x' = x^T of ``smoothed_pgd_path`` from x^0 = x with

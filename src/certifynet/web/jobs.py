@@ -72,7 +72,7 @@ class JobManager:
     def __init__(self, root: str, jobs_dir: str, queue_size: int = 8, workers: int = 1, threads: int = 1,
                  nice: int = 10, start: bool = True):
         if queue_size < 1 or workers < 1 or threads < 1:
-            raise CertifyNetError("--queue, --workers and --threads must be >= 1")
+            raise CertifyNetError("{queue}, {workers} and {threads} must be >= 1", "queue", "workers", "threads")
         self.root, self.jobs_dir = os.path.abspath(root), os.path.join(os.path.abspath(root), jobs_dir)
         self.queue_size, self.threads, self.nice = queue_size, threads, nice
         self._jobs, self._procs, self._cancelled = {}, {}, set()

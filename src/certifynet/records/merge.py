@@ -14,18 +14,25 @@ import glob
 import json
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from certifynet._version import __version__
 from certifynet.errors import CertifyNetError
+from certifynet.errors import warn as _warn
 from certifynet.paths import check_output_file
-from certifynet.records import (VOLATILE_META, meta_conflict, meta_path, read_meta, read_rows, select_indices,
-                                writer_active)
+from certifynet.records.files import atomic_write
+from certifynet.records.lock import writer_active
+from certifynet.records.rowlog import read_rows
+from certifynet.records.selection import select_indices
+from certifynet.records.sidecar import VOLATILE_META, meta_conflict, meta_path, read_meta
 
 # Also ignored when comparing inputs: bookkeeping of earlier merges (so merged files can be merged again).
 MERGE_IGNORE = VOLATILE_META | {"merged_from", "missing"}
 # Columns that may differ between two computations of the same row.
 TIMING_COLUMNS = {"time"}
+# Receives each warning: a message, or a CertifyNetError whose fields name arguments (default: errors.warn).
+Warn = Callable[["str | CertifyNetError"], object]
 
 
 @dataclass
@@ -39,7 +46,7 @@ class MergeReport:
 
 
 # ---------------------------------------------------------------- index sets as compact ranges
-def to_ranges(indices):
+def to_ranges(indices) -> list[list[int]]:
     """Sorted ints → [[start, stop, step], ...] (Python range arguments), greedily compressed."""
     xs, out = sorted(set(indices)), []
     i = 0
@@ -59,7 +66,7 @@ def to_ranges(indices):
     return out
 
 
-def from_ranges(ranges):
+def from_ranges(ranges) -> set[int]:
     return {i for r in ranges for i in range(*r)}
 
 
@@ -73,7 +80,7 @@ def describe(indices, limit: int = 8) -> str:
 
 
 # ---------------------------------------------------------------- what an input says it covers
-def run_selection(meta: dict, shard=(0, 1)):
+def run_selection(meta: dict, shard=(0, 1)) -> set[int] | None:
     """Indices the input's run selects (its shard of it with `shard`); None when its metadata can't tell."""
     if meta.get("indices") is not None:
         return from_ranges(meta["indices"]) if shard == (0, 1) else None
@@ -89,28 +96,36 @@ def run_selection(meta: dict, shard=(0, 1)):
         return None
 
 
-def _shard_of(meta):
+def _shard_of(meta: dict) -> tuple[int, int]:
     return tuple(meta.get("shard") or (0, 1))
 
 
-def expand_inputs(patterns, out: str | None = None, warn=None):
+def _glob_inputs(pat: str, out: str | None, warn: Warn | None) -> list[str]:
+    """The files `pat` matches (sidecars, temp files and logs skipped; OUT dropped with a warning)."""
+    found = [p for p in sorted(glob.glob(pat)) if not p.endswith((".meta.json", ".tmp", ".log"))]
+    if not found:
+        raise CertifyNetError(f"no files match '{pat}'")
+    out_real = os.path.realpath(out) if out else None
+    if out_real and any(os.path.realpath(p) == out_real for p in found):
+        found = [p for p in found if os.path.realpath(p) != out_real]
+        warn and warn(f"'{out}' matches '{pat}'; it is the output, not an input")
+    return found
+
+
+def _named_input(path: str, out: str | None) -> list[str]:
+    """[path] for an input named as a file: it must exist and must not be OUT."""
+    if not os.path.isfile(path):
+        raise CertifyNetError(f"file '{path}' not found")
+    if out and os.path.realpath(path) == os.path.realpath(out):
+        raise CertifyNetError(f"'{path}' is both the output and an input; choose another OUT")
+    return [path]
+
+
+def expand_inputs(patterns, out: str | None = None, warn: Warn | None = None) -> list[str]:
     """Paths from file names and glob patterns (sidecars skipped); OUT is dropped from glob matches."""
     paths, seen = [], set()
-    out_real = os.path.realpath(out) if out else None
     for pat in patterns:
-        if any(c in pat for c in "*?["):
-            found = [p for p in sorted(glob.glob(pat)) if not p.endswith((".meta.json", ".tmp", ".log"))]
-            if not found:
-                raise CertifyNetError(f"no files match '{pat}'")
-            if out_real and any(os.path.realpath(p) == out_real for p in found):
-                found = [p for p in found if os.path.realpath(p) != out_real]
-                warn and warn(f"'{out}' matches '{pat}'; it is the output, not an input")
-        else:
-            if not os.path.isfile(pat):
-                raise CertifyNetError(f"file '{pat}' not found")
-            if out_real and os.path.realpath(pat) == out_real:
-                raise CertifyNetError(f"'{pat}' is both the output and an input; choose another OUT")
-            found = [pat]
+        found = _glob_inputs(pat, out, warn) if any(c in pat for c in "*?[") else _named_input(pat, out)
         for p in found:
             if os.path.realpath(p) not in seen:
                 seen.add(os.path.realpath(p))
@@ -120,20 +135,41 @@ def expand_inputs(patterns, out: str | None = None, warn=None):
     return paths
 
 
-def _sniff_sep(path):
+def _sniff_sep(path: str) -> str:
     with open(path, newline="") as f:
         return "\t" if "\t" in f.readline() else ","
 
 
-def _warn_stderr(msg):
-    print(f"warning: {msg}", file=sys.stderr)
-
-
 # ---------------------------------------------------------------- the merge
-def merge_files(out: str, inputs, allow_missing: bool = False, force: bool = False, warn=_warn_stderr) -> MergeReport:
-    """Merge shard files `inputs` (paths or glob patterns) into `out` (+ sidecar); see the module doc."""
+def merge_files(out: str, inputs, allow_missing: bool = False, force: bool = False, warn: Warn = _warn) -> MergeReport:
+    """Merge shard files `inputs` (paths or glob patterns) into `out` (+ sidecar); see the module doc.
+
+    `warn` receives each warning (default `certifynet.errors.warn`; a message or a CertifyNetError)."""
     check_output_file(out, "OUT")
     paths = expand_inputs(inputs, out, warn)
+    metas = _input_metas(paths)
+    if os.path.exists(out) and not force and "merged_from" not in read_meta(out, required=False):
+        raise CertifyNetError(f"'{out}' exists and is not the output of a merge; pass {{force}} to replace it "
+                              "or choose another OUT", "force")
+    sep = _sniff_sep(paths[0])
+    report = MergeReport(out, paths)
+    header, by_idx, file_idx = _collect_rows(paths, sep, report, warn)
+    expected = _check_coverage(paths, metas, file_idx, set(by_idx), report, warn)
+    if report.missing and not allow_missing:
+        raise CertifyNetError(f"{len(report.missing)} of {len(expected)} inputs missing "
+                              f"(idx {describe(report.missing, 4)}); nothing written. Rerun the failed shards "
+                              "with the same command (they resume), or pass {allow_missing}", "allow_missing")
+    if report.missing:
+        warn(CertifyNetError(f"writing {out} without {len(report.missing)} inputs ({{allow_missing}})",
+                             "allow_missing"))
+    meta = _merged_meta(metas, paths, header, expected, report.missing)
+    _write(out, sep, header, [by_idx[i] for i in sorted(by_idx)], meta)
+    report.rows = len(by_idx)
+    return report
+
+
+def _input_metas(paths: list[str]) -> list[dict]:
+    """The inputs' sidecars, after checking that no input is being written and that all are of one run."""
     for p in paths:
         holder = writer_active(p)
         if holder:
@@ -144,12 +180,20 @@ def merge_files(out: str, inputs, allow_missing: bool = False, force: bool = Fal
         if key:
             raise CertifyNetError(f"'{paths[0]}' and '{p}' disagree on {key} "
                                   f"({metas[0].get(key)!r} vs {m.get(key)!r}); they are not shards of one run")
-    if os.path.exists(out) and not force and "merged_from" not in read_meta(out, required=False):
-        raise CertifyNetError(f"'{out}' exists and is not the output of a merge; pass --force to replace it "
-                              "or choose another OUT")
-    sep = _sniff_sep(paths[0])
-    header = None
-    by_idx, origin, file_idx, report = {}, {}, {}, MergeReport(out, paths)
+    return metas
+
+
+def _row_idx(path: str, row: dict, lineno: int) -> int:
+    try:
+        return int(row["idx"])
+    except ValueError:
+        raise CertifyNetError(f"'{path}' line {lineno}: idx '{row['idx']}' is not an integer") from None
+
+
+def _collect_rows(paths: list[str], sep: str, report: MergeReport, warn: Warn):
+    """(header, {idx: row}, {path: its idx set}) over all inputs; duplicates that agree on every column but
+    TIMING_COLUMNS are kept once (counted in report.duplicates), conflicting ones are an error."""
+    header, by_idx, origin, file_idx = None, {}, {}, {}
     for p in paths:
         cols, rows = read_rows(p, sep)
         if header is None:
@@ -160,43 +204,34 @@ def merge_files(out: str, inputs, allow_missing: bool = False, force: bool = Fal
             raise CertifyNetError(f"'{paths[0]}' and '{p}' have different columns ({header} vs {cols})")
         compared = [c for c in header if c not in TIMING_COLUMNS]
         for lineno, r in enumerate(rows, start=2):
-            try:
-                idx = int(r["idx"])
-            except ValueError:
-                raise CertifyNetError(f"'{p}' line {lineno}: idx '{r['idx']}' is not an integer") from None
+            idx = _row_idx(p, r, lineno)
             file_idx.setdefault(p, set()).add(idx)
-            if idx in by_idx:
-                old = by_idx[idx]
-                diff = next((c for c in compared if old[c] != r[c]), None)
-                if diff:
-                    raise CertifyNetError(f"idx {idx} is in '{origin[idx]}' and '{p}' with different {diff} "
-                                          f"({old[diff]!r} vs {r[diff]!r})")
-                if not report.duplicates:
-                    warn(f"idx {idx} is in both '{origin[idx]}' and '{p}' (same values); keeping one copy")
-                report.duplicates += 1
+            if idx not in by_idx:
+                by_idx[idx], origin[idx] = r, p
                 continue
-            by_idx[idx], origin[idx] = r, p
+            old = by_idx[idx]
+            diff = next((c for c in compared if old[c] != r[c]), None)
+            if diff:
+                raise CertifyNetError(f"idx {idx} is in '{origin[idx]}' and '{p}' with different {diff} "
+                                      f"({old[diff]!r} vs {r[diff]!r})")
+            if not report.duplicates:
+                warn(f"idx {idx} is in both '{origin[idx]}' and '{p}' (same values); keeping one copy")
+            report.duplicates += 1
     if report.duplicates > 1:
         warn(f"dropped {report.duplicates} duplicate rows in all")
+    return header, by_idx, file_idx
 
-    expected = _check_coverage(paths, metas, file_idx, set(by_idx), report, warn)
-    if report.missing and not allow_missing:
-        raise CertifyNetError(f"{len(report.missing)} of {len(expected)} inputs missing "
-                              f"(idx {describe(report.missing, 4)}); nothing written. Rerun the failed shards "
-                              "with the same command (they resume), or pass --allow-missing")
-    if report.missing:
-        warn(f"writing {out} without {len(report.missing)} inputs (--allow-missing)")
 
+def _merged_meta(metas: list[dict], paths: list[str], header: list[str], expected: set[int], missing) -> dict:
+    """The first input's sidecar without its shard, with the merge's bookkeeping (inputs, indices, missing)."""
     meta = {k: v for k, v in metas[0].items() if k not in ("shard", "missing")}
     for k in ("start", "end"):  # volatile: may legitimately differ between inputs
         if len({json.dumps(m.get(k)) for m in metas}) > 1:
             meta[k] = None
     meta.update(merged_from=[os.path.abspath(p) for p in paths], indices=to_ranges(expected),
-                missing=to_ranges(report.missing), columns=header, version=__version__,
+                missing=to_ranges(missing), columns=header, version=__version__,
                 command=" ".join(sys.argv), created=datetime.datetime.now().isoformat(timespec="seconds"))
-    _write(out, sep, header, [by_idx[i] for i in sorted(by_idx)], meta)
-    report.rows = len(by_idx)
-    return report
+    return meta
 
 
 def _check_coverage(paths, metas, file_idx, got, report, warn):
@@ -213,8 +248,13 @@ def _check_coverage(paths, metas, file_idx, got, report, warn):
         key = json.dumps([m.get(k) for k in ("n_inputs", "start", "end", "skip", "max", "indices")] + [n])
         shards_seen.setdefault(key, (m, set()))[1].add(i)
     report.missing = sorted(expected - got)
-    if not report.missing:
-        return expected
+    if report.missing:
+        _explain_gaps(paths, metas, shards_seen, got, report, warn)
+    return expected
+
+
+def _explain_gaps(paths, metas, shards_seen, got, report, warn) -> None:
+    """Warn about each shard absent from the inputs and each input that lacks some of its own rows."""
     for m, seen in shards_seen.values():
         n = _shard_of(m)[1]
         for i in sorted(set(range(n)) - seen):
@@ -230,18 +270,14 @@ def _check_coverage(paths, metas, file_idx, got, report, warn):
     if not report.expected_known:
         warn(f"missing idx {describe(report.missing)} (some inputs have no dataset size in their metadata: "
              "only gaps inside the idx range were checked)")
-    return expected
 
 
-def _write(out, sep, header, rows, meta):
-    """Write data and sidecar to temporary files, then rename them into place."""
-    os.makedirs(os.path.dirname(os.path.abspath(out)) or ".", exist_ok=True)
-    tmp = f"{out}.{os.getpid()}.tmp"
-    with open(tmp, "w", newline="") as f:
+def _write(out: str, sep: str, header: list[str], rows: list[dict], meta: dict) -> None:
+    """Write the data, then its sidecar, each atomically (temp file in the same folder, fsync, rename)."""
+    def data(f):
         f.write(sep.join(header) + "\n")
         for r in rows:
             f.write(sep.join(r[c] for c in header) + "\n")
-    with open(meta_path(tmp), "w") as f:
-        json.dump(meta, f, indent=1, sort_keys=True)
-    os.replace(tmp, out)
-    os.replace(meta_path(tmp), meta_path(out))
+
+    atomic_write(out, data)
+    atomic_write(meta_path(out), lambda f: json.dump(meta, f, indent=1, sort_keys=True))
