@@ -35,10 +35,9 @@ def test_cohen_predict_vectors():
         assert (pv > 0.001) == (row["predict_alpha_0.001"] == "ABSTAIN")
 
 
-@needs_ref
 def test_predict_from_counts_vectors():
     """The one PREDICT on class-count vectors built from the reference (n1, n2) pairs, in either order."""
-    for row in csv.DictReader(open(os.path.join(REF, "cohen_predict_vectors.csv"))):
+    for row in reference_rows("cohen_predict_vectors.csv"):
         n1, n2 = int(row["count1"]), int(row["count2"])
         for counts, top in (([n2, 0, n1, 0], 2), ([n1, n2], 0), ([0, n2, 0, n1], 3)):
             pred = predict_from_counts(np.array(counts), 0.001)
