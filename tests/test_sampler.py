@@ -267,7 +267,8 @@ def test_sample_cli_inputs_per_batch(tmp_path, monkeypatch):
     groups = []
     real, real_init = InputSampler.prefetch, InputSampler.__init__
     monkeypatch.setattr(InputSampler, "prefetch", lambda self, items: groups.append(len(items)) or real(self, items))
-    monkeypatch.setattr(InputSampler, "__init__", lambda self, model, *a, **k: real_init(self, ExactLinear(784), *a, **k))
+    exact = lambda self, model, *a, **k: real_init(self, ExactLinear(784), *a, **k)  # noqa: E731
+    monkeypatch.setattr(InputSampler, "__init__", exact)
     path = str(tmp_path / "lenet.pth")
     save_checkpoint(path, lenet(), arch="lenet", dataset="mnist5k", num_classes=10, sigma=0.25)
     common = ["--model", path, "--sigma", "0.25", "--N0", "25", "--N", "100", "--batch", "50", "--max", "6"]
