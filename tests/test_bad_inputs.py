@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 import torch
 
-from certifynet.cli import analyze, certify, merge, predict, sample, train, train_denoiser
+from certifynet.cli import analyze, attack, certify, merge, predict, sample, train, train_denoiser
 from certifynet.models import get_architecture, save_checkpoint
 
 MODULES = {"sample": sample, "certify": certify, "predict": predict, "train": train,
-           "train_denoiser": train_denoiser, "merge": merge, "analyze": analyze}
+           "train_denoiser": train_denoiser, "merge": merge, "analyze": analyze, "attack": attack}
 SMALL = ["--sigma", "0.25", "--N0", "10", "--N", "40", "--batch", "40", "--max", "2", "--no-progress"]
 
 
@@ -42,6 +42,7 @@ def ws(tmp_path_factory):
                         "--out", str(w / "c_dsrs.csv")]) == 0
     assert certify.main(["--counts", str(w / "c.csv"), "--out", str(w / "c.np.tsv"), "--no-progress"]) == 0
     (w / "plain.txt").write_text("my notes\n")
+    np.save(w / "image.npy", np.full((1, 28, 28), 0.5, np.float32))
     (w / "folder").mkdir()
     (w / "readonly").mkdir()
     os.chmod(w / "readonly", 0o555)
@@ -165,6 +166,15 @@ CASES = [
      "--N0 does not apply to predict.py"),
     ("predict", ["--model", M, "--sigma", "0.25", "--N", "40", "--out", M], "has no sidecar"),
     ("predict", ["--model", M, "--sigma", "0.25", "--N", "40", "--out", "{W}/c.np.tsv"], "is a certify_log"),
+    ("predict", ["--model", M, "--sigma", "0.25", "--N", "40", "--image-label", "3", "--out", "{W}/p.tsv"],
+     "--image-label does not apply without --image"),
+    ("predict", ["--model", M, "--sigma", "0.25", "--N", "40", "--image", "{W}/image.npy", "--split", "train",
+                 "--out", "{W}/p.tsv"], "--split does not apply with --image"),
+    # ---- attack: the curve attacks the label, which an image given alone does not have
+    ("attack", ["--model", M, "--sigma", "0.25", "--eps", "0.5", "--image", "{W}/image.npy", "--out", "{W}/a.tsv"],
+     "--eps (curve mode) attacks the label: give the image's --image-label"),
+    ("attack", ["--model", M, "--sigma", "0.25", "--eps", "0.5", "--inputs-per-batch", "2", "--out", "{W}/a.tsv"],
+     "--inputs-per-batch does not apply to attack.py"),
     # ---- train / train_denoiser
     ("train", ["mnist5k", "lenet", "--noise", "0.25", "--outdir", "{W}/plain.txt"], "is a file, not a folder"),
     ("train", ["mnist5k", "lenet", "--noise", "0.25", "--outdir", "{W}/plain.txt/run"], "is a file, not a folder"),
@@ -234,7 +244,7 @@ def test_slurm_task_id_not_an_integer(ws, capsys, monkeypatch):
 def test_failed_run_leaves_no_file(ws, tmp_path, capsys, monkeypatch):
     """A run that fails on its first input, after its log was opened, leaves no header-only file behind."""
     from certifynet.errors import CertifyNetError
-    from certifynet.pipeline import InputSampler
+    from certifynet.sampling import InputSampler
 
     def fail(self, idx, x, label):
         raise CertifyNetError("the model's outputs are not finite (NaN/Inf) on noisy inputs")

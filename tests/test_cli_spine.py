@@ -2,6 +2,7 @@
 import json
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -11,7 +12,7 @@ from certifynet.cli import sample as sample_cli
 from certifynet.errors import CertifyNetError
 from certifynet.models import get_architecture
 from certifynet.records import read_rows
-from certifynet.sampling import Smooth
+from certifynet.sampling import SamplingConfig, Smooth
 from helpers import untrained_lenet
 
 SMALL = ["--sigma", "0.25", "--N0", "10", "--N", "60", "--batch", "30", "--max", "3"]
@@ -122,3 +123,140 @@ def test_nan_input_is_refused():
     x[0, 3, 3] = float("nan")
     with pytest.raises(CertifyNetError, match="NaN"):
         sm.certify(x, 10, 20, 0.001, batch=10)
+
+
+# ---------------------------------------------------------------- SamplingConfig: one set of options and defaults
+
+# A value other than the default for every option (a new option must be added here: the round trip covers it).
+OTHER = {"counts": "c.csv", "method": "dsrs", "model": "m.pth", "arch": "lenet", "dataset": "mnist5k",
+         "normalization": "identity", "denoiser": "d.pth", "split": "train", "data_dir": "/x/data", "start": 3,
+         "end": 9, "skip": 2, "max": 4, "shard": "1/2", "image": "i.png", "image_label": 3, "sigma": 0.5,
+         "dist": "general_gaussian", "k": 5, "N": 123, "alpha": 0.01, "batch": 7, "seed": 11, "select": "label",
+         "N0": 13, "q_dist": "rescaled", "q_percentile": "0.9", "q_sigma": 0.2, "iss": "relative",
+         "iss_decline": 0.1, "iss_n0": 17, "device": "cpu", "amp": True, "optimize": False, "channels_last": False,
+         "progress": False, "inputs_per_batch": 3, "cuda_graph": True, "label": "my run", "sequential": True,
+         "radii": [0.25, 0.5], "out": "o.tsv"}
+
+
+def _parsed(argv):
+    from certifynet.cli import parse
+    return SamplingConfig.from_namespace(parse(certify_cli.build_parser(), argv))
+
+
+def test_config_argv_parse_round_trip_for_every_option():
+    """config → to_argv → certify.py's parser → config is the identity, option by option and all at once (the
+    given set included), and the defaults alone spell as no option at all."""
+    assert sorted(OTHER) == sorted(SamplingConfig.names())
+    assert SamplingConfig().to_argv() == [] and _parsed([]) == SamplingConfig()
+    for name, value in OTHER.items():
+        config = SamplingConfig.from_explicit({name: value})
+        assert _parsed(config.to_argv()) == config, name
+    everything = SamplingConfig.from_explicit(OTHER)
+    assert _parsed(everything.to_argv()) == everything
+    assert SamplingConfig.from_explicit(everything.explicit()) == everything
+
+
+def test_parser_and_web_defaults_are_the_configs():
+    from certifynet.cli import attack as attack_cli
+    from certifynet.sampling.config import ATTACK_DEFAULTS
+    from certifynet.web import forms
+    d = SamplingConfig()
+    for cli in (sample_cli, certify_cli, predict_cli, attack_cli):
+        p = cli.build_parser()
+        for name in SamplingConfig.names():
+            want = ATTACK_DEFAULTS.get(name, getattr(d, name)) if cli is attack_cli else getattr(d, name)
+            if name in {a.dest for a in p._actions} and not (cli is attack_cli and name == "method"):
+                assert p.get_default(name) == want, (cli.__name__, name)
+    web = forms.cli_defaults()
+    for name in ("N0", "N", "alpha", "batch", "seed", "k", "q_percentile", "iss_decline", "iss_n0", "select", "method"):
+        assert web[name] == getattr(d, name), name
+
+
+def test_validate_names_arguments_as_fields():
+    bad = SamplingConfig(model="m.pth", sigma=0.25, q_sigma=0.2, given=("q_sigma",))
+    with pytest.raises(CertifyNetError) as e:
+        bad.validate("sample")
+    assert str(e.value) == "q_sigma does not apply without q_dist rescaled"
+    assert e.value.render(cli=True) == "--q-sigma does not apply without --q-dist rescaled"
+    with pytest.raises(CertifyNetError, match="^N0 does not apply to predict.py"):
+        SamplingConfig(model="m.pth", sigma=0.25, N0=5, given=("N0",)).validate("predict")
+    with pytest.raises(CertifyNetError, match="^q_dist must be one of none, truncated, rescaled, got 'gauss'"):
+        SamplingConfig(model="m.pth", sigma=0.25, q_dist="gauss").validate("sample")
+    with pytest.raises(CertifyNetError, match="^q_percentile does not apply without q_dist truncated"):
+        SamplingConfig(model="m.pth", sigma=0.25, q_percentile="0.5").validate("sample")   # set from Python
+    SamplingConfig(model="m.pth", sigma=0.25, N0=100, given=()).validate("predict")   # the default, not given
+    SamplingConfig(model="m.pth", sigma=0.25, q_dist="truncated", q_percentile="0.5").validate("sample")
+
+
+# The web job's commands, as they were before the configuration existed (web.forms at 3c110dd).
+WEB_CASES = [
+    ({"method": "np", "sigma": "0.25", "N0": "10", "N": "100", "batch": "100"}, ("gallery", {"idx": 2}), "data",
+     {"sample": ["--model", "models/lenet.pth", "--dataset", "mnist5k", "--start", "2", "--max", "1", "--sigma",
+                 "0.25", "--N", "100", "--alpha", "0.001", "--batch", "100", "--seed", "0", "--N0", "10", "--out",
+                 "results/web/J/counts.csv"],
+      "certify": ["--counts", "results/web/J/counts.csv", "--method", "np", "--alpha", "0.001", "--out",
+                  "results/web/J/certify.tsv"]}),
+    ({"method": "dsrs", "sigma": "0.5", "k": "380", "N": "200", "alpha": "0.01", "q_dist": "rescaled",
+      "q_sigma": "0.4", "seed": "3"}, ("batch", {"count": 4}), "/abs/data",
+     {"sample": ["--model", "models/lenet.pth", "--dataset", "mnist5k", "--denoiser", "models/den.pth",
+                 "--data-dir", "/abs/data", "--max", "4", "--sigma", "0.5", "--k", "380", "--N", "200", "--alpha",
+                 "0.01", "--batch", "1000", "--seed", "3", "--N0", "100", "--q-dist", "rescaled", "--q-sigma", "0.4",
+                 "--out", "results/web/J/counts.csv"],
+      "certify": ["--counts", "results/web/J/counts.csv", "--method", "dsrs", "--alpha", "0.01", "--out",
+                  "results/web/J/certify.tsv"],
+      "analyze": ["results/web/J/certify.tsv", "--out", "results/web/J/analysis"]}),
+    ({"method": "iss-dsrs", "sigma": "0.25", "N0": "10", "N": "100", "q_dist": "truncated", "q_percentile": "0.9",
+      "select": "label"}, ("upload", {"label": 3, "suffix": ".png"}), "data",
+     {"sample": ["--model", "models/lenet.pth", "--dataset", "mnist5k", "--image", "results/web/J/input.png",
+                 "--image-label", "3", "--sigma", "0.25", "--N", "100", "--alpha", "0.001", "--batch", "1000",
+                 "--seed", "0", "--select", "label", "--q-dist", "truncated", "--q-percentile", "0.9", "--iss",
+                 "absolute", "--iss-decline", "0.05", "--iss-n0", "100", "--out", "results/web/J/counts.csv"],
+      "certify": ["--counts", "results/web/J/counts.csv", "--method", "iss-dsrs", "--alpha", "0.001", "--out",
+                  "results/web/J/certify.tsv"]}),
+]
+
+
+@pytest.mark.parametrize("form, choice, data_dir, want", WEB_CASES, ids=["np-gallery", "dsrs-batch", "iss-dsrs-upload"])
+def test_web_job_stages_and_commands(form, choice, data_dir, want):
+    """The web form → one configuration per stage: its commands are today's, and the stored stage options are
+    the configuration the CLI parses from those commands (what the worker runs is what the page shows)."""
+    from certifynet.cli import analyze as analyze_cli
+    from certifynet.cli import parse
+    from certifynet.web import forms
+    settings = forms.parse_settings(form, 784)
+    pick = forms.InputChoice(choice[0], "mnist5k", **choice[1])
+    denoiser = "models/den.pth" if choice[0] == "batch" else None
+    args = ("models/lenet.pth", denoiser, settings, pick, "results/web/J", data_dir)
+    argv, stages = forms.cli_argv(*args), forms.job_stages(*args)
+    assert argv == want and list(stages) == list(want)
+    for stage, cli in (("sample", sample_cli), ("certify", certify_cli)):
+        stored = SamplingConfig.from_explicit(stages[stage]["options"])
+        assert stored == SamplingConfig.from_namespace(parse(cli.build_parser(), argv[stage])), stage
+    if "analyze" in want:
+        parsed = analyze_cli.build_parser().parse_args(argv["analyze"])
+        assert (parsed.logs, parsed.out) == (stages["analyze"]["logs"], stages["analyze"]["out"])
+    assert json.loads(json.dumps(stages)) == stages
+
+
+# ---------------------------------------------------------------- one definition of "correct"
+
+@pytest.fixture(scope="module")
+def unlabelled_image(tmp_path_factory):
+    path = tmp_path_factory.mktemp("img") / "x.npy"
+    np.save(path, np.random.default_rng(0).random((1, 28, 28), dtype=np.float32))
+    return str(path)
+
+
+def test_unknown_label_is_never_correct(ckpt, unlabelled_image, tmp_path):
+    """--image without --image-label (label −1): PREDICT's abstain (N = 10 cannot reach α = 0.001) and sequential
+    certification write correct = 0, as certify.outcome.is_correct says."""
+    out = str(tmp_path / "p.tsv")
+    assert predict_cli.main(["--model", ckpt, "--sigma", "0.25", "--N", "10", "--image", unlabelled_image,
+                             "--out", out]) == 0
+    (row,) = read_rows(out)[1]
+    assert (row["label"], row["predict"], row["correct"]) == ("-1", "-1", "0")
+    out = str(tmp_path / "s.tsv")
+    assert certify_cli.main(["--model", ckpt, "--sigma", "0.25", "--N0", "10", "--N", "200", "--batch", "64",
+                             "--sequential", "--radii", "0.1", "--image", unlabelled_image, "--out", out]) == 0
+    (row,) = read_rows(out)[1]
+    assert row["label"] == "-1" and row["correct"] == "0"

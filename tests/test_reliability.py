@@ -287,10 +287,8 @@ def test_wrong_shapes_name_the_expected_shape():
 
 
 def test_predict_refuses_nan_pixels(model):
-    from types import SimpleNamespace
-    from certifynet.pipeline import InputSampler
-    args = SimpleNamespace(batch=10, amp=False, channels_last=True, optimize=False, k=0, dist="gaussian", sigma=0.25,
-                           q_dist="none", q_percentile="x", N=20, N0=0, iss=None, seed=0, alpha=0.01, progress=False)
+    from certifynet.sampling import InputSampler, SamplingConfig
+    args = SamplingConfig(batch=10, optimize=False, sigma=0.25, N=20, N0=0, alpha=0.01, progress=False)
     s = InputSampler(get_architecture("lenet", "mnist5k"), 10, 784, args, torch.device("cpu"))
     x = torch.rand(1, 28, 28)
     x[0, 0, 0] = float("nan")

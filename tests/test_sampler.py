@@ -2,6 +2,7 @@
 the CUDA-graph path's logic (with a CPU stand-in for the capture), and the CUDA-marked device checks."""
 import copy
 import json
+import logging
 import os
 
 import numpy as np
@@ -10,13 +11,14 @@ import torch
 from scipy import stats
 
 from certifynet.certify.dsrs import truncation_beta
+from certifynet.errors import CertifyNetError
+from certifynet.cli import parse
 from certifynet.cli import sample as sample_cli
-from certifynet.cli.runs import per_input_parser
+from certifynet.cli.base import per_input_parser
 from certifynet.models import get_architecture, save_checkpoint
 from certifynet.noise import GaussianNoise, GeneralizedGaussianNoise, make_noise, sigma_prime
-from certifynet.pipeline import InputSampler
 from certifynet.records import read_rows
-from certifynet.sampling import STREAM_P, STREAM_SELECT, Sampler, Smooth, input_generator
+from certifynet.sampling import STREAM_P, STREAM_SELECT, InputSampler, Sampler, SamplingConfig, Smooth, input_generator
 
 from helpers import ExactLinear, cuda_test
 
@@ -78,8 +80,9 @@ def test_a_ready_model_is_used_as_is_and_updates_are_seen():
 
 
 def _cli_args(extra=()):
-    return per_input_parser("t", "", "").parse_args(
-        ["--model", "unused", "--sigma", "0.25", "--N0", "20", "--N", "100", "--batch", "40", *extra])
+    """The run configuration that sample.py's options give."""
+    return SamplingConfig.from_namespace(parse(per_input_parser("t", "", ""), [
+        "--model", "unused", "--sigma", "0.25", "--N0", "20", "--N", "100", "--batch", "40", *extra]))
 
 
 def test_cli_sampler_leaves_the_model_as_it_was():
@@ -88,6 +91,75 @@ def test_cli_sampler_leaves_the_model_as_it_was():
     s = InputSampler(m, 10, 784, _cli_args(), torch.device("cpu"))
     s.sample(0, torch.rand(MNIST), 3)
     assert_same_facts(before, model_facts(m))
+
+
+# ---------------------------------------------------------------- Smooth: one noise, the CLI's radius
+
+def test_smooth_refuses_a_sigma_that_disagrees_with_its_noise():
+    """Smooth(sigma=1.0, noise=N(0, 0.25²)) used to sample at 0.25 and certify at 1.0 (a radius 4× too large)."""
+    m = LinearBinary(784, seed=3)
+    with pytest.raises(CertifyNetError) as e:
+        Smooth(m, 2, sigma=1.0, noise=GaussianNoise(0.25))
+    assert str(e.value).startswith("sigma=1.0 disagrees with the σ=0.25 of noise")
+    with pytest.raises(CertifyNetError, match="sigma=0.3 disagrees"):
+        Smooth(m, 2, sigma=0.3, noise=GeneralizedGaussianNoise(0.25, 380, 784))
+    with pytest.raises(CertifyNetError, match="noise must be a GaussianNoise or GeneralizedGaussianNoise"):
+        Smooth(m, 2, noise=make_noise("truncated", 0.25, 784, 0, percentile=0.5, beta=truncation_beta(0.5, 784, 0)))
+    with pytest.raises(CertifyNetError, match="sigma is required"):
+        Smooth(m, 2)
+    assert Smooth(m, 2, noise=GaussianNoise(0.25)).sigma == 0.25        # σ from the noise when not given
+    assert Smooth(m, 2, 0.25, GaussianNoise(0.25)).sigma == 0.25        # or given, and equal to it
+
+
+def _recorded_counts(monkeypatch):
+    """Every count vector a Sampler returns from `counts`, in order (what Smooth's procedures saw)."""
+    seen, real = [], Sampler.counts
+
+    def counts(self, *args, **kw):
+        out = real(self, *args, **kw)
+        seen.append(out.cpu().numpy().copy())
+        return out
+    monkeypatch.setattr(Sampler, "counts", counts)
+    return seen
+
+
+@pytest.mark.parametrize("noise", [GaussianNoise(0.25), GeneralizedGaussianNoise(0.25, 380, 784)], ids=["gauss", "k380"])
+def test_smooth_radius_equals_certify_py_on_the_same_counts(noise, monkeypatch):
+    """Smooth.certify's radius is certify.py's (`certify_row` on the same counts, σ/d/k of the same noise). For the
+    generalized Gaussian (k=380) it is the generalized NP radius, not σΦ⁻¹(p̲_A) (which is larger: the control)."""
+    from certifynet.certify import cp_lower, np_radius
+    from certifynet.certify.from_counts import certify_row
+    m = LinearBinary(784, seed=3)
+    x = m.point_at(0.2, MNIST)
+    seen = _recorded_counts(monkeypatch)
+    pred, radius = Smooth(m, 2, noise=noise).certify(x, n0=50, n=2000, alpha=0.001, batch=500)
+    selection, estimation = seen
+    assert pred == int(selection.argmax()) == 1 and 1000 < estimation[1] < 2000   # a real p̲_A, neither ½ nor 1
+    row = {"idx": 0, "label": 1, "pred": pred, "n0": 50, "n": 2000, "count": int(estimation[pred])}
+    meta = {"sigma": 0.25, "d": 784, "k": getattr(noise, "k", 0)}
+    assert radius == certify_row(row, meta, "np", 0.001)["radius"] > 0
+    gaussian = np_radius(cp_lower(int(estimation[pred]), 2000, 0.001), 0.25)
+    if meta["k"]:
+        assert gaussian > 1.01 * radius   # the Gaussian formula would over-certify under this noise
+    else:
+        assert radius == gaussian
+
+
+def test_smooth_predict_is_predict_from_counts_and_messages_name_its_arguments(monkeypatch):
+    from certifynet.certify import predict_from_counts
+    m = LinearBinary(784, seed=3)
+    sm = Smooth(m, 2, 0.25)
+    seen = _recorded_counts(monkeypatch)
+    for dist in (0.01, 0.3):     # near the boundary (abstains) and away from it
+        assert sm.predict(m.point_at(dist, MNIST), n=200, alpha=0.001, batch=100) == \
+            predict_from_counts(seen[-1], 0.001)[0]
+    x = m.point_at(0.2, MNIST)
+    for kw, text in ((dict(alpha=2), "alpha must be in (0, 1), got 2"), (dict(n0=0), "n0 must be >= 1"),
+                     (dict(n=0), "n must be > 0"), (dict(batch=0), "batch must be >= 1, got 0")):
+        args = {"n0": 10, "n": 20, "alpha": 0.001, "batch": 10, **kw}
+        with pytest.raises(CertifyNetError) as e:
+            sm.certify(x, **args)
+        assert str(e.value).startswith(text) and "--" not in str(e.value), str(e.value)
 
 
 # ---------------------------------------------------------------- cross-input batching
@@ -304,9 +376,11 @@ def _graphed_sampler(model, capture, batch=40):
     return s
 
 
-def test_cuda_graph_flag_is_a_no_op_on_the_cpu(capsys):
-    s = Sampler(lenet().eval(), 10, batch=40, cuda_graph=True)
-    assert not s.cuda_graph and "no effect" in capsys.readouterr().err
+def test_cuda_graph_flag_is_a_no_op_on_the_cpu(caplog, capsys):
+    with caplog.at_level(logging.INFO, logger="certifynet"):
+        s = Sampler(lenet().eval(), 10, batch=40, cuda_graph=True)
+    assert not s.cuda_graph and "cuda_graph captures CUDA kernels; on cpu it has no effect" in caplog.text
+    assert capsys.readouterr().err == ""  # a note in the log, never printed by the library
 
 
 def test_graph_path_gives_the_eager_counts_and_captures_once_per_shape():
@@ -329,13 +403,14 @@ def test_graph_path_gives_the_eager_counts_and_captures_once_per_shape():
 
 @pytest.mark.parametrize("capture, message", [(FakeCapture(fail=True), "capture failed"),
                                               (FakeCapture(corrupt=True), "differ from the eager")])
-def test_graph_path_falls_back_to_eager(capture, message, capsys):
+def test_graph_path_falls_back_to_eager(capture, message, caplog):
     model = lenet().eval()
     s = _graphed_sampler(model, capture)
     x, noise = torch.rand(MNIST), GaussianNoise(0.5)
     want = Sampler(model, 10, batch=40, optimize=False).counts(x, noise, 120, input_generator(0, 0, 1, "cpu"))
-    assert torch.equal(s.counts(x, noise, 120, input_generator(0, 0, 1, "cpu")), want)
-    assert s._graphs[MNIST] is None and message in capsys.readouterr().err
+    with caplog.at_level(logging.INFO, logger="certifynet"):
+        assert torch.equal(s.counts(x, noise, 120, input_generator(0, 0, 1, "cpu")), want)
+    assert s._graphs[MNIST] is None and message in caplog.text
 
 
 # ---------------------------------------------------------------- CUDA (skipped without a GPU)

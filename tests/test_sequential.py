@@ -17,9 +17,8 @@ from certifynet.certify.sequential import (DEFAULT_PRIOR, SequentialCertifier, b
                                            log_mixture_ratio, radius_threshold, simulate)
 from certifynet.cli import analyze as analyze_cli
 from certifynet.cli import certify as certify_cli
-from certifynet.cli.runs import per_input_parser
 from certifynet.errors import CertifyNetError
-from certifynet.pipeline import InputSampler, certify_sequential, sequential_certifier
+from certifynet.sampling import InputSampler, SamplingConfig, certify_sequential, sequential_certifier
 from certifynet.records import read_rows
 
 from helpers import LinearBinary, cohen_cifar10_population, untrained_lenet
@@ -170,11 +169,10 @@ def test_sequential_soundness_on_linear_classifier_and_peeking_fails():
 # ---------------------------------------------------------------------------------- the real sampler
 
 def _linear_sampler(d=64, n_max=1000, batch=128, alpha=0.1, seed=0):
-    args = per_input_parser("t", "", "").parse_args(
-        ["--sigma", "0.5", "--N0", "20", "--N", str(n_max), "--batch", str(batch), "--alpha", str(alpha),
-         "--seed", str(seed), "--no-optimize", "--no-channels-last"])
+    config = SamplingConfig(sigma=0.5, N0=20, N=n_max, batch=batch, alpha=alpha, seed=seed, optimize=False,
+                            channels_last=False)
     model = LinearBinary(d, seed=3)
-    sampler = InputSampler(model, 2, d, args, torch.device("cpu"))
+    sampler = InputSampler(model, 2, d, config, torch.device("cpu"))
     return model, sampler, sequential_certifier(sampler, (0.2, 0.4))
 
 

@@ -41,7 +41,8 @@ from scipy.stats import binom
 from certifynet.certify import cp_upper, predict_from_counts
 from certifynet.errors import CertifyNetError
 from certifynet.noise import Noise
-from certifynet.sampling import STREAM_ATTACK, STREAM_ATTACK_PREDICT, Sampler, input_generator
+from certifynet.sampling.engine import Sampler
+from certifynet.sampling.streams import STREAM_ATTACK, STREAM_ATTACK_PREDICT, input_generator
 from certifynet.training.losses import smoothed_pgd_path, smoothed_soft_nll
 
 

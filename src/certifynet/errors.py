@@ -57,6 +57,16 @@ def warn(message: str, stacklevel: int = 2) -> None:
     warnings.warn(message, CertifyNetWarning, stacklevel=stacklevel + 1)
 
 
+def refuse(options, names, why: str, *fields: str) -> None:
+    """One-line error for the first option among `names` that was given explicitly but does not apply:
+    `{name} does not apply <why>`. `options.given` (a parsed command line or a `SamplingConfig`) holds the
+    names given explicitly; `why` may name other arguments as `{field}`s listed in `fields`."""
+    given = getattr(options, "given", options)
+    for name in names:
+        if name in given:
+            raise CertifyNetError(f"{{{name}}} does not apply {why}", name, *fields)
+
+
 def check_alpha(alpha: float, name: str = "alpha") -> float:
     """α must lie in the open interval (0, 1)."""
     try:

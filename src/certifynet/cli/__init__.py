@@ -10,7 +10,7 @@ import os
 import sys
 import warnings
 
-from certifynet.errors import CertifyNetError, CertifyNetWarning
+from certifynet.errors import CertifyNetError, CertifyNetWarning, refuse  # noqa: F401 (refuse: for cli.train)
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -58,13 +58,6 @@ def parse_strict(parser: argparse.ArgumentParser, argv):
 
     parser.error = error
     return parse(parser, argv)
-
-
-def refuse(args, names, why: str) -> None:
-    """One-line error for the first explicitly given option among `names` (dests) that does not apply."""
-    for name in names:
-        if name in args.given:
-            raise CertifyNetError(f"--{name.replace('_', '-')} does not apply {why}")
 
 
 def one_line_errors(main):
@@ -119,8 +112,9 @@ class _ConsoleHandler(logging.Handler):
     """The library's log records (`logging.getLogger("certifynet...")`, INFO and up) as bare lines on stderr."""
 
     def emit(self, record):
-        try:
-            print(record.getMessage(), file=sys.stderr)
+        try:  # a message naming arguments as fields (a CertifyNetError) is spelled with the CLI's flags
+            text = record.msg.render(cli=True) if isinstance(record.msg, CertifyNetError) else record.getMessage()
+            print(text, file=sys.stderr)
         except Exception:  # noqa: BLE001 - logging must never break a command
             self.handleError(record)
 

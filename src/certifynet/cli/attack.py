@@ -21,18 +21,23 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 
 import torch
 
 from certifynet.attack import AuditSummary, SmoothedPGD, attack_and_predict, certified_targets
-from certifynet.certify.from_counts import METHODS, certify_row
-from certifynet.cli import one_line_errors, parse, refuse
-from certifynet.cli.base import nothing_to_do, per_input_parser, run_batches
-from certifynet.cli.runs import item, open_run
-from certifynet.errors import CertifyNetError, check_alpha
+from certifynet.certify.from_counts import certify_row
+from certifynet.certify.methods import COUNTS_METHODS
+from certifynet.certify.outcome import ABSTAIN, is_correct
+from certifynet.cli import one_line_errors, parse
+from certifynet.cli.base import per_input_parser
+from certifynet.errors import CertifyNetError, check_alpha, refuse
 from certifynet.models import file_sha256
 from certifynet.paths import default_path, shown
 from certifynet.records import RowLog, atomic_write, read_meta, read_rows, select_indices
+from certifynet.sampling.config import ATTACK_DEFAULTS, SamplingConfig
+from certifynet.sampling.rows import nothing_to_do, run_batches
+from certifynet.sampling.run import item, open_run
 
 AUDIT_COLUMNS = ["idx", "label", "certified", "radius", "eps", "adv_norm", "base_flip", "soft_p", "predict", "p_hat",
                  "count1", "count2", "pvalue", "violation", "time"]
@@ -47,7 +52,7 @@ SAME_MODEL = (("model_sha256", "--model"), ("denoiser_sha256", "--denoiser"), ("
 def build_parser():
     p = per_input_parser("attack.py", __doc__,
                          "TSV log (default: <log>.audit.tsv, <counts>.<method>.audit.tsv, or results/attack_curve.tsv)")
-    p.set_defaults(N=10_000, k=None, dist=None)
+    p.set_defaults(**ATTACK_DEFAULTS)
     g = p.add_argument_group("attack (L2 PGD on the smoothed soft classifier; --N/--alpha: PREDICT at x+δ)")
     g.add_argument("--m", type=int, default=32, help="noise draws per gradient, in one batched pass (default 32)")
     g.add_argument("--steps", type=int, default=20, help="PGD steps T, each of size 2ε/T (default 20)")
@@ -57,7 +62,8 @@ def build_parser():
     g = p.add_argument_group("audit mode")
     g.add_argument("--log", help="certify log to audit (its sidecar names the model, σ, k and α)")
     g.add_argument("--counts", help="or a counts file, certified here with --method at --alpha")
-    g.add_argument("--method", default="np", choices=METHODS, help="certification method for --counts (default np)")
+    g.add_argument("--method", default="np", choices=COUNTS_METHODS,
+                   help="certification method for --counts (default np)")
     g.add_argument("--eps-scale", type=float, default=1.0,
                    help="attack within ε = R·scale (< 1 leaves a margin; > 1 attacks beyond the certificate)")
     g.add_argument("--level", type=float, default=0.01,
@@ -85,6 +91,8 @@ def _check_args(args):
         raise CertifyNetError(f"--eps values must be finite and >= 0, got {args.eps}")
     if args.eps and len({f"{e:g}" for e in args.eps}) != len(args.eps):
         raise CertifyNetError(f"--eps values must be distinct, got {args.eps}")
+    if args.eps and args.image and args.image_label < 0:
+        raise CertifyNetError("--eps (curve mode) attacks the label: give the image's --image-label")
     return audit
 
 
@@ -106,14 +114,14 @@ def _audit_source(args):
     return [certify_row(r, meta, args.method, args.alpha) for r in rows], meta, args.alpha
 
 
-def _adopt_noise(args, src):
+def _adopt_noise(config, src):
     """σ, k and P from the audited run's sidecar (a different value given here is refused later)."""
-    if args.sigma is None:
-        args.sigma = src.get("sigma")
-    if args.k is None:
-        args.k = int(src.get("k") or 0)
-    if args.dist is None:
-        args.dist = (src.get("dist") or {}).get("dist", "gaussian")
+    if config.sigma is None:
+        config.sigma = src.get("sigma")
+    if config.k is None:
+        config.k = int(src.get("k") or 0)
+    if config.dist is None:
+        config.dist = (src.get("dist") or {}).get("dist", "gaussian")
 
 
 def _check_same_model(path, src, run):
@@ -143,14 +151,14 @@ def _chunk(args):
     return max(1, args.batch // args.m)
 
 
-def _audit(args):
+def _audit(args, config):
     src_rows, src, alpha_cert = _audit_source(args)
     path = args.log or args.counts
     items = certified_targets(src_rows, args.eps_scale)
-    _adopt_noise(args, src)
+    _adopt_noise(config, src)
     default = (f"{os.path.splitext(path)[0]}.audit.tsv" if args.log
                else f"{os.path.splitext(path)[0]}.{args.method}.audit.tsv")
-    run = open_run(args, "attack", default)
+    run = open_run(config, "attack", default, " ".join(sys.argv))
     sampler, data, meta, shard, out = run.sampler, run.data, run.meta, run.shard, run.out
     _check_same_model(path, src, meta)
     items = _pick(items, args, shard)
@@ -171,7 +179,7 @@ def _audit(args):
         rows = attack_and_predict(attacker, sampler.sampler, sampler.p_noise, _stack(data, idxs), classes, eps, idxs,
                                   args.N, args.alpha)
         return [{"idx": i, "label": label, "certified": c, "radius": radius, **r,
-                 "violation": int(r["predict"] not in (c, -1))} for (i, label, c, radius, _), r in zip(batch, rows)]
+                 "violation": int(r["predict"] not in (c, ABSTAIN))} for (i, label, c, radius, _), r in zip(batch, rows)]
 
     with RowLog(out, AUDIT_COLUMNS, meta) as log:
         run_batches(log, list(by_idx), process, _chunk(args), "audit", args.progress)
@@ -186,10 +194,10 @@ def curve_columns(eps):
     return ["idx", "label"] + [f"{f}@{e:g}" for e in eps for f in CURVE_FIELDS] + ["time"]
 
 
-def _curve(args):
-    args.k = 0 if args.k is None else args.k
-    args.dist = args.dist or "gaussian"
-    run = open_run(args, "attack", default_path("results/attack_curve.tsv"))
+def _curve(args, config):
+    config.k = 0 if config.k is None else config.k
+    config.dist = config.dist or "gaussian"
+    run = open_run(config, "attack", default_path("results/attack_curve.tsv"), " ".join(sys.argv))
     sampler, data, indices, meta, shard, out = run.sampler, run.data, run.indices, run.meta, run.shard, run.out
     if nothing_to_do(indices, shard):
         return
@@ -204,7 +212,7 @@ def _curve(args):
         for e in args.eps:
             for row, r in zip(rows, attack_and_predict(attacker, sampler.sampler, sampler.p_noise, x, y, e, idxs,
                                                        args.N, args.alpha)):
-                row.update({f"predict@{e:g}": r["predict"], f"correct@{e:g}": int(r["predict"] == row["label"]),
+                row.update({f"predict@{e:g}": r["predict"], f"correct@{e:g}": is_correct(r["predict"], row["label"]),
                             f"p_hat@{e:g}": r["p_hat"], f"adv_norm@{e:g}": r["adv_norm"]})
                 row["time"] = round(row["time"] + r["time"], 4)
         return rows
@@ -224,8 +232,5 @@ def _curve(args):
 def main(argv=None):
     args = parse(build_parser(), argv)
     audit = _check_args(args)
-    if audit:
-        _audit(args)
-    else:
-        _curve(args)
+    (_audit if audit else _curve)(args, SamplingConfig.from_namespace(args))
     return 0

@@ -9,27 +9,23 @@ refuses an edited file. Rerun the same command to resume an interrupted run.
 """
 from __future__ import annotations
 
-from certifynet.cli import one_line_errors, parse
-from certifynet.cli.runs import item, nothing_to_do, open_run, per_input_parser, run_rows
-from certifynet.paths import default_path, shown
-from certifynet.records import RowLog
+import sys
 
-DEFAULT_OUT = "results/counts.csv"
+from certifynet.cli import one_line_errors, parse
+from certifynet.cli.base import per_input_parser
+from certifynet.paths import shown
+from certifynet.sampling.config import DEFAULT_OUT, SamplingConfig
 
 
 def build_parser():
     return per_input_parser("sample.py", __doc__,
-                            f"counts CSV (default <project>/{DEFAULT_OUT}; a shard i of n gets .shard<i>of<n>)")
+                            f"counts CSV (default <project>/{DEFAULT_OUT['sample']}; a shard i of n gets .shard<i>of<n>)")
 
 
 @one_line_errors
 def main(argv=None):
+    from certifynet.sampling.stages import run_sample
     args = parse(build_parser(), argv)
-    run = open_run(args, "sample", default_path(DEFAULT_OUT))
-    if nothing_to_do(run.indices, run.shard):
-        return 0
-    s = run.sampler
-    with RowLog(run.out, s.columns(), {**run.meta, "kind": "counts"}, sep=",", integrity=True) as log:
-        run_rows(log, run.indices, lambda i: s.sample(i, *item(run.data, i)), "sampling", args.progress,
-                 s.prefetcher(run.data, item))
-    print(f"counts: {shown(run.out)}")
+    out = run_sample(SamplingConfig.from_namespace(args), command=" ".join(sys.argv))
+    if out:
+        print(f"counts: {shown(out)}")

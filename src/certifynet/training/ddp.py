@@ -20,6 +20,7 @@ import torch.distributed as dist
 from torch import nn
 
 from certifynet.errors import CertifyNetError
+from certifynet.sampling.device import resolve_device  # the one device resolver (also ddp.resolve_device)
 
 
 @dataclass(frozen=True)
@@ -50,26 +51,6 @@ def _env_int(name: str, default: int) -> int:
         raise CertifyNetError(f"environment variable {name}='{value}' is not an integer") from None
 
 
-def resolve_device(device: str = "auto", local_rank: int = 0, distributed: bool = False) -> torch.device:
-    """'auto' → cuda if available else cpu; under DDP a bare 'cuda' becomes cuda:LOCAL_RANK."""
-    device = (device or "auto").strip()
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise CertifyNetError(f"{{device}} '{device}' is not a torch device (use auto, cpu, cuda or cuda:N)",
-                              "device") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise CertifyNetError(f"{{device}} {device} asked for CUDA, but no CUDA device is available", "device")
-        if dev.index is None:
-            dev = torch.device("cuda", local_rank if distributed else torch.cuda.current_device())
-        if dev.index >= torch.cuda.device_count():
-            raise CertifyNetError(f"device {dev} does not exist ({torch.cuda.device_count()} CUDA devices)")
-    return dev
-
-
 def init_distributed(device: str = "auto", timeout_s: float = 1800.0) -> DistInfo:
     """Set up this worker from the torchrun environment (or a single process when WORLD_SIZE is unset/1)."""
     world = _env_int("WORLD_SIZE", 1)
@@ -78,7 +59,7 @@ def init_distributed(device: str = "auto", timeout_s: float = 1800.0) -> DistInf
     if world < 1 or not 0 <= rank < world:
         raise CertifyNetError(f"bad torchrun environment: RANK={rank}, WORLD_SIZE={world}")
     distributed = world > 1
-    dev = resolve_device(device, local_rank, distributed)
+    dev = resolve_device(device, local_rank if distributed else None)
     if not distributed:
         return DistInfo(0, 1, 0, dev, None)
     if not dist.is_available():

@@ -108,6 +108,8 @@ def submit_job(form, files) -> dict:
                 "input": {"kind": choice.kind, "dataset": choice.dataset, "idx": choice.idx, "count": choice.count,
                           "label": choice.label, "note": choice.note, "filename": choice.filename},
                 "argv": argv, "files": files_, "inputs": choice.count, "passes_per_input": per_input,
+                "stages": forms.job_stages(model.path, denoiser.path if denoiser else None, settings, choice, job_dir,
+                                           st.data_dir),
                 "passes_exact": exact}
 
     def write_input(folder):

@@ -1,4 +1,4 @@
-"""The hot loop: batched noisy forward passes → class counts, and the `Smooth` Python API.
+"""The hot loop: batched noisy forward passes → class counts (`Sampler`).
 
 `Sampler.counts(x, noise, n, generator)` draws n noisy copies x + δ in batches of `batch`, reusing one
 preallocated buffer, under `torch.inference_mode`, and accumulates argmax counts on the device (a one-hot
@@ -11,7 +11,7 @@ On the CPU, `optimize=True` (the default) runs full batches through a frozen Tor
 (`torch.jit.optimize_for_inference`: BN folded into convs, oneDNN layouts; about 2× for LeNet and 1.4× for
 ResNet-20 on 2 cores), checked against the eager model on a probe batch and dropped if they disagree.
 On CUDA, `cuda_graph=True` (off by default: not yet measured on a GPU) replays each full batch's
-add + forward + argmax + count from one captured CUDA graph, also checked on a probe batch.
+add + forward + argmax + count from one captured CUDA graph (`cuda_graph.py`), also checked on a probe batch.
 In every case the smoothed classifier is that of the function actually evaluated (bf16, traced or eager):
 certificates stay valid because the base classifier f is whatever deterministic function is sampled.
 
@@ -19,26 +19,26 @@ certificates stay valid because the base classifier f is whatever deterministic 
 in the same chunks as `counts` from its own generator; the tails of several inputs (e.g. the N0 = 100
 selection draws) share forward passes. The caller's model is never modified (no in-place `.to`/`.eval`).
 
-Noise streams: input `idx` draws from generators seeded by (seed, idx, stream) only, so results do not
-depend on sharding, ordering, resumption or cross-input batching.
+Generators come from `streams.input_generator` (one per input and use of the noise). Notes (a fallback to
+eager sampling, a flag without effect) go to `logging.getLogger(__name__)`; nothing is printed.
 """
 from __future__ import annotations
 
 import contextlib
 import copy
 import itertools
+import logging
 import math
-import sys
 
 import numpy as np
 import torch
 
-from certifynet.certify import certify_from_counts, predict_abstains
-from certifynet.errors import CertifyNetError, check_alpha, check_sample_sizes
-from certifynet.noise import GaussianNoise, Noise
+from certifynet.errors import CertifyNetError
+from certifynet.noise import Noise
+from certifynet.sampling.cuda_graph import GraphedBatch, capture_cuda_graph
+from certifynet.sampling.device import resolve_device
 
-STREAM_SELECT, STREAM_P, STREAM_Q, STREAM_Q_PILOT = 0, 1, 2, 3
-STREAM_ATTACK, STREAM_ATTACK_PREDICT = 4, 5  # certifynet.attack: PGD draws; PREDICT at the attacked point
+log = logging.getLogger(__name__)
 _progress_hook = None
 
 
@@ -54,38 +54,6 @@ def _report(passes: int) -> None:
         _progress_hook(passes)
 
 
-def input_generator(seed: int, idx: int, stream: int, device) -> torch.Generator:
-    """A torch.Generator on `device` seeded from (seed, idx, stream) through numpy's SeedSequence."""
-    state = np.random.SeedSequence([int(seed), int(idx), int(stream)]).generate_state(2, np.uint32)
-    g = torch.Generator(device=device)
-    g.manual_seed(int(state[0]) << 31 ^ int(state[1]))
-    return g
-
-
-def parse_device(device: str | None) -> str:
-    """Check a --device value: 'auto', 'cpu', 'cuda' or 'cuda:N' (also 'mps'); returns it unchanged."""
-    text = "auto" if device is None else str(device)
-    base, _, index = text.partition(":")
-    if base not in ("auto", "cpu", "cuda", "mps") or (index and (base != "cuda" or not index.isdigit())):
-        raise CertifyNetError(f"--device must be auto, cpu, cuda or cuda:N, got '{text}'")
-    return text
-
-
-def resolve_device(device: str | None = None) -> torch.device:
-    """'auto'/None → CUDA when available, else CPU."""
-    text = parse_device(device)
-    if text == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if text.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise CertifyNetError(f"--device {text} requested but CUDA is not available")
-        if ":" in text and int(text.split(":")[1]) >= torch.cuda.device_count():
-            raise CertifyNetError(f"--device {text}: there are only {torch.cuda.device_count()} CUDA devices")
-    if text == "mps" and not torch.backends.mps.is_available():
-        raise CertifyNetError("--device mps requested but MPS is not available")
-    return torch.device(text)
-
-
 def check_finite_input(x: torch.Tensor, idx=None) -> None:
     """Refuse a non-tensor, and NaN/Inf pixels, with a one-line error (they would silently turn into one class)."""
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
@@ -94,64 +62,6 @@ def check_finite_input(x: torch.Tensor, idx=None) -> None:
     if not torch.isfinite(x).all():
         where = f" input {idx}" if idx is not None else " the input"
         raise CertifyNetError(f"NaN or Inf pixel values in{where}")
-
-
-class GraphedBatch:
-    """One full batch, `counts += onehot(argmax f(buf + x))`, captured once and replayed (CUDA graphs).
-
-    The noise is drawn eagerly into `buf` before each replay, from the input's own generator, so every
-    draw is that of the eager path bit for bit; the graph removes the launch cost of f's many kernels.
-    `capture(body)` returns a replay function that runs body's kernels again and returns its output.
-    """
-
-    def __init__(self, model, buf, classes, autocast, capture):
-        self.buf = buf
-        self.x = torch.zeros(buf.shape[1:], dtype=buf.dtype, device=buf.device)
-        self.counts = torch.zeros(len(classes), dtype=torch.long, device=buf.device)
-        self.finite = torch.ones((), dtype=torch.bool, device=buf.device)
-
-        def body():
-            with autocast():
-                logits = model(self.buf.add_(self.x))
-            pred = logits.argmax(1)
-            self.finite.logical_and_(torch.isfinite(logits).all())
-            self.counts.add_(torch.eq(pred.unsqueeze(1), classes).sum(0))
-            return pred
-
-        self.replay = capture(body)
-        self.reset()
-
-    def reset(self):
-        self.counts.zero_()
-        self.finite.fill_(True)
-
-    def run(self, x, noise, generator, k, row, finite):
-        """row += counts of k full batches of x + δ, finite &= all logits finite (both stay on the device)."""
-        self.x.copy_(x)
-        for _ in range(k):
-            noise.sample_(self.buf, generator)
-            self.replay()
-        row += self.counts
-        finite &= self.finite
-        self.reset()
-
-
-def capture_cuda_graph(body):
-    """Warm `body` up on a side stream, capture it in a torch.cuda.CUDAGraph; returns replay() → body's output."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            body()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = body()
-
-    def replay():
-        graph.replay()
-        return out
-    return replay
 
 
 class _ModuleWatch:
@@ -200,7 +110,7 @@ class Sampler:
     def __init__(self, model: torch.nn.Module, num_classes: int, batch: int = 1000, device=None,
                  amp: bool = False, channels_last: bool = True, optimize: bool = True, cuda_graph: bool = False):
         if batch < 1:
-            raise CertifyNetError(f"--batch must be >= 1, got {batch}")
+            raise CertifyNetError(f"{{batch}} must be >= 1, got {batch}", "batch")
         self.device = resolve_device(device) if not isinstance(device, torch.device) else device
         self.cuda = self.device.type == "cuda"
         if self.cuda and self.device.index is None:  # compare devices exactly (cuda != cuda:0)
@@ -210,8 +120,9 @@ class Sampler:
         self.amp = bool(amp and self.cuda)
         self.optimize = bool(optimize and not self.cuda)
         self.cuda_graph = bool(cuda_graph and self.cuda)
-        if cuda_graph and not self.cuda:
-            print(f"note: --cuda-graph captures CUDA kernels; on {self.device} it has no effect", file=sys.stderr)
+        if cuda_graph and not self.cuda:  # a message naming its argument (the CLI shows --cuda-graph)
+            log.info(CertifyNetError(f"note: {{cuda_graph}} captures CUDA kernels; on {self.device} it has no effect",
+                                     "cuda_graph"))
         self._classes = torch.arange(self.num_classes, device=self.device)
         self._source, self._watch = model, None
         self._buf = None
@@ -309,12 +220,12 @@ class Sampler:
             same = torch.equal(graph.replay(), want)
             graph.reset()
         except Exception as e:  # capture refused (e.g. a host sync inside the model): run eagerly
-            print(f"note: CUDA graph capture failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
-                  f"sampling eagerly", file=sys.stderr)
+            log.info("note: CUDA graph capture failed (%s: %s); sampling eagerly", type(e).__name__,
+                     str(e).splitlines()[0] if str(e) else "")
             return None
         if not same:
-            print("note: the CUDA graph's predictions differ from the eager model's on a probe batch; sampling eagerly",
-                  file=sys.stderr)
+            log.info("note: the CUDA graph's predictions differ from the eager model's on a probe batch; "
+                     "sampling eagerly")
             return None
         return graph
 
@@ -405,52 +316,3 @@ class Sampler:
 
     def counts_np(self, x, noise, n, generator=None) -> np.ndarray:
         return self.counts(x, noise, n, generator).cpu().numpy()
-
-
-class Smooth:
-    """Cohen et al.'s smoothed classifier g(x) = argmax_c P(f(x+δ) = c) with δ from `noise` (default N(0,σ²I)).
-
-    Returns −1 (ABSTAIN) where Cohen's code does. `model` is left as it was (see `Sampler`).
-    """
-    ABSTAIN = -1
-
-    def __init__(self, model, num_classes: int, sigma: float, noise: Noise | None = None, device=None,
-                 amp=False, channels_last=True, seed: int = 0, optimize: bool = True, cuda_graph: bool = False):
-        self.sigma = float(sigma)
-        self.noise = noise or GaussianNoise(sigma)
-        self.num_classes = int(num_classes)
-        self._model, self._device, self._amp, self._cl, self._opt = model, device, amp, channels_last, optimize
-        self._graph = cuda_graph
-        self._sampler = None
-        self._calls = 0
-        self.seed = seed
-
-    def _sampler_for(self, batch):
-        if self._sampler is None or self._sampler.batch != batch:
-            self._sampler = Sampler(self._model, self.num_classes, batch, self._device, self._amp, self._cl, self._opt,
-                                    self._graph)
-        return self._sampler
-
-    def _gen(self, stream):
-        self._calls += 1
-        return input_generator(self.seed, self._calls, stream, self._sampler.device)
-
-    def certify(self, x: torch.Tensor, n0: int, n: int, alpha: float, batch: int = 1000):
-        """CERTIFY: ĉ_A from n0 selection draws, p̲_A from n fresh draws; (ĉ_A, σΦ⁻¹(p̲_A)) or (−1, 0.0)."""
-        check_alpha(alpha)
-        check_sample_sizes(n0, n, select_draws=True, names=("n0", "n"))
-        check_finite_input(x)
-        s = self._sampler_for(batch)
-        c_hat = int(s.counts(x, self.noise, n0, self._gen(STREAM_SELECT)).argmax())
-        count = int(s.counts(x, self.noise, n, self._gen(STREAM_P))[c_hat])
-        abstain, _, radius = certify_from_counts(count, n, self.sigma, alpha)
-        return (self.ABSTAIN, 0.0) if abstain else (c_hat, radius)
-
-    def predict(self, x: torch.Tensor, n: int, alpha: float, batch: int = 1000) -> int:
-        """PREDICT: top class unless the binomial test of its count vs the runner-up's has p > α."""
-        check_alpha(alpha)
-        check_sample_sizes(0, n, names=("n0", "n"))
-        check_finite_input(x)
-        counts = self._sampler_for(batch).counts_np(x, self.noise, n, self._gen(STREAM_P))
-        top2 = np.argsort(counts)[::-1][:2]
-        return self.ABSTAIN if predict_abstains(counts[top2[0]], counts[top2[1]], alpha) else int(top2[0])
