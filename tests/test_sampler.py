@@ -20,7 +20,7 @@ from certifynet.noise import GaussianNoise, GeneralizedGaussianNoise, make_noise
 from certifynet.records import read_rows
 from certifynet.sampling import STREAM_P, STREAM_SELECT, InputSampler, Sampler, SamplingConfig, Smooth, input_generator
 
-from helpers import ExactLinear, cuda_test
+from helpers import ExactLinear, LinearBinary, cuda_test
 
 MNIST = (1, 28, 28)
 
