@@ -65,7 +65,8 @@ def openai_unet(mc=32, mult=(1, 2), nrb=1, attn_levels=(1,), scale_shift=True, u
                 _res_keys(sd, f"input_blocks.{i}.0", ch, ch, emb, scale_shift, g)
                 plan["in"].append([("res", ch, ch, "down")])
             else:
-                sd[f"input_blocks.{i}.0.op.weight"], sd[f"input_blocks.{i}.0.op.bias"] = _rand(g, ch, ch, 3, 3), _rand(g, ch)
+                sd[f"input_blocks.{i}.0.op.weight"] = _rand(g, ch, ch, 3, 3)
+                sd[f"input_blocks.{i}.0.op.bias"] = _rand(g, ch)
                 plan["in"].append([("down", ch)])
             chans.append(ch)
     _res_keys(sd, "middle_block.0", ch, ch, emb, scale_shift, g)

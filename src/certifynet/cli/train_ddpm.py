@@ -47,5 +47,6 @@ def main(argv=None):
     from certifynet.denoise.diffusion.train import train_ddpm
     out = train_ddpm(opts, progress=a.progress)
     last = out["history"][-1] if out["history"] else {}
-    print(f"diffusers folder: {out['folder']} ({out['epochs']} epochs, {out['steps']} steps, {out['seconds']:.0f}s wall, {out['cpu_seconds']:.0f}s CPU"
+    print(f"diffusers folder: {out['folder']} ({out['epochs']} epochs, {out['steps']} steps, "
+          f"{out['seconds']:.0f}s wall, {out['cpu_seconds']:.0f}s CPU"
           + (f", psnr {last['psnr']:.2f} dB at σ={opts.eval_sigma:g}" if last else "") + f")\nlog: {out['log']}")

@@ -113,8 +113,9 @@ def _build_external(source: str, name: str, num_classes: int) -> nn.Module:
 def _external_defaults(source: str, net: nn.Module) -> dict:
     if source == "timm":
         cfg = getattr(net, "pretrained_cfg", {}) or {}
-        return {"input_size": int(cfg.get("input_size", (3, 224, 224))[-1]), "mean": tuple(cfg.get("mean", IMAGENET_MEAN)),
-                "std": tuple(cfg.get("std", IMAGENET_STD)), "resize_mode": cfg.get("interpolation", "bicubic")}
+        return {"input_size": int(cfg.get("input_size", (3, 224, 224))[-1]),
+                "mean": tuple(cfg.get("mean", IMAGENET_MEAN)), "std": tuple(cfg.get("std", IMAGENET_STD)),
+                "resize_mode": cfg.get("interpolation", "bicubic")}
     return {"input_size": 224, "mean": IMAGENET_MEAN, "std": IMAGENET_STD, "resize_mode": "bilinear"}
 
 

@@ -13,8 +13,8 @@ K steps (`steps = K > 1`): times τ_K = t* > … > τ_1 (`schedule.step_times`);
 then x_{τ_{k−1}} ~ q(x_{τ_{k−1}} | x_{τ_k}, x̂₀), the DDPM posterior, with fresh noise ξ; the output is x̂₀ at τ_1.
 Why the certificate still holds: the base classifier f(z, ξ) is now randomised, and the smoothed classifier is
 taken over (δ, ξ). With ξ drawn independently of δ and of the input, define the soft base classifier
-h_c(z) = P_ξ[f(z, ξ) = c] ∈ [0, 1]; then P_{δ,ξ}[f(x + δ, ξ) = c] = E_δ[h_c(x + δ)], and Cohen et al.'s / the
-NP bound applies to any [0, 1]-valued h (Salman et al. 2019, Lemma 1), so certifying from the counts of
+h_c(z) = P_ξ[f(z, ξ) = c] ∈ [0, 1]; then P_{δ,ξ}[f(x + δ, ξ) = c] = E_δ[h_c(x + δ)], and the NP bound holds for
+any [0, 1]-valued h (Salman et al. 2019's argument for soft base classifiers), so certifying from the counts of
 f(x + δ_j, ξ_j) is sound. ξ comes from `NoiseStream`, a generator seeded by (seed, idx, stream) only
 (`diffusion_noise_stream`), so runs are reproducible and ξ never depends on δ. Cost: K UNet passes per draw
 instead of one (the classifier's pass is unchanged), and h is a noisier function of z, which can only lower

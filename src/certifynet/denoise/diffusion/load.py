@@ -154,8 +154,8 @@ def load_diffusion_denoiser(path: str, sigma: float, options: DiffusionOptions |
                             t_rule=opts.diffusion_t_rule, continuous=continuous, timestep_rescale=rescale,
                             steps=opts.diffusion_steps, clip=not opts.diffusion_no_clip,
                             resolution=opts.diffusion_resolution)
-    meta = {"denoiser": os.path.abspath(path), "denoiser_kind": "diffusion", "denoiser_weights": os.path.abspath(weights),
-            "denoiser_sha256": file_sha256(weights),
+    meta = {"denoiser": os.path.abspath(path), "denoiser_kind": "diffusion",
+            "denoiser_weights": os.path.abspath(weights), "denoiser_sha256": file_sha256(weights),
             "diffusion": {**origin, "unet_parameters": sum(p.numel() for p in unet.parameters()),
                           "unet_config": {k: v for k, v in config.items() if not k.startswith("_")},
                           **den.config(), **den.tstar.record(), "schedule_source": src.get("schedule"),
@@ -177,7 +177,8 @@ def describe_chain(den: DiffusionDenoiser, classifier_meta: dict | None = None) 
              f"UNet at t* = {ts.t:g} ({ts.rule}; fed {ts.model_timestep:g}; its noise level {ts.noise_level:.4f} vs "
              f"{ts.target:.4f}, effective σ {ts.effective_sigma:.4f})"
              + (f", then {den.steps - 1} more reverse steps with fresh noise" if den.steps > 1 else ""),
-             pred, f"clip to {rng}" if den.clip else "no clip", f"[0, 1]: (x̂₀ {'+' if b < 0 else '−'} {abs(b):g})/{a:g}"]
+             pred, f"clip to {rng}" if den.clip else "no clip",
+             f"[0, 1]: (x̂₀ {'+' if b < 0 else '−'} {abs(b):g})/{a:g}"]
     if classifier_meta:
         size = classifier_meta.get("classifier_input_size")
         if size:

@@ -93,7 +93,8 @@ def _is_res(names: set) -> bool:
 def infer_arch(state: dict) -> OpenAIArch:
     """Levels, ResBlocks per level, attention, scale-shift and resblock_updown from the keys and shapes."""
     if "label_emb.weight" in state:
-        raise CertifyNetError("class-conditional OpenAI UNet (label_emb): only unconditional models denoise for smoothing")
+        raise CertifyNetError("class-conditional OpenAI UNet (label_emb): only unconditional models denoise for "
+                              "smoothing")
     ins = _children(state, "input_blocks")
     outs = _children(state, "output_blocks")
     n_out = max(outs) + 1 if outs else 0

@@ -8,7 +8,7 @@ Field names are the CLI's argparse dests, so an error names `--diffusion-steps` 
 |---|---|---|
 | diffusion_input_range | --diffusion-input-range {-1,1 \\| 0,1} | -1,1 |
 | diffusion_prediction | --diffusion-prediction {epsilon, sample, v_prediction} | scheduler config, else epsilon |
-| diffusion_schedule | --diffusion-schedule linear[:T[:b0:b1]] \\| scaled_linear[...] \\| cosine[:T] | scheduler config / preset |
+| diffusion_schedule | --diffusion-schedule linear[:T[:b0:b1]] \\| scaled_linear[..] \\| cosine[:T] | the files |
 | diffusion_t_rule | --diffusion-t-rule {auto, first, nearest, exact} | auto (exact if continuous, else first) |
 | diffusion_timestep_rescale | --diffusion-timestep-rescale R (UNet fed t·R) | 1; OpenAI files 1000/T |
 | diffusion_continuous | --diffusion-continuous (the UNet takes real t) | false |

@@ -144,7 +144,8 @@ def _epoch(unet, ema, optimizer, x_all, sqrt_ab, sqrt_1m, opts, epoch, step0) ->
 
 
 def _start(opts: DDPMOptions, unet, ema, optimizer, state_path: str) -> tuple[int, int, float, float]:
-    """(epoch, step, seconds, cpu seconds) to continue from: train_state.pt with resume, else a fresh run in an empty folder."""
+    """(epoch, step, seconds, cpu seconds) to continue from: train_state.pt with resume, else a fresh run in an
+    empty folder."""
     if not opts.resume:
         if os.path.exists(state_path):
             raise CertifyNetError(f"'{state_path}' exists; pass {{resume}} to continue it or choose another {{outdir}}",
@@ -163,12 +164,30 @@ def _start(opts: DDPMOptions, unet, ema, optimizer, state_path: str) -> tuple[in
     return int(st["epoch"]), int(st["step"]), float(st.get("seconds", 0.0)), float(st.get("cpu_seconds", 0.0))
 
 
+def _end_epoch(opts, unet, ema, optimizer, epoch, step, clock, loss, psnr) -> None:
+    """Save the folder (EMA weights) and the training state, both atomically."""
+    from certifynet.models import atomic_torch_save
+    seconds, cpu = clock
+    record = {"trained_by": "certifynet.denoise.diffusion.train_ddpm", "dataset": "mnist5k", "epoch": epoch,
+              "steps": step, "seconds": round(seconds, 1), "cpu_seconds": round(cpu, 1), "loss": loss,
+              "ema": opts.ema, "psnr_at_eval_sigma": psnr, "eval_sigma": opts.eval_sigma,
+              "prediction_type": "epsilon", "input_range": "-1,1", "seed": opts.seed}
+    _save_folder(opts.outdir, ema, opts, record)
+    atomic_torch_save({"epoch": epoch, "step": step, "seconds": seconds, "cpu_seconds": cpu,
+                       "config": unet_config(opts), "model": unet.state_dict(), "ema": ema.state_dict(),
+                       "optimizer": optimizer.state_dict()}, state_path(opts))
+
+
+def state_path(opts: DDPMOptions) -> str:
+    return os.path.join(opts.outdir, STATE_NAME)
+
+
 def train_ddpm(opts: DDPMOptions, progress: bool = True) -> dict:
-    """Train (or resume) the mnist5k DDPM; returns {"folder", "log", "history", "seconds", "steps"}."""
+    """Train (or resume) the mnist5k DDPM; returns {"folder", "log", "history", "seconds", "cpu_seconds", "steps",
+    "epochs"}."""
     import copy
 
     from certifynet.denoise.diffusion.folders import diffusers_lib
-    from certifynet.models import atomic_torch_save
     from certifynet.paths import check_output_folder, default_path
     from certifynet.progress import progress as bar
     from certifynet.records import RowLog
@@ -179,12 +198,10 @@ def train_ddpm(opts: DDPMOptions, progress: bool = True) -> dict:
     unet = diffusers_lib().UNet2DModel(**unet_config(opts))
     ema = copy.deepcopy(unet).eval().requires_grad_(False)
     optimizer = torch.optim.Adam(unet.parameters(), lr=opts.lr)
-    state_path = os.path.join(opts.outdir, STATE_NAME)
-    epoch0, step, seconds, cpu = _start(opts, unet, ema, optimizer, state_path)
+    epoch0, step, seconds, cpu = _start(opts, unet, ema, optimizer, state_path(opts))
     ab = linear_schedule(opts.timesteps, opts.beta_start, opts.beta_end).alphas_cumprod
-    sqrt_ab, sqrt_1m = torch.tensor(ab ** 0.5, dtype=torch.float32), torch.tensor((1 - ab) ** 0.5, dtype=torch.float32)
-    x_train = _train_images(opts, "train", opts.train_subset)
-    x_eval = _train_images(opts, "test", opts.eval_subset)
+    roots = torch.tensor(ab ** 0.5, dtype=torch.float32), torch.tensor((1 - ab) ** 0.5, dtype=torch.float32)
+    x_train, x_eval = _train_images(opts, "train", opts.train_subset), _train_images(opts, "test", opts.eval_subset)
     meta = {"kind": "ddpm_train_log", "dataset": "mnist5k", "unet": unet_config(opts),
             **{k: getattr(opts, k) for k in _RUN_KEYS}}
     history = []
@@ -192,19 +209,12 @@ def train_ddpm(opts: DDPMOptions, progress: bool = True) -> dict:
             bar(opts.epochs - epoch0, "ddpm", "epoch", enabled=progress) as pbar:
         for epoch in range(epoch0 + 1, opts.epochs + 1):
             t0, c0 = time.time(), time.process_time()
-            loss, step = _epoch(unet, ema, optimizer, x_train, sqrt_ab, sqrt_1m, opts, epoch, step)
+            loss, step = _epoch(unet, ema, optimizer, x_train, *roots, opts, epoch, step)
             psnr = denoise_psnr(ema, x_eval, opts.eval_sigma, ab, opts.seed)
             seconds, cpu = seconds + time.time() - t0, cpu + time.process_time() - c0
-            record = {"trained_by": "certifynet.denoise.diffusion.train_ddpm", "dataset": "mnist5k", "epoch": epoch,
-                      "steps": step, "seconds": round(seconds, 1), "cpu_seconds": round(cpu, 1), "loss": loss, "ema": opts.ema,
-                      "psnr_at_eval_sigma": psnr, "eval_sigma": opts.eval_sigma, "prediction_type": "epsilon",
-                      "input_range": "-1,1", "seed": opts.seed}
-            _save_folder(opts.outdir, ema, opts, record)
-            atomic_torch_save({"epoch": epoch, "step": step, "seconds": seconds, "cpu_seconds": cpu, "config": unet_config(opts),
-                               "model": unet.state_dict(), "ema": ema.state_dict(),
-                               "optimizer": optimizer.state_dict()}, state_path)
-            row = {"epoch": epoch, "loss": round(loss, 5), "psnr": round(psnr, 3), "seconds": round(time.time() - t0, 1),
-                   "cpu_seconds": round(time.process_time() - c0, 1)}
+            _end_epoch(opts, unet, ema, optimizer, epoch, step, (seconds, cpu), loss, psnr)
+            row = {"epoch": epoch, "loss": round(loss, 5), "psnr": round(psnr, 3),
+                   "seconds": round(time.time() - t0, 1), "cpu_seconds": round(time.process_time() - c0, 1)}
             rows.write(row)
             history.append(row)
             pbar.update(1)
