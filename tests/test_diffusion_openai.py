@@ -8,8 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from certifynet.denoise.diffusion import DiffusionOptions, is_diffusion_source, load_diffusion_denoiser
-from certifynet.denoise.diffusion.folders import build_unet, load_state_strict
-from certifynet.denoise.diffusion.openai import (convert_state_dict, diffusers_config, head_dim, infer_arch,
+from certifynet.denoise.diffusion.openai import (attention_heads, convert_openai, convert_state_dict, infer_arch,
                                                  match_preset, split_qkv)
 from certifynet.errors import CertifyNetError
 
@@ -151,7 +150,7 @@ def _attn_fwd(sd, p, x, heads, order):
                               sd[f"{p}.proj_out.bias"], sd[f"{p}.norm.weight"], sd[f"{p}.norm.bias"], heads, order)
 
 
-def openai_forward(sd, plan, x, t, mc, head_ch, scale_shift, order="legacy"):
+def openai_forward(sd, plan, x, t, mc, head_ch, scale_shift, order="legacy", num_heads=None):
     half = mc // 2
     freqs = torch.exp(-math.log(10000) * torch.arange(half, dtype=torch.float32) / half)
     args = t.float()[:, None] * freqs[None]
@@ -167,7 +166,7 @@ def openai_forward(sd, plan, x, t, mc, head_ch, scale_shift, order="legacy"):
             elif layer[0] == "res":
                 h = _res_fwd(sd, p, h, emb, layer[3], scale_shift)
             elif layer[0] == "attn":
-                h = _attn_fwd(sd, p, h, layer[1] // head_ch, order)
+                h = _attn_fwd(sd, p, h, num_heads or layer[1] // head_ch, order)
             elif layer[0] == "down":
                 h = F.conv2d(h, sd[f"{p}.op.weight"], sd[f"{p}.op.bias"], stride=2, padding=1)
             else:
@@ -194,13 +193,10 @@ CASES = {  # improved-diffusion-like (conv resampling) and guided-diffusion-like
 }
 
 
-def _converted(case, head_ch=32, order="legacy"):
+def _converted(case, head_ch=32, order="legacy", num_heads=None):
     sd, plan = openai_unet(**CASES[case])
-    arch = infer_arch(sd)
-    width = head_dim(arch, None, head_ch)
-    unet = build_unet(diffusers_config(arch, width), "test")
-    load_state_strict(unet, convert_state_dict(sd, arch, width, order), "test")
-    return sd, plan, arch, unet.eval()
+    unet, _, info = convert_openai(sd, num_heads, None if num_heads else head_ch, order)
+    return sd, plan, infer_arch(sd), unet
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -214,7 +210,7 @@ def test_conversion_uses_every_key_and_reads_the_architecture(case):
         "scale_shift" if c["scale_shift"] else "default")
     left = dict(sd, **{"input_blocks.1.0.extra.weight": torch.zeros(1)})
     with pytest.raises(CertifyNetError, match="no place in the diffusers UNet.*extra"):
-        convert_state_dict(left, arch, 32, "legacy")
+        convert_state_dict(left, arch, attention_heads(arch, None, 32), "legacy")
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -228,6 +224,20 @@ def test_converted_unet_computes_the_openai_forward_pass(case):
         got = unet(x, t, return_dict=False)[0]
     assert want.abs().mean() > 0.05
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_fixed_head_count_over_different_widths():
+    """OpenAI's num_heads over attention widths 32 and 64 (head widths 16 and 32): no single attention_head_dim;
+    per-module head counts (set_attention_heads) compute the OpenAI forward pass."""
+    sd, plan, arch, unet = _converted("plain", num_heads=2)
+    assert attention_heads(arch, 2, None) == {32: 2, 64: 2}
+    x, t = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(5)), torch.tensor([7.0, 300.0])
+    with torch.no_grad():
+        want = openai_forward(sd, plan, x, t, 32, None, False, num_heads=2)[:, :1]
+        got = unet(x, t, return_dict=False)[0]
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    with pytest.raises(CertifyNetError, match="does not split into 3 heads"):
+        attention_heads(arch, 3, None)
 
 
 def test_wrong_qkv_order_is_silently_wrong():
@@ -293,11 +303,10 @@ def test_presets_match_published_architectures():
         cifar, _ = openai_unet(mc=128, mult=(1, 2, 2, 2), nrb=3, attn_levels=(1, 2), in_ch=3)
         adm, _ = openai_unet(mc=256, mult=(1, 1, 2, 2, 4, 4), nrb=2, attn_levels=(3, 4, 5), updown=True, in_ch=3)
     a, b = infer_arch(cifar), infer_arch(adm)
-    assert match_preset(a) == "improved-diffusion-cifar10" and head_dim(a, 4, None) == 64
-    assert match_preset(b) == "guided-diffusion-256-uncond" and head_dim(b, None, 64) == 64
+    assert match_preset(a) == "improved-diffusion-cifar10" and attention_heads(a, 4, None) == {256: 4}
+    assert match_preset(b) == "guided-diffusion-256-uncond"
+    assert attention_heads(b, None, 64) == {512: 8, 1024: 16}
     assert a.learn_sigma and a.scale_shift and not a.updown and b.updown
-    with pytest.raises(CertifyNetError, match="several head widths"):
-        head_dim(b, 4, None)
 
 
 def test_refusals():

@@ -13,22 +13,8 @@ import os
 import torch
 
 from certifynet.denoise.diffusion.denoiser import DiffusionDenoiser
-from certifynet.denoise.diffusion.folders import (
-    build_unet,
-    load_diffusers_folder,
-    load_state_strict,
-    read_json,
-    read_weights,
-)
-from certifynet.denoise.diffusion.openai import (
-    PRESETS,
-    convert_state_dict,
-    diffusers_config,
-    head_dim,
-    infer_arch,
-    is_openai_state_dict,
-    match_preset,
-)
+from certifynet.denoise.diffusion.folders import load_diffusers_folder, read_json, read_weights
+from certifynet.denoise.diffusion.openai import convert_openai, is_openai_state_dict
 from certifynet.denoise.diffusion.options import DiffusionOptions
 from certifynet.denoise.diffusion.schedule import parse_schedule, schedule_from_config
 from certifynet.errors import CertifyNetError
@@ -63,26 +49,12 @@ def is_diffusion_source(path: str) -> bool:
 
 
 def _load_openai(path: str, opts: DiffusionOptions):
-    """(unet, info) from an OpenAI improved/guided-diffusion state dict (openai.py)."""
+    """(unet, config, info) from an OpenAI improved/guided-diffusion state dict (openai.py)."""
     raw = read_weights(path, opts.max_bytes) if path.endswith(".safetensors") else _read_torch(path, opts.max_bytes)
     if not is_openai_state_dict(raw):
         raise CertifyNetError(f"'{path}' is not an OpenAI diffusion UNet (no time_embed/input_blocks/out keys; "
                               f"first keys {sorted(raw)[:3]})")
-    arch = infer_arch(raw)
-    preset = match_preset(arch)
-    p = PRESETS.get(preset, {})
-    heads, head_ch = opts.openai_heads, opts.openai_head_channels
-    if not heads and not head_ch:
-        heads, head_ch = p.get("num_heads"), p.get("num_head_channels")
-    width = head_dim(arch, heads, head_ch)
-    order = opts.qkv_order or p.get("qkv_order", "legacy")
-    config = diffusers_config(arch, width, p.get("sample_size"))
-    unet = build_unet(config, path)
-    load_state_strict(unet, convert_state_dict(raw, arch, width, order), path, what="the converted UNet")
-    info = {"layout": "openai", "preset": preset, "learn_sigma": arch.learn_sigma, "qkv_order": order,
-            "attention_head_dim": width, "resblock_updown": arch.updown, "scale_shift_norm": arch.scale_shift,
-            "schedule_default": p.get("schedule"), "timestep_rescale_default": p.get("timestep_rescale")}
-    return unet.eval().requires_grad_(False), config, info
+    return convert_openai(raw, opts.openai_heads, opts.openai_head_channels, opts.qkv_order)
 
 
 def _read_torch(path: str, max_bytes: int) -> dict:

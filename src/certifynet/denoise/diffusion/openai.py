@@ -23,9 +23,11 @@ The mapping follows the published architecture (openai/improved-diffusion and op
 - The mid-block attention keeps its GroupNorm under scale_shift only with `attn_norm_num_groups=32`.
 
 Constructs without a diffusers equivalent are refused by name: parameter-free resampling
-(`conv_resample=False`), class conditioning (`label_emb`), channel_mult[0] ≠ 1 (the time embedding's width is
-then not block_out_channels[0]), and attention levels whose head widths differ (diffusers has one
-`attention_head_dim`; OpenAI's fixed `num_heads` over levels of different widths gives several).
+(`conv_resample=False`), class conditioning (`label_emb`) and channel_mult[0] ≠ 1 (the time embedding's width is
+then not block_out_channels[0]). One more has no config equivalent: OpenAI's fixed `num_heads` over attention
+levels of different widths gives several head widths, while UNet2DModel has one `attention_head_dim`. The
+smallest faithful alternative (`set_attention_heads`): build with any head width, then set each Attention
+module's head count (diffusers' SDPA processor splits by `attn.heads` and scales by 1/√(C/heads)).
 Timestep rescaling (improved-diffusion's `rescale_timesteps`: the model is fed t·1000/T) is not a weight: the
 denoiser applies it (`PRESETS[...]["timestep_rescale"]`).
 """
@@ -35,6 +37,7 @@ import re
 from dataclasses import dataclass
 
 import torch
+import torch.nn as nn
 
 from certifynet.errors import CertifyNetError
 
@@ -140,22 +143,32 @@ def match_preset(arch: OpenAIArch) -> str | None:
     return None
 
 
-def head_dim(arch: OpenAIArch, num_heads: int | None, num_head_channels: int | None) -> int:
-    """diffusers' single attention_head_dim from OpenAI's num_heads or num_head_channels (one must be given)."""
-    if num_head_channels:
-        dims = {w // num_head_channels for w in arch.attention_widths}
-        if any(w % num_head_channels for w in arch.attention_widths):
-            raise CertifyNetError(f"attention widths {sorted(set(arch.attention_widths))} are not multiples of "
-                                  f"num_head_channels={num_head_channels}")
-        return int(num_head_channels)
-    if not num_heads:
+def attention_heads(arch: OpenAIArch, num_heads: int | None, num_head_channels: int | None) -> dict[int, int]:
+    """{attention width C: heads} from OpenAI's num_heads (the same count everywhere) or num_head_channels."""
+    if not num_heads and not num_head_channels:
         raise CertifyNetError("{openai_heads} (or {openai_head_channels}) is needed: an OpenAI file does not record "
                               "its attention heads", "openai_heads", "openai_head_channels")
-    dims = {w // num_heads for w in arch.attention_widths}
-    if len(dims) != 1 or any(w % num_heads for w in arch.attention_widths):
-        raise CertifyNetError(f"{num_heads} heads over attention widths {sorted(set(arch.attention_widths))} give "
-                              f"several head widths; diffusers' UNet2DModel has one attention_head_dim")
-    return dims.pop()
+    out = {}
+    for w in sorted(set(arch.attention_widths)):
+        if num_head_channels and w % num_head_channels:
+            raise CertifyNetError(f"attention width {w} is not a multiple of num_head_channels={num_head_channels}")
+        if not num_head_channels and w % num_heads:
+            raise CertifyNetError(f"attention width {w} does not split into {num_heads} heads")
+        out[w] = w // num_head_channels if num_head_channels else int(num_heads)
+    return out
+
+
+def set_attention_heads(unet: nn.Module, heads: dict[int, int]) -> int:
+    """Give every Attention module of `unet` the head count of its width (`heads`); returns how many differ from
+    the config's. Needed only when the head widths differ across levels (module docstring)."""
+    changed = 0
+    for m in unet.modules():
+        if hasattr(m, "to_q") and hasattr(m, "heads"):
+            width = m.to_q.in_features
+            if m.heads != heads[width]:
+                m.heads, changed = heads[width], changed + 1
+                m.scale = (width // heads[width]) ** -0.5
+    return changed
 
 
 def diffusers_config(arch: OpenAIArch, attention_head_dim: int, sample_size: int | None = None) -> dict:
@@ -204,11 +217,11 @@ def _res(state, src, dst, out):
                 out[f"{dst}.{b}.{leaf}"] = state[key]
 
 
-def _attn(state, src, dst, out, head_width, order):
+def _attn(state, src, dst, out, heads, order):
     c = state[f"{src}.qkv.weight"].shape[1]
     for name, leaf in (("norm", "weight"), ("norm", "bias")):
         out[f"{dst}.group_norm.{leaf}"] = state[f"{src}.{name}.{leaf}"]
-    parts = split_qkv(state[f"{src}.qkv.weight"], state[f"{src}.qkv.bias"], c // head_width, order)
+    parts = split_qkv(state[f"{src}.qkv.weight"], state[f"{src}.qkv.bias"], heads[c], order)
     for name, (w, b) in zip(("to_q", "to_k", "to_v"), parts):
         out[f"{dst}.{name}.weight"], out[f"{dst}.{name}.bias"] = w, b
     out[f"{dst}.to_out.0.weight"] = state[f"{src}.proj_out.weight"].reshape(c, c)
@@ -239,7 +252,7 @@ class _Reads(dict):
         return sorted(set(self) - self.read)
 
 
-def convert_state_dict(state: dict, arch: OpenAIArch, head_width: int, qkv_order: str = "legacy") -> dict:
+def convert_state_dict(state: dict, arch: OpenAIArch, heads: dict[int, int], qkv_order: str = "legacy") -> dict:
     """OpenAI keys → diffusers UNet2DModel keys (see the module docstring). Source keys left unread are an
     error naming the first of them (the learned-variance rows of `out.2` are read and dropped)."""
     state = _Reads(state)
@@ -254,12 +267,12 @@ def convert_state_dict(state: dict, arch: OpenAIArch, head_width: int, qkv_order
         for j in range(nrb):
             _res(state, f"input_blocks.{first + j}.0", f"down_blocks.{lv}.resnets.{j}", out)
             if arch.attention[lv]:
-                _attn(state, f"input_blocks.{first + j}.1", f"down_blocks.{lv}.attentions.{j}", out, head_width,
+                _attn(state, f"input_blocks.{first + j}.1", f"down_blocks.{lv}.attentions.{j}", out, heads,
                       qkv_order)
         if lv < levels - 1:
             _resampler(state, f"input_blocks.{first + nrb}.0", f"down_blocks.{lv}.downsamplers.0", out, "op")
     _res(state, "middle_block.0", "mid_block.resnets.0", out)
-    _attn(state, "middle_block.1", "mid_block.attentions.0", out, head_width, qkv_order)
+    _attn(state, "middle_block.1", "mid_block.attentions.0", out, heads, qkv_order)
     _res(state, "middle_block.2", "mid_block.resnets.1", out)
     for u in range(levels):
         lv = levels - 1 - u
@@ -267,7 +280,7 @@ def convert_state_dict(state: dict, arch: OpenAIArch, head_width: int, qkv_order
             o = u * (nrb + 1) + j
             _res(state, f"output_blocks.{o}.0", f"up_blocks.{u}.resnets.{j}", out)
             if arch.attention[lv]:
-                _attn(state, f"output_blocks.{o}.1", f"up_blocks.{u}.attentions.{j}", out, head_width, qkv_order)
+                _attn(state, f"output_blocks.{o}.1", f"up_blocks.{u}.attentions.{j}", out, heads, qkv_order)
             if j == nrb and lv > 0:
                 _resampler(state, f"output_blocks.{o}.{2 if arch.attention[lv] else 1}", f"up_blocks.{u}.upsamplers.0",
                            out, "conv")
@@ -278,3 +291,28 @@ def convert_state_dict(state: dict, arch: OpenAIArch, head_width: int, qkv_order
     if left:
         raise CertifyNetError(f"OpenAI UNet: {len(left)} keys have no place in the diffusers UNet, first {left[:3]}")
     return out
+
+
+def convert_openai(state: dict, num_heads: int | None = None, num_head_channels: int | None = None,
+                   qkv_order: str | None = None, sample_size: int | None = None):
+    """(UNet2DModel in eval mode, its config, info) from an OpenAI state dict. Heads and qkv order default to the
+    preset whose architecture the file has; `info` records the architecture read, the preset and the choices."""
+    from certifynet.denoise.diffusion.folders import build_unet, load_state_strict
+    arch = infer_arch(state)
+    preset = match_preset(arch)
+    p = PRESETS.get(preset, {})
+    if not num_heads and not num_head_channels:
+        num_heads, num_head_channels = p.get("num_heads"), p.get("num_head_channels")
+    heads = attention_heads(arch, num_heads, num_head_channels)
+    mid = arch.channels[-1]
+    order = qkv_order or p.get("qkv_order", "legacy")
+    config = diffusers_config(arch, mid // heads[mid], sample_size or p.get("sample_size"))
+    unet = build_unet(config, "converted OpenAI UNet")
+    load_state_strict(unet, convert_state_dict(state, arch, heads, order), "converted OpenAI UNet",
+                      what="the converted UNet")
+    set_attention_heads(unet, heads)
+    info = {"layout": "openai", "preset": preset, "learn_sigma": arch.learn_sigma, "qkv_order": order,
+            "attention_heads": {str(w): h for w, h in heads.items()}, "resblock_updown": arch.updown,
+            "scale_shift_norm": arch.scale_shift, "schedule_default": p.get("schedule"),
+            "timestep_rescale_default": p.get("timestep_rescale")}
+    return unet.eval().requires_grad_(False), config, info
