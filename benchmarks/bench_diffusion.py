@@ -32,13 +32,13 @@ from certifynet.sampling import STREAM_P, STREAM_SELECT, Sampler, input_generato
 RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
-def certify_digits(model, data, sigma, n0, n, alpha, batch, digits, seed=0):
-    """[(label, pred, radius)] for the first `digits` test digits; and the wall seconds."""
+def certify_digits(model, data, sigma, n0, n, alpha, batch, digits, seed=0, start=0, optimize=True):
+    """[(label, pred, radius)] for test digits start … start + digits − 1; and the wall seconds."""
     from certifynet.denoise.diffusion import diffusion_noise_stream
-    sampler = Sampler(model, 10, batch=batch)
+    sampler = Sampler(model, 10, batch=batch, optimize=optimize)
     noise = GaussianNoise(sigma)
     rows, t0 = [], time.time()
-    for idx in range(digits):
+    for idx in range(start, start + digits):
         x, y = data[idx]
         with diffusion_noise_stream(model, seed, idx, STREAM_SELECT):
             c_hat = int(sampler.counts(x, noise, n0, input_generator(seed, idx, STREAM_SELECT, "cpu")).argmax())
@@ -62,7 +62,7 @@ def build_models(a, sigma):
     from certifynet.models import load_checkpoint
     lenet = load_checkpoint(a.lenet).model.eval()
     models = {"LeNet (clean)": lenet}
-    drunet = dict(a.drunet).get(f"{sigma:g}")
+    drunet = {float(k): v for k, v in a.drunet}.get(float(sigma))
     if drunet:
         models["+ DRUNet (stab.)"] = DenoisedClassifier(load_denoiser(drunet).model, lenet, sigma).eval()
     if a.ddpm:
@@ -82,6 +82,25 @@ def markdown(results) -> str:
     return "\n".join(lines)
 
 
+def merge(paths) -> list:
+    """Results of several --json files (shards of digits) joined per (σ, model, N0, N, α), accuracy recomputed."""
+    groups = {}
+    for path in paths:
+        with open(path) as f:
+            for r in json.load(f)["results"]:
+                key = (r["sigma"], r["model"], r["N0"], r["N"], r["alpha"])
+                g = groups.setdefault(key, {**r, "rows": [], "digits": 0, "seconds": 0.0, "starts": []})
+                g["rows"] += r["rows"]
+                g["digits"] += r["digits"]
+                g["seconds"] += r["seconds"]
+                g["starts"].append(r.get("start", 0))
+    for g in groups.values():
+        g["accuracy"] = certified_accuracy(g["rows"])
+    rank = {"LeNet": 0, "+ DRUNet": 1, "+ DDPM": 2}
+    return sorted(groups.values(), key=lambda g: (g["sigma"], min(v for k, v in {**rank, "": 3}.items()
+                                                                 if g["model"].startswith(k)), g["model"]))
+
+
 def train_missing(a) -> None:
     """The quickstart's recipes for whatever model path was not given (under --workdir)."""
     import importlib
@@ -91,9 +110,9 @@ def train_missing(a) -> None:
         run("train", ["mnist5k", "lenet", "--noise", 0, "--epochs", 5, "--batch", 64, "--lr", 0.01, "--workers", 0,
                       "--outdir", f"{w}/lenet_clean", "--resume"])
         a.lenet = f"{w}/lenet_clean/checkpoint.pth"
-    given = dict(a.drunet)
+    given = {float(k) for k, _ in a.drunet}
     for s in a.sigmas:
-        if f"{s:g}" not in given:
+        if float(s) not in given:
             run("train_denoiser", ["--opt", "denoiser/options/train_drunet_small_mnist_stab.json", "--classifier",
                                    a.lenet, "--sigma", s, "--outdir", f"{w}/drunet_stab_{s:g}", "--resume"])
             a.drunet.append((f"{s:g}", f"{w}/drunet_stab_{s:g}/denoiser.pth"))
@@ -111,6 +130,9 @@ def main(argv=None):
     p.add_argument("--diffusion-steps", type=int, default=1, help="K reverse steps (1: one shot)")
     p.add_argument("--sigmas", type=float, nargs="+", default=[0.5, 1.0])
     p.add_argument("--digits", type=int, default=100)
+    p.add_argument("--start", type=int, default=0, help="first test digit (split a run; the rows are per digit)")
+    p.add_argument("--no-optimize", dest="optimize", action="store_false",
+                   help="no TorchScript trace (the Sampler's CPU default); eager was faster for the UNets here")
     p.add_argument("--N0", type=int, default=100)
     p.add_argument("--N", type=int, default=10_000)
     p.add_argument("--alpha", type=float, default=0.001)
@@ -120,7 +142,15 @@ def main(argv=None):
     p.add_argument("--train", action="store_true", help="train the models not given (under --workdir)")
     p.add_argument("--workdir", default="results/bench_diffusion")
     p.add_argument("--json", help="write the results here")
+    p.add_argument("--merge", nargs="+", metavar="JSON", help="only print the table of these --json files, joined")
     a = p.parse_args(argv)
+    if a.merge:
+        results = merge(a.merge)
+        print(markdown(results))
+        for r in results:
+            print(f"σ={r['sigma']:g} {r['model']}: {r['digits']} digits (from {sorted(r['starts'])}), N0={r['N0']}, "
+                  f"N={r['N']}, α={r['alpha']}")
+        return
     if a.threads:
         torch.set_num_threads(a.threads)
     if a.train:
@@ -134,13 +164,14 @@ def main(argv=None):
         for label, model in build_models(a, sigma).items():
             if a.only and not any(label.startswith(o) for o in a.only):
                 continue
-            rows, secs = certify_digits(model, data, sigma, a.N0, a.N, a.alpha, a.batch, a.digits)
-            res = {"sigma": sigma, "model": label, "digits": a.digits, "N0": a.N0, "N": a.N, "alpha": a.alpha,
-                   "seconds": secs, "accuracy": certified_accuracy(rows), "rows": rows}
+            rows, secs = certify_digits(model, data, sigma, a.N0, a.N, a.alpha, a.batch, a.digits, start=a.start,
+                                        optimize=a.optimize)
+            res = {"sigma": sigma, "model": label, "digits": a.digits, "start": a.start, "N0": a.N0, "N": a.N,
+                   "alpha": a.alpha, "seconds": secs, "accuracy": certified_accuracy(rows), "rows": rows}
             results.append(res)
             print(f"σ={sigma:g} {label}: " + ", ".join(f"{k} {100 * v:.0f}%" for k, v in res["accuracy"].items())
                   + f"  ({secs:.0f}s, {(a.N0 + a.N) * a.digits / secs:.0f} passes/s)", flush=True)
-    print(f"\n{a.digits} mnist5k test digits, N0={a.N0}, N={a.N}, α={a.alpha}, torch threads "
+    print(f"\n{a.digits} mnist5k test digits from {a.start}, N0={a.N0}, N={a.N}, α={a.alpha}, torch threads "
           f"{torch.get_num_threads()}\n")
     print(markdown(results))
     if a.json:
