@@ -93,7 +93,11 @@ def merge(paths) -> list:
                 g["rows"] += r["rows"]
                 g["digits"] += r["digits"]
                 g["seconds"] += r["seconds"]
-                g["starts"].append(r.get("start", 0))
+                start = r.get("start", 0)
+                if any(a < start + r["digits"] and start < a + n for a, n in g["starts"]):
+                    raise SystemExit(f"{path}: digits {start}..{start + r['digits'] - 1} of σ={r['sigma']:g} "
+                                     f"{r['model']} are already in another file")
+                g["starts"].append((start, r["digits"]))
     for g in groups.values():
         g["accuracy"] = certified_accuracy(g["rows"])
     rank = {"LeNet": 0, "+ DRUNet": 1, "+ DDPM": 2}
@@ -148,7 +152,7 @@ def main(argv=None):
         results = merge(a.merge)
         print(markdown(results))
         for r in results:
-            print(f"σ={r['sigma']:g} {r['model']}: {r['digits']} digits (from {sorted(r['starts'])}), N0={r['N0']}, "
+            print(f"σ={r['sigma']:g} {r['model']}: {r['digits']} digits (start, count: {sorted(r['starts'])}), N0={r['N0']}, "
                   f"N={r['N']}, α={r['alpha']}")
         return
     if a.threads:

@@ -75,3 +75,14 @@ def test_bench_diffusion_smoke(tmp_path):
     assert "| 0.5 | LeNet (clean) |" in r.stdout and "| 0.5 | + DDPM (ours) |" in r.stdout
     res = json.loads((tmp_path / "out.json").read_text())["results"]
     assert [x["model"] for x in res] == ["LeNet (clean)", "+ DDPM (ours)"] and len(res[1]["rows"]) == 2
+
+
+def test_bench_diffusion_speed_smoke(tmp_path):
+    argv = [sys.executable, os.path.join(ROOT, "benchmarks", "bench_diffusion_speed.py"), "--configs", "lenet",
+            "ddpm-quick+lenet", "--n", "100", "--batch", "50", "--repeats", "1", "--clock", "process", "--no-optimize", "--json",
+            str(tmp_path / "speed.json")]
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-1500:]
+    res = json.loads((tmp_path / "speed.json").read_text())["results"]
+    assert set(res) == {"lenet", "ddpm-quick+lenet"} and res["lenet"]["relative_to_first"] == 1.0
+    assert "passes/s" in r.stdout
