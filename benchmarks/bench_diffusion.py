@@ -109,7 +109,9 @@ def train_missing(a) -> None:
     """The quickstart's recipes for whatever model path was not given (under --workdir)."""
     import importlib
     w = a.workdir
-    run = lambda mod, argv: importlib.import_module(f"certifynet.cli.{mod}").main([str(v) for v in argv])  # noqa: E731
+    def run(mod, argv):
+        if importlib.import_module(f"certifynet.cli.{mod}").main([str(v) for v in argv]):
+            raise SystemExit(f"training with {mod} failed")
     if not a.lenet:
         run("train", ["mnist5k", "lenet", "--noise", 0, "--epochs", 5, "--batch", 64, "--lr", 0.01, "--workers", 0,
                       "--outdir", f"{w}/lenet_clean", "--resume"])
@@ -152,8 +154,8 @@ def main(argv=None):
         results = merge(a.merge)
         print(markdown(results))
         for r in results:
-            print(f"σ={r['sigma']:g} {r['model']}: {r['digits']} digits (start, count: {sorted(r['starts'])}), N0={r['N0']}, "
-                  f"N={r['N']}, α={r['alpha']}")
+            print(f"σ={r['sigma']:g} {r['model']}: {r['digits']} digits (start, count: {sorted(r['starts'])}), "
+                  f"N0={r['N0']}, N={r['N']}, α={r['alpha']}")
         return
     if a.threads:
         torch.set_num_threads(a.threads)

@@ -79,8 +79,8 @@ def test_bench_diffusion_smoke(tmp_path):
 
 def test_bench_diffusion_speed_smoke(tmp_path):
     argv = [sys.executable, os.path.join(ROOT, "benchmarks", "bench_diffusion_speed.py"), "--configs", "lenet",
-            "ddpm-quick+lenet", "--n", "100", "--batch", "50", "--repeats", "1", "--clock", "process", "--no-optimize", "--json",
-            str(tmp_path / "speed.json")]
+            "ddpm-quick+lenet", "--n", "100", "--batch", "50", "--repeats", "1", "--clock", "process", "--no-optimize",
+            "--json", str(tmp_path / "speed.json")]
     r = subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-1500:]
     res = json.loads((tmp_path / "speed.json").read_text())["results"]

@@ -1,6 +1,8 @@
 """Certificates through a diffusion denoiser: soundness on a linear classifier behind an identity-like denoiser
 (one shot and K steps), the K-step noise stream (per input, reproducible, never traced), an end-to-end
 certification and an attack audit through a real diffusers folder, and classifiers by name."""
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -99,7 +101,8 @@ def test_k_step_noise_is_per_input_reproducible_and_not_traced():
     assert not torch.equal(a, counts(5, stream=2))            # ξ has its own stream, apart from δ's
     den = model.denoiser
     assert den.noise.key == (0, 0, 100)                        # the binding is undone after each input
-    with pytest.raises(RuntimeError, match="cannot be traced"):
+    with pytest.raises(RuntimeError, match="cannot be traced"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # torch.jit.trace's deprecation notice
         torch.jit.trace(model, x[None].repeat(2, 1, 1, 1), check_trace=False)
 
 
