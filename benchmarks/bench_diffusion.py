@@ -24,10 +24,10 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
-from certifynet.certify import certify_from_counts  # noqa: E402
-from certifynet.certify.outcome import ABSTAIN, is_correct  # noqa: E402
-from certifynet.noise import GaussianNoise  # noqa: E402
-from certifynet.sampling import STREAM_P, STREAM_SELECT, Sampler, input_generator  # noqa: E402
+from certifynet.certify import certify_from_counts
+from certifynet.certify.outcome import ABSTAIN, is_correct
+from certifynet.noise import GaussianNoise
+from certifynet.sampling import STREAM_P, STREAM_SELECT, Sampler, input_generator
 
 RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
 

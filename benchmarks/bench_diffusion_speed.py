@@ -26,8 +26,8 @@ import time
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
-from certifynet.noise import GaussianNoise  # noqa: E402
-from certifynet.sampling import Sampler, input_generator, resolve_device  # noqa: E402
+from certifynet.noise import GaussianNoise
+from certifynet.sampling import Sampler, input_generator, resolve_device
 
 DDPM_CIFAR10 = {  # google/ddpm-cifar10-32's UNet2DModel config (Ho et al.'s CIFAR-10 model)
     "sample_size": 32, "in_channels": 3, "out_channels": 3, "block_out_channels": [128, 256, 256, 256],

@@ -12,9 +12,17 @@ import torch
 import torch.nn as nn
 
 from certifynet.denoise import DenoisedClassifier
-from certifynet.denoise.diffusion import (DiffusionDenoiser, DiffusionOptions, choose_t, cosine_schedule,
-                                          is_diffusion_source, linear_schedule, load_diffusion_denoiser,
-                                          parse_schedule, schedule_from_config)
+from certifynet.denoise.diffusion import (
+    DiffusionDenoiser,
+    DiffusionOptions,
+    choose_t,
+    cosine_schedule,
+    is_diffusion_source,
+    linear_schedule,
+    load_diffusion_denoiser,
+    parse_schedule,
+    schedule_from_config,
+)
 from certifynet.denoise.diffusion.schedule import scaled_linear_schedule, step_times
 from certifynet.errors import CertifyNetError
 

@@ -8,8 +8,14 @@ import torch
 import torch.nn.functional as F
 
 from certifynet.denoise.diffusion import DiffusionOptions, is_diffusion_source, load_diffusion_denoiser
-from certifynet.denoise.diffusion.openai import (attention_heads, convert_openai, convert_state_dict, infer_arch,
-                                                 match_preset, split_qkv)
+from certifynet.denoise.diffusion.openai import (
+    attention_heads,
+    convert_openai,
+    convert_state_dict,
+    infer_arch,
+    match_preset,
+    split_qkv,
+)
 from certifynet.errors import CertifyNetError
 
 

@@ -11,8 +11,15 @@ from scipy.stats import binom, norm
 
 from certifynet.certify import certify_from_counts
 from certifynet.denoise import DenoisedClassifier
-from certifynet.denoise.diffusion import (ClassifierSpec, DiffusionDenoiser, build_classifier, describe_chain,
-                                          diffusion_noise_stream, linear_schedule, load_diffusion_denoiser)
+from certifynet.denoise.diffusion import (
+    ClassifierSpec,
+    DiffusionDenoiser,
+    build_classifier,
+    describe_chain,
+    diffusion_noise_stream,
+    linear_schedule,
+    load_diffusion_denoiser,
+)
 from certifynet.errors import CertifyNetError
 from certifynet.noise import GaussianNoise
 from certifynet.sampling import Sampler, input_generator

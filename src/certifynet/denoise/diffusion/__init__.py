@@ -13,13 +13,24 @@ diffusers itself is imported only when a model is built or loaded.
 from __future__ import annotations
 
 from certifynet.denoise.diffusion.classifiers import ClassifierSpec, ResizeNormalize, build_classifier
-from certifynet.denoise.diffusion.denoiser import (DIFFUSION_STREAM_OFFSET, DiffusionDenoiser, NoiseStream,
-                                                   diffusion_denoisers, diffusion_noise_stream)
-from certifynet.denoise.diffusion.load import (describe_chain, is_diffusion_source, load_diffusion_denoiser,
-                                               load_summary)
+from certifynet.denoise.diffusion.denoiser import (
+    DIFFUSION_STREAM_OFFSET,
+    DiffusionDenoiser,
+    NoiseStream,
+    diffusion_denoisers,
+    diffusion_noise_stream,
+)
+from certifynet.denoise.diffusion.load import describe_chain, is_diffusion_source, load_diffusion_denoiser, load_summary
 from certifynet.denoise.diffusion.options import DiffusionOptions
-from certifynet.denoise.diffusion.schedule import (Schedule, TStar, choose_t, cosine_schedule, linear_schedule,
-                                                   parse_schedule, schedule_from_config)
+from certifynet.denoise.diffusion.schedule import (
+    Schedule,
+    TStar,
+    choose_t,
+    cosine_schedule,
+    linear_schedule,
+    parse_schedule,
+    schedule_from_config,
+)
 from certifynet.denoise.diffusion.train import DDPMOptions, train_ddpm
 
 __all__ = [

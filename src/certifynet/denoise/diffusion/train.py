@@ -108,8 +108,8 @@ def _save_folder(outdir: str, unet, opts: DDPMOptions, record: dict) -> None:
 def denoise_psnr(unet, x: torch.Tensor, sigma: float, alphas_cumprod, seed: int) -> float:
     """Mean PSNR of one-shot denoising (first t with noise ≥ 2σ) of x + δ, δ ~ N(0, σ²I) from a fixed seed."""
     from certifynet.denoise.diffusion.denoiser import DiffusionDenoiser
-    from certifynet.sampling import input_generator
     from certifynet.denoise.diffusion.schedule import Schedule
+    from certifynet.sampling import input_generator
     den = DiffusionDenoiser(unet, Schedule("linear", alphas_cumprod), sigma)
     noisy = x + sigma * torch.randn(x.shape, generator=input_generator(seed, 0, _EVAL, "cpu"))
     out = torch.cat([den(noisy[i:i + 100]) for i in range(0, len(x), 100)])
