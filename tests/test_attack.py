@@ -20,7 +20,7 @@ from certifynet.records import read_rows
 from certifynet.sampling import Sampler
 from certifynet.training import loop
 from certifynet.training.losses import _noisy_logits, smoothed_soft_nll
-from helpers import LinearBinary, untrained_lenet
+from helpers import LinearBinary, load_benchmark, untrained_lenet
 
 ALPHA = 0.001
 FAST = ["--m", "16", "--steps", "10", "--N", "1000", "--batch", "400"]
@@ -333,9 +333,7 @@ def test_smoothadv_epoch_warmup_scales_the_radius():
 @pytest.mark.slow
 def test_audit_of_200_real_digits_is_sound_and_has_power(tmp_path, capsys):
     """benchmarks/audit_mnist5k.py at σ=0.25, NP and DSRS at N=2000, 200 digits: no flag at ε = R, a flag at 2R."""
-    import sys
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
-    import audit_mnist5k
+    audit_mnist5k = load_benchmark("audit_mnist5k")
     out = str(tmp_path / "bench")
     audit_mnist5k.main(["--out", out, "--sigmas", "0.25", "--N", "2000", "--scales", "1", "2"])
     for method in ("np", "dsrs"):

@@ -1,7 +1,5 @@
 """DSRS certification math: reference vectors, NP limits, quadrature error bounds, and statistical soundness."""
-import csv
 import math
-import os
 
 import numpy as np
 import pytest
@@ -17,17 +15,13 @@ from certifynet.certify.dsrs.rescaled import _Rescaled, _resc_margin
 from certifynet.certify.dsrs.truncated import _trunc_shifted
 from certifynet.certify.neyman_pearson import cp_lower
 from certifynet.errors import CertifyNetError
-from helpers import REFERENCE
+from helpers import reference_rows
 
-VECTORS = str(REFERENCE / "dsrs_vectors.csv")
 SETTINGS = [(784, 380), (3072, 1530), (150528, 75260)]
 
 
 def _rows():
-    if not os.path.exists(VECTORS):
-        pytest.skip("reference vectors not available")
-    with open(VECTORS) as fh:
-        return list(csv.DictReader(line for line in fh if not line.startswith("#")))
+    return reference_rows("dsrs_vectors.csv")
 
 
 def _f(row, key):
