@@ -33,18 +33,18 @@ EPS = np.finfo(float).eps
 
 
 # ---------------------------------------------------------------- DSRS heuristic x+
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _dsrs_interval(n: int, alpha: float):
     """(P̲, P̄) of every count 0..n: the DSRS interval of one run, two-sided at α/2 (tails α/4)."""
     return cp_interval(np.arange(n + 1), n, alpha / 2)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _pooled_lower(n: int, a_pool: float):
     return cp_lower(np.arange(2 * n + 1), 2 * n, a_pool)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _pooled_branch(n: int, alpha: float) -> np.ndarray:
     """Counts c for which the sampler re-samples P (`sampling.inputs` `_choose_q`: P̄ of cp_interval(c, n, α/2))."""
     return np.array([pooled_np_fallback_needed(u) for u in _dsrs_interval(n, alpha)[1]])

@@ -15,6 +15,7 @@ from certifynet.cli import certify, merge, sample
 from certifynet.errors import CertifyNetError, CertifyNetWarning
 from certifynet.records import KEY_ENV, Digester, RowLog, read_counts, read_rows
 from certifynet.records.integrity import completion_record, row_check, settings_integrity
+
 from helpers import untrained_lenet
 
 SMALL = ["--sigma", "0.25", "--N0", "10", "--N", "60", "--batch", "30", "--max", "6", "--no-progress"]

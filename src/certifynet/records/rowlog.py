@@ -16,8 +16,14 @@ import os
 from certifynet._version import __version__
 from certifynet.errors import CertifyNetError, warn
 from certifynet.paths import check_output_file
-from certifynet.records.integrity import (CHECK_COLUMN, VOLATILE_META, Digester, completion_record, row_check,
-                                          settings_integrity)
+from certifynet.records.integrity import (
+    CHECK_COLUMN,
+    VOLATILE_META,
+    Digester,
+    completion_record,
+    row_check,
+    settings_integrity,
+)
 from certifynet.records.lock import WriterLock
 from certifynet.records.selection import select_indices
 from certifynet.records.sidecar import meta_conflict, meta_path, read_meta, write_meta

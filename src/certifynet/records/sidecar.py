@@ -14,7 +14,13 @@ from certifynet.errors import CertifyNetError
 from certifynet.paths import SIDECAR_SUFFIX
 from certifynet.records.files import atomic_write
 from certifynet.records.integrity import (  # noqa: F401 (re-exported: their historical home)
-    CHECK_COLUMN, INTEGRITY_IGNORE, VOLATILE_META, row_check, settings_integrity, verify_settings)
+    CHECK_COLUMN,
+    INTEGRITY_IGNORE,
+    VOLATILE_META,
+    row_check,
+    settings_integrity,
+    verify_settings,
+)
 
 
 def meta_path(path: str) -> str:
