@@ -1,4 +1,5 @@
-"""Append-only row logs with a JSON metadata sidecar: one writer at a time, resumable, tamper-evident.
+"""Append-only row logs with a JSON metadata sidecar: one writer at a time, resumable, accident-evident
+(forgery-evident with a key).
 
 A log is a delimited text file with a header line; `<file>.meta.json` names what produced it (model, σ, k,
 N, α, seed, ...). Guarantees, each with the class or function that keeps it:
