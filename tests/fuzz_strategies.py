@@ -108,12 +108,16 @@ def parser_options(parser: argparse.ArgumentParser) -> list[Option]:
 
 
 # ---------------------------------------------------------------- values
-INTS = ["0", "-0", "-1", "1", "2", "3", "-2147483649", "2147483648", "9223372036854775808", str(10 ** 30),
-        "-" + str(10 ** 30), "", " ", "1.5", "1e3", "nan", "inf", "0x10", "\u0663", "1_000", "+1", " 7 "]
+# Extreme values each type's parser accepts (the ones that reach the command), and a few it refuses.
+INTS = ["0", "-0", "-1", "1", "2", "3", "-2147483649", "2147483648", "9223372036854775808", "18446744073709551616",
+        str(10 ** 30), "-" + str(10 ** 30), "\u0663", "1_000", "+1", " 7 "]
+INT_JUNK = ["", " ", "1.5", "1e3", "nan", "inf", "0x10", "abc"]
 FLOATS = ["0", "-0", "0.0", "-0.0", "-1", "nan", "NaN", "-nan", "inf", "-inf", "Infinity", "1e300", "-1e300",
-          "1e-300", "5e-324", "1e309", str(10 ** 30), "", "abc", "1,5", "0.25", "1e-7", "0.999999999", "1", "0.5"]
+          "1e-300", "5e-324", "1e309", str(10 ** 30), "0.25", "1e-7", "0.999999999", "1", "0.5", "1e-16", "2"]
+FLOAT_JUNK = ["", "abc", "1,5", "0x1p-2", "\u0663.5"]
 STRINGS = ["", " ", "\n", "\t", "a\nb", "tab\there", "\u00e9", "\u03c3=0.25", "\u65e5\u672c", "x\udcff", "-", "--",
-           "-x", "a" * 300, "\u202e", "{}", "{alpha}", "%s", "'", '"', "nan", "0", "-1", str(10 ** 30), "..", "/"]
+           "-x", "a" * 300, "\u202e", "{}", "{alpha}", "%s", "'", '"', "nan", "0", "-1", str(10 ** 30), "..", "/",
+           "a\rb", "\u2028", "\x1b[31mred"]
 SPECIAL_PATHS = ["/dev/null", "{W}/loop", "{W}/dangling", "{W}/plain.txt/x", "{W}/plain.txt", "{W}/folder", "{W}/empty",
                  "{W}/nonexistent.csv", "{W}/link_model.pth", "{W}/c.csv.meta.json", "{W}/c.csv.lock", "{W}/run",
                  "/proc/self/fuzz/x.tsv", "{S}/new.tsv", "{S}/new/dir/x.csv", "{S}/x.pth", "rel.tsv", "{S}/\u00e9 \t.tsv",
@@ -130,31 +134,48 @@ def workspace_paths(w: Path) -> list[str]:
     return sorted(out)
 
 
+# Values of free-text options that mean something to their command (valid ones and near misses).
+HINTS = {"shard": ["0/2", "1/2", "2/2", "-1/2", "0/0", "1/1", str(10 ** 30) + "/2", "0/" + str(10 ** 30), "a/b", "1"],
+         "normalization": ["dataset", "identity", "center", "0.5/0.5", "nan/1", "0/0", "0.1,0.2/0.3", "1/inf", "/"],
+         "device": ["cpu", "auto", "cuda", "cuda:0", "cuda:-1", "mps", "cpu:0"],
+         "q_percentile": ["x", "x+", "0.5", "1", "0", "nan", "1e-300", "-0.5", "x++"],
+         "dataset": ["mnist5k", "mnist", "cifar10", "imagenet", "mars"],
+         "arch": ["lenet", "mnist_43", "cifar_resnet20", "cifar_resnet110", "resnet50", "drunet_small", "dncnn", "x"],
+         "host": ["127.0.0.1", "::1", "localhost", "0.0.0.0", "256.1.1.1", "127.0.0.1:80", "[::1]"],
+         "diffusion_schedule": ["linear", "linear:1000", "cosine:10", "scaled_linear:0", "linear:1:0.5:0.1", "x"],
+         "objective": ["mse", "l1", "stability", "classification"], "sigmas": ["0.25,0.5", "nan,1", "", "-1"],
+         "sigma_range": ["0.1,0.5", "0.5,0.1", "0,inf", "1"], "lr_milestones": ["1,2", "-1", "1e30", "a"]}
+
+
 def path_values(opt: Option, w: Path, pool: list[str]) -> st.SearchStrategy:
     """Paths for a path option: the right kind first (valid and damaged), then anything."""
     kinds = sorted({"{W}/" + str(p.relative_to(w)) for g in PATH_KINDS.get(opt.dest, []) for p in w.glob(g)})
-    choices = [st.sampled_from(SPECIAL_PATHS), st.sampled_from(pool)]
-    if kinds:
-        choices.insert(0, st.sampled_from(kinds))
-    return st.one_of(*choices)
+    return st.integers(0, 3).flatmap(lambda i: st.sampled_from(kinds) if kinds and i < 2 else
+                                     st.sampled_from(SPECIAL_PATHS) if i == 2 else st.sampled_from(pool))
 
 
-def scalar_values(opt: Option, w: Path, pool: list[str]) -> st.SearchStrategy:
-    """One value for an option, extreme for its kind (and now and then of another kind)."""
+@st.composite
+def scalar_values(draw, opt: Option, w: Path, pool: list[str]) -> str:
+    """One value for an option: mostly one its parser accepts, extreme for its kind (9 in 10); else junk."""
     if opt.kind == "int":
         main = st.one_of(st.sampled_from(INTS), st.integers(-3, 3).map(str), st.integers(-2 ** 70, 2 ** 70).map(str))
+        junk = st.sampled_from(INT_JUNK)
     elif opt.kind == "float":
         main = st.one_of(st.sampled_from(FLOATS), st.floats(allow_nan=True, allow_infinity=True).map(repr))
+        junk = st.sampled_from(FLOAT_JUNK)
     elif opt.kind == "choice":
-        main = st.one_of(st.sampled_from([str(c) for c in opt.choices]),
-                         st.sampled_from(["", "X", str(opt.choices[0]).upper(), str(opt.choices[0]) + " "]))
+        main = st.sampled_from([str(c) for c in opt.choices])
+        junk = st.sampled_from(["", "X", str(opt.choices[0]).upper(), str(opt.choices[0]) + " "])
     elif opt.kind == "path":
-        main = path_values(opt, w, pool)
+        main, junk = path_values(opt, w, pool), st.sampled_from(STRINGS)
     else:
-        main = st.sampled_from(STRINGS)
-    other = st.sampled_from(INTS + FLOATS + STRINGS)
-    text = st.text(max_size=12).filter(lambda s: "\x00" not in s)   # argv can never hold a NUL
-    return st.one_of(*[main] * 6, other, text)
+        main, junk = st.sampled_from(STRINGS + FLOATS), st.sampled_from(INTS + SPECIAL_PATHS)
+    if opt.dest in HINTS and draw(st.booleans()):
+        main = st.sampled_from(HINTS[opt.dest])
+    roll = draw(st.integers(0, 19))
+    if roll == 0:   # anything at all (argv can never hold a NUL)
+        return draw(st.text(max_size=12).filter(lambda s: "\x00" not in s))
+    return draw(junk if roll == 1 else main)
 
 
 @st.composite
@@ -200,7 +221,7 @@ def mutate(draw, argv: list[str], options: list[Option], w: Path, pool: list[str
     """One mutation of a vector: an optional set to an extreme value, removed, repeated, or a stray token."""
     argv = list(argv)
     optionals = [o for o in options if o.flags]
-    what = draw(st.sampled_from(["set", "set", "set", "set", "drop", "repeat", "stray"]))
+    what = draw(st.sampled_from(["set"] * 6 + ["drop", "repeat", "stray"]))
     spans = _spans(argv, options)
     if what == "stray" or not optionals:
         stray = draw(st.sampled_from(["--bogus", "-", "--", "x", "--=1", "--no-such-flag=1", "-Z", "\u2014sigma",

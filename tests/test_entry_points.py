@@ -21,6 +21,7 @@ from scipy.stats import beta, norm
 
 from certifynet.cli import certify, sample
 from certifynet.noise import GaussianNoise, GeneralizedGaussianNoise
+import certifynet.sampling.smooth as smooth_module
 from certifynet.sampling.smooth import Smooth
 from fuzz_workspace import _read, _write, reseal
 from helpers import untrained_lenet
@@ -38,7 +39,7 @@ def counts_files(tmp_path_factory):
     for k in (0, 380):
         path = w / f"c{k}.csv"
         noise = ["--dist", "general_gaussian", "--k", str(k)] if k else []
-        argv = ["--model", model, "--sigma", str(SIGMA), "--N0", str(N0), "--N", "8", "--batch", "8",
+        argv = ["--model", model, "--sigma", str(SIGMA), "--N0", str(N0), "--N", "16", "--batch", "16",
                 "--max", str(len(COUNTS)), "--data-dir", str(w / "data"), "--no-progress", *noise, "--out", str(path)]
         assert sample.main(argv) == 0
         meta, header, rows = _read(path)
@@ -62,7 +63,7 @@ def via_cli(counts: Path, out: Path) -> list[float]:
 
 class _CountsSampler:
     """Stands in for `Smooth`'s sampler: returns the counts of a row (selection draws: all on class `pred`)."""
-    device = "cpu"
+    device, batch = "cpu", 1000
 
     def __init__(self, pred: int, count: int):
         self.pred, self.count = pred, count
@@ -77,8 +78,9 @@ def via_smooth(k: int, monkeypatch) -> list[float]:
     noise = GeneralizedGaussianNoise(SIGMA, k, D) if k else GaussianNoise(SIGMA)
     smooth = Smooth(torch.nn.Identity(), 10, noise=noise)
     radii = []
-    for count in COUNTS:
-        monkeypatch.setattr(smooth, "_sampler_for", lambda batch, c=count: _CountsSampler(4, c))
+    for count in COUNTS:   # Smooth builds its sampler on first use: this one returns the row's counts
+        monkeypatch.setattr(smooth_module, "Sampler", lambda *a, c=count, **kw: _CountsSampler(4, c))
+        smooth._sampler = None
         c_hat, radius = smooth.certify(torch.zeros(1, 28, 28), N0, N, ALPHA)
         assert c_hat in (4, Smooth.ABSTAIN)
         radii.append(radius)
