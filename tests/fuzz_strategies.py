@@ -55,12 +55,14 @@ def all_scripts() -> list[str]:
 
 
 # ---------------------------------------------------------------- the parser, walked
-PATH_DESTS = {"out", "outdir", "model", "counts", "log", "data_dir", "denoiser", "image", "opt", "logs", "merge", "root",
+PATH_DESTS = {"out", "outdir", "model", "counts", "log", "data_dir", "denoiser", "image", "opt", "logs", "merge",
+              "root",
               "results", "models", "empirical", "pretrained_model", "pretrained_denoiser", "resume", "classifier",
               "inputs", "arch_file"}
 # Where a strategy looks first for a path of the right kind (globs under the workspace).
 PATH_KINDS = {"counts": ["c*.csv", "sh*.csv", "bad/counts_*.csv"], "log": ["*.tsv", "bad/log_*.tsv"],
-              "logs": ["*.tsv", "bad/log_*.tsv", "bad/curve_*.tsv"], "inputs": ["*.tsv", "*.csv", "bad/*.tsv", "bad/*.csv"],
+              "logs": ["*.tsv", "bad/log_*.tsv", "bad/curve_*.tsv"],
+              "inputs": ["*.tsv", "*.csv", "bad/*.tsv", "bad/*.csv"],
               "empirical": ["curve.tsv", "bad/curve_*.tsv"], "opt": ["opt.json", "bad/opt_*.json"],
               "image": ["image.*", "bad/img_*"], "data_dir": ["data", "bad/data_*"]}
 for _d in ("model", "denoiser", "classifier", "pretrained_model", "pretrained_denoiser", "resume"):
@@ -120,7 +122,8 @@ STRINGS = ["", " ", "\n", "\t", "a\nb", "tab\there", "\u00e9", "\u03c3=0.25", "\
            "a\rb", "\u2028", "\x1b[31mred"]
 SPECIAL_PATHS = ["/dev/null", "{W}/loop", "{W}/dangling", "{W}/plain.txt/x", "{W}/plain.txt", "{W}/folder", "{W}/empty",
                  "{W}/nonexistent.csv", "{W}/link_model.pth", "{W}/c.csv.meta.json", "{W}/c.csv.lock", "{W}/run",
-                 "/proc/self/fuzz/x.tsv", "{S}/new.tsv", "{S}/new/dir/x.csv", "{S}/x.pth", "rel.tsv", "{S}/\u00e9 \t.tsv",
+                 "/proc/self/fuzz/x.tsv", "{S}/new.tsv", "{S}/new/dir/x.csv", "{S}/x.pth", "rel.tsv",
+                 "{S}/\u00e9 \t.tsv",
                  "{S}/with space.csv", "{S}/x\udcff.csv", "", ".", "..", "{W}", "{S}"]
 
 
@@ -223,10 +226,11 @@ def mutate(draw, argv: list[str], options: list[Option], w: Path, pool: list[str
     optionals = [o for o in options if o.flags]
     what = draw(st.sampled_from(["set"] * 6 + ["drop", "repeat", "stray"]))
     spans = _spans(argv, options)
+    at = argv.index("--") if "--" in argv else len(argv)   # run_shards: the command after '--' is not ours
     if what == "stray" or not optionals:
         stray = draw(st.sampled_from(["--bogus", "-", "--", "x", "--=1", "--no-such-flag=1", "-Z", "\u2014sigma",
                                       "--sigma\n", "--sig"]))
-        argv.insert(draw(st.integers(0, len(argv))), stray)
+        argv.insert(draw(st.integers(0, at)), stray)
         return argv
     opt = draw(st.sampled_from(optionals))
     tokens = draw(option_tokens(opt, w, pool))
@@ -236,7 +240,6 @@ def mutate(draw, argv: list[str], options: list[Option], w: Path, pool: list[str
     if what == "set" and opt.dest in spans:
         a, b = spans[opt.dest]
         return argv[:a] + tokens + argv[b:]
-    at = argv.index("--") if "--" in argv else len(argv)   # run_shards: the command after '--' is not ours
     return argv[:at] + tokens + argv[at:]
 
 

@@ -161,7 +161,8 @@ COUNTS_EDITS = {
     "no_sigma": _drop("sigma"), "no_N": _drop("N"), "no_N0": _drop("N0"), "no_d": _drop("d"), "no_k": _drop("k"),
     "no_dist": _drop("dist"), "no_kind": _drop("kind"), "no_columns": _drop("columns"), "no_alpha": _drop("alpha"),
     "no_num_classes": _drop("num_classes"), "no_complete": _drop("complete"), "no_q_mode": _drop("q_mode"),
-    "dup_idx": _dup_idx, "idx_neg": _row("idx", "-3"), "idx_huge": _row("idx", str(HUGE)), "idx_float": _row("idx", "1.0"),
+    "dup_idx": _dup_idx, "idx_neg": _row("idx", "-3"), "idx_huge": _row("idx", str(HUGE)),
+    "idx_float": _row("idx", "1.0"),
     "count_gt_n": _row("count", "17"), "count_neg": _row("count", "-1"), "count_nan": _row("count", "nan"),
     "count_huge": _row("count", "1e308"), "n_zero": _row("n", "0"), "n0_huge": _row("n0", str(HUGE)),
     "pred_abstain": _row("pred", "-1"), "pred_class": _row("pred", "10"), "pred_huge": _row("pred", str(HUGE)),
@@ -208,7 +209,8 @@ def damage_counts(w: Path, bad: Path) -> None:
 LOG_EDITS = {
     "radius_nan": ("radius", "nan"), "radius_inf": ("radius", "inf"), "radius_neg": ("radius", "-1"),
     "radius_huge": ("radius", "1e308"), "predict_text": ("predict", "x"), "label_empty": ("label", ""),
-    "correct_two": ("correct", "2"), "time_nan": ("time", "nan"), "idx_dup": ("idx", None), "pA_nan": ("pA_lower", "nan"),
+    "correct_two": ("correct", "2"), "time_nan": ("time", "nan"), "idx_dup": ("idx", None),
+    "pA_nan": ("pA_lower", "nan"),
 }
 LOG_META_EDITS = {"alpha_str": ("alpha", "abc"), "alpha_nan": ("alpha", math.nan), "sigma_nan": ("sigma", math.nan),
                   "kind_audit": ("kind", "attack_audit"), "no_alpha": ("alpha", None), "label_nl": ("label", "a\nb"),
@@ -228,7 +230,8 @@ def damage_logs(w: Path, bad: Path) -> None:
                 rows[1][header.index(col)] = rows[0][header.index(col)]
             elif col in header:
                 rows[0][header.index(col)] = value
-            (bad / f"{prefix}{name}.tsv").write_text("\n".join(["\t".join(header)] + ["\t".join(r) for r in rows]) + "\n")
+            body = "\n".join(["\t".join(header)] + ["\t".join(r) for r in rows]) + "\n"
+            (bad / f"{prefix}{name}.tsv").write_text(body)
             (bad / f"{prefix}{name}.tsv.meta.json").write_text(meta_text)
         for name, body in {"torn": lines and "\n".join(lines)[:-3], "header_only": lines[0] + "\n", "empty": "",
                            "no_radius": "\n".join([lines[0].replace("radius", "r"), *lines[1:]]) + "\n",
@@ -246,7 +249,8 @@ def damage_logs(w: Path, bad: Path) -> None:
 
 # ---------------------------------------------------------------- checkpoints, options, images, caches
 CKPT_EDITS = {
-    "num_classes_zero": ("num_classes", 0), "num_classes_huge": ("num_classes", HUGE), "num_classes_str": ("num_classes", "10"),
+    "num_classes_zero": ("num_classes", 0), "num_classes_huge": ("num_classes", HUGE),
+    "num_classes_str": ("num_classes", "10"),
     "arch_unknown": ("arch", "transformer9000"), "arch_int": ("arch", 7), "dataset_mars": ("dataset", "mars"),
     "noise_k_float": ("noise", {"sigma": 0.25, "k": 1.5}), "noise_k_str": ("noise", {"sigma": 0.25, "k": "abc"}),
     "noise_sigma_nan": ("noise", {"sigma": math.nan, "k": 0}), "noise_sigma_neg": ("noise", {"sigma": -1.0, "k": 0}),
@@ -281,14 +285,14 @@ def damage_checkpoints(w: Path, bad: Path) -> None:
 def damage_options(bad: Path, opt: dict) -> None:
     """bad/opt_*.json: denoiser options files that are not JSON objects or hold wrong values."""
     text = json.dumps(opt)
-    for name, body in {"truncated": text[:-5], "list": "[1, 2]", "empty": "", "null": "null",
-                       "unknown_key": json.dumps({**opt, "frobnicate": 1}), "epochs_str": json.dumps({**opt, "epochs": "abc"}),
-                       "epochs_huge": json.dumps({**opt, "epochs": 1e300}), "epochs_bool": json.dumps({**opt, "epochs": True}),
-                       "sigma_nan": json.dumps({**opt, "sigma": math.nan}), "sigma_neg": json.dumps({**opt, "sigma": -1}),
-                       "sigmas_bad": json.dumps({**opt, "sigma": None, "sigmas": "0.1,abc"}),
-                       "lr_inf": json.dumps({**opt, "lr": math.inf}), "batch_zero": json.dumps({**opt, "batch": 0}),
-                       "subset_huge": json.dumps({**opt, "train_subset": HUGE}), "nested": json.dumps({**opt, "lr": {"a": 1}}),
-                       "resume_int": json.dumps({**opt, "resume": 3}), "unicode": json.dumps({**opt, "task": "σ\n\t"})}.items():
+    edits = {"unknown_key": {"frobnicate": 1}, "epochs_str": {"epochs": "abc"}, "epochs_huge": {"epochs": 1e300},
+             "epochs_bool": {"epochs": True}, "sigma_nan": {"sigma": math.nan}, "sigma_neg": {"sigma": -1},
+             "sigmas_bad": {"sigma": None, "sigmas": "0.1,abc"}, "lr_inf": {"lr": math.inf}, "batch_zero": {"batch": 0},
+             "subset_huge": {"train_subset": HUGE}, "nested": {"lr": {"a": 1}}, "resume_int": {"resume": 3},
+             "unicode": {"task": "\u03c3\n\t"}}
+    bodies = {"truncated": text[:-5], "list": "[1, 2]", "empty": "", "null": "null",
+              **{name: json.dumps({**opt, **edit}) for name, edit in edits.items()}}
+    for name, body in bodies.items():
         (bad / f"opt_{name}.json").write_text(body)
 
 
@@ -297,7 +301,8 @@ def damage_images_and_caches(w: Path, bad: Path) -> None:
     for name, array in {"2d": np.full((28, 28), 0.5, np.float32), "rgb": np.full((3, 28, 28), 0.5, np.float32),
                         "nan": np.full((1, 28, 28), np.nan, np.float32), "big": np.full((1, 28, 28), 2.0, np.float32),
                         "int": np.full((1, 28, 28), 1, np.int64), "empty": np.zeros((0,), np.float32),
-                        "small": np.full((1, 4, 4), 0.5, np.float32), "obj": np.array([{"a": 1}], dtype=object)}.items():
+                        "small": np.full((1, 4, 4), 0.5, np.float32),
+                        "obj": np.array([{"a": 1}], dtype=object)}.items():
         np.save(bad / f"img_{name}.npy", array, allow_pickle=True)
     _write_png(bad / "img_tiny.png", np.zeros((1, 1), np.uint8))
     _write_png(bad / "img_rgb.png", np.zeros((28, 28, 3), np.uint8))

@@ -19,11 +19,12 @@ import pytest
 import torch
 from scipy.stats import beta, norm
 
+import certifynet.sampling.smooth as smooth_module
 from certifynet.cli import certify, sample
 from certifynet.noise import GaussianNoise, GeneralizedGaussianNoise
-import certifynet.sampling.smooth as smooth_module
 from certifynet.sampling.smooth import Smooth
 from fuzz_workspace import _read, _write, reseal
+
 from helpers import untrained_lenet
 
 SIGMA, ALPHA, N, N0, D = 0.25, 0.001, 2000, 10, 784

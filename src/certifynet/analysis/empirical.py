@@ -25,7 +25,8 @@ def _eps_grid(eps, path) -> list[float]:
     except (TypeError, ValueError):
         grid = None
     if not grid or not all(math.isfinite(e) and e >= 0 for e in grid) or len({f"{e:g}" for e in grid}) != len(grid):
-        raise CertifyNetError(f"{path}: its sidecar's 'eps' must be a list of distinct finite numbers >= 0, got {eps!r}")
+        raise CertifyNetError(f"{path}: its sidecar's 'eps' must be a list of distinct finite numbers >= 0, "
+                              f"got {eps!r}")
     return grid
 
 

@@ -12,7 +12,6 @@ import warnings
 
 from certifynet.errors import CertifyNetError, CertifyNetWarning, refuse  # noqa: F401 (refuse: for cli.train)
 
-
 # Characters that str.splitlines() breaks a line at: a message holding one (a value the user typed) is escaped, so
 # that every `error:` / `warning:` line stays one line.
 _LINE_BREAKS = {ord(c): repr(c)[1:-1] for c in "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"}
@@ -21,6 +20,16 @@ _LINE_BREAKS = {ord(c): repr(c)[1:-1] for c in "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u
 def one_line(text: str) -> str:
     """`text` with its line breaks escaped (a newline in a typed value is shown as \\n)."""
     return str(text).translate(_LINE_BREAKS)
+
+
+def text_arg(value: str) -> str:
+    """argparse type of free text that goes into files (labels, titles): bytes that are not UTF-8 (Python hands them
+    over as lone surrogates, which no UTF-8 file or plot can hold) are refused as a usage error."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise argparse.ArgumentTypeError(f"not UTF-8 text: {value!r}") from None
+    return value
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):

@@ -193,11 +193,23 @@ def _check_batch(cfg: TrainConfig, world_size: int) -> None:
                                           f"{{num_noise_vec}}={cfg.num_noise_vec} images", "num_noise_vec")
 
 
+FLOAT32_MAX = 3.4028234663852886e38  # torch's SGD takes lr and weight decay as float32 scalars
+
+
+def _check_optimizer(cfg: TrainConfig) -> None:
+    """lr, momentum and weight decay fit the optimiser's float32 scalars (else torch raises, or the weights become
+    inf): each <= FLOAT32_MAX."""
+    for name in ("lr", "momentum", "weight_decay"):
+        v = getattr(cfg, name)
+        _check(not v > FLOAT32_MAX, f"{{{name}}} must be at most {FLOAT32_MAX:.4g} (float32), got {v}", name)
+
+
 def prepare_config(cfg: TrainConfig, world_size: int = 1) -> TrainConfig:
     """Validate every setting (one-line errors) and fill in the derived ones (method, entropy, outdir)."""
     dataset_info(cfg.dataset)  # an unknown dataset is the first error
     sigma = float(cfg.sigma)
     _check_common(cfg, sigma)
+    _check_optimizer(cfg)
     method = resolve_method(cfg)
     _check_method(cfg, method)
     _check_batch(cfg, world_size)
