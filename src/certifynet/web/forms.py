@@ -38,7 +38,7 @@ def field_text(form, name: str) -> str:
     return "" if value is None else str(value).strip()
 
 
-def _number(form, name: str, cast, default=None, what: str | None = None):
+def parse_number(form, name: str, cast, default=None, what: str | None = None):
     """Field `name` as an int or float; errors name the argument `name` (the page shows its CLI flag) or, for
     fields that are no CLI argument, `what`."""
     text = field_text(form, name)
@@ -92,22 +92,22 @@ def parse_settings(form, dim: int) -> GroupSettings:
     command line accepts. The `method` field (one method) is accepted as well as `methods`."""
     d = cli_defaults()
     methods = check_methods(field_list(form, "methods") or [field_text(form, "method") or d["method"]])
-    v = {"sigma": _number(form, "sigma", float), "k": _number(form, "k", int, d["k"]),
-         "N": _number(form, "N", int, d["N"]), "alpha": _number(form, "alpha", float, d["alpha"]),
-         "batch": _number(form, "batch", int, d["batch"]), "seed": _number(form, "seed", int, d["seed"]),
+    v = {"sigma": parse_number(form, "sigma", float), "k": parse_number(form, "k", int, d["k"]),
+         "N": parse_number(form, "N", int, d["N"]), "alpha": parse_number(form, "alpha", float, d["alpha"]),
+         "batch": parse_number(form, "batch", int, d["batch"]), "seed": parse_number(form, "seed", int, d["seed"]),
          "select": _choice(form, "select", ("n0", "label"), d["select"])}
     if any(not m.startswith("iss") for m in methods):
-        v["N0"] = _number(form, "N0", int, d["N0"])
+        v["N0"] = parse_number(form, "N0", int, d["N0"])
     if any(m.endswith("dsrs") for m in methods):
         v["q_dist"] = _choice(form, "q_dist", Q_DISTS, d["q_dist"])
         if v["q_dist"] == "truncated":
             v["q_percentile"] = field_text(form, "q_percentile") or d["q_percentile"]
         elif field_text(form, "q_sigma"):
-            v["q_sigma"] = _number(form, "q_sigma", float)
+            v["q_sigma"] = parse_number(form, "q_sigma", float)
     if any(m.startswith("iss") for m in methods):
         v.update(iss=_choice(form, "iss", ISS_MODES, d["iss"]),
-                 iss_decline=_number(form, "iss_decline", float, d["iss_decline"]),
-                 iss_n0=_number(form, "iss_n0", int, iss_pilot_default(v["N"])))
+                 iss_decline=parse_number(form, "iss_decline", float, d["iss_decline"]),
+                 iss_n0=parse_number(form, "iss_n0", int, iss_pilot_default(v["N"])))
     if "sequential" in methods:
         v["radii"] = parse_radii(form)
     settings = GroupSettings(methods, v)
@@ -139,7 +139,7 @@ def parse_label(form, num_classes: int) -> int:
     text = field_text(form, "label")
     if not text:
         return -1
-    label = _number(form, "label", int, what="true label")
+    label = parse_number(form, "label", int, what="true label")
     if not 0 <= label < num_classes:
         raise CertifyNetError(f"true label must be a class in [0, {num_classes - 1}] (or empty: unknown), got {label}")
     return label
@@ -159,11 +159,11 @@ def parse_input(form, files, model_dataset: str, gallery) -> InputChoice:
         if kind == "gallery":
             if not field_text(form, "idx"):
                 raise CertifyNetError("pick a test image from the gallery")
-            idx = _number(form, "idx", int, what="gallery image")
+            idx = parse_number(form, "idx", int, what="gallery image")
             if not 0 <= idx < size:
                 raise CertifyNetError(f"gallery image {idx} is not in the {dataset} test set (0 to {size - 1})")
             return InputChoice("gallery", dataset, idx=idx, label=gallery.item(dataset, idx)[1])
-        count = _number(form, "count", int, 100, what="number of test images")
+        count = parse_number(form, "count", int, 100, what="number of test images")
         if not 1 <= count <= size:
             raise CertifyNetError(f"number of test images must be in [1, {size}], got {count}")
         return InputChoice("batch", dataset, count=count)

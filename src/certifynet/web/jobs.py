@@ -100,7 +100,7 @@ class JobManager:
         self._jobs, self._procs, self._cancelled = {}, {}, set()
         self._queue = collections.deque()
         self._cv = threading.Condition()
-        self._stopping = False
+        self._stopping, self._running = False, start   # start=False: jobs wait (tests run them with run_inline)
         self.pool = WarmPool(self.root, self._worker_env)
         self._load()
         self._threads = [threading.Thread(target=self._loop, name=f"certifynet-job-{i}", daemon=True)
@@ -157,7 +157,7 @@ class JobManager:
                    "ended": None, "rc": None, "error": "", "threads": self.threads, "nice": 0 if quick else self.nice}
             self._save(job)
             self._jobs[job_id] = job
-            if quick:
+            if quick and self._running:
                 threading.Thread(target=self._run_quick, args=(job_id,), name="certifynet-quick", daemon=True).start()
             else:
                 self._queue.append(job_id)
@@ -298,6 +298,25 @@ class JobManager:
         if self.lock is not None:
             self.lock.release()
 
+    def run_inline(self, job_id: str) -> dict:
+        """Run a waiting job in this process (its worker's `run_job`, no subprocess, from the root folder as a
+        worker runs): for tests and scripts of a manager made with start=False. Returns the finished job."""
+        from certifynet.web.worker import run_job
+        with self._cv:
+            if job_id in self._queue:
+                self._queue.remove(job_id)
+            job = self._jobs[job_id]
+            job.update(state="running", pid=os.getpid(), started=_now())
+            self._save(job)
+        cwd = os.getcwd()
+        os.chdir(self.root)
+        try:
+            rc = run_job(self.job_dir(job_id), job)
+        finally:
+            os.chdir(cwd)
+        self._finish(job_id, rc)
+        return self.get(job_id)
+
     # ------------------------------------------------------------------ the runners
     def _loop(self) -> None:
         while True:
@@ -343,7 +362,7 @@ class JobManager:
 
     def warm(self, model: str, stages_for) -> None:
         """Start the model's warm worker ahead of its first quick job (`WarmPool.warm`)."""
-        if self.pool.pid(model) is None and not self._stopping:
+        if self._running and self.pool.pid(model) is None and not self._stopping:
             self.pool.warm(model, stages_for)
 
     def _follow(self, job_id: str, pid: int) -> None:
@@ -384,7 +403,11 @@ class JobManager:
             self._cv.notify_all()
 
     def _error_line(self, job_id: str, rc: int) -> str:
-        """The CLI's one-line `error: ...` from the worker's log, else a pointer to the log."""
+        """The job's one-line error: the worker's outcome (progress.json), else the last `error: ...` line of its
+        log, else a pointer to the log."""
+        outcome = read_json(os.path.join(self.job_dir(job_id), "progress.json"))
+        if outcome.get("outcome") == "failed" and outcome.get("error"):
+            return outcome["error"]
         try:
             with open(os.path.join(self.job_dir(job_id), "worker.log"), errors="replace") as f:
                 lines = f.read().replace("\r", "\n").splitlines()

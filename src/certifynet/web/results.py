@@ -274,3 +274,34 @@ def api_job(st, job: dict, rows: bool = True, explain: bool = False) -> dict:
             run["answer"] = {"sentence": info["sentence"], "mismatch": info["mismatch"],
                              "cap": res["cap_text"] or None}
     return out
+
+
+# ------------------------------------------------------------------------------------------ attack jobs
+def attack_result(root: str, job: dict) -> dict | None:
+    """An attack job's result: the audit's summary and rows, or the curve beside the certified accuracy."""
+    from certifynet.web.jobs import read_json
+    out = job.get("attack_out")
+    if not out:
+        return None
+    _, rows = read_log(os.path.join(root, out))
+    result = {"kind": job.get("kind"), "rows": rows, "summary": read_json(os.path.join(root, out) + ".summary.json")}
+    if job.get("kind") == "curve" and rows:
+        result["versus"] = _versus(root, job)
+    return result
+
+
+def _versus(root: str, job: dict) -> list:
+    """[(run title, [(ε, empirical, certified)])] on the inputs the curve and each certify log share."""
+    from certifynet.analysis import certified_vs_empirical
+    from certifynet.analysis import read_log as read_certify_log
+    analyze = next((s for s in job["stages"] if s["stage"] == "analyze"), None)
+    out = []
+    for path, label in zip(analyze["logs"], analyze["labels"]) if analyze else ():
+        try:
+            log = read_certify_log(os.path.join(root, path), label)
+            table = certified_vs_empirical(log, os.path.join(root, job["attack_out"]))
+        except CertifyNetError:
+            continue
+        out.append((label, [(float(r.eps), float(r.empirical), float(r.certified)) for r in table.itertuples()]))
+    return out
+

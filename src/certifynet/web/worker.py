@@ -124,7 +124,7 @@ def run_stage(stage: dict) -> None:
         run_certify(config, command)
     elif kind == "attack":
         from certifynet import attack
-        attack.run_attack(config, stage["attack"], command)
+        attack.run_attack(config, {k: v for k, v in stage["attack"].items() if k != "mode"}, command)
     else:
         raise CertifyNetError(f"unknown job stage '{kind}'")
 

@@ -56,7 +56,8 @@ def job_page(job: dict, error: str = "", status: int = 200):
     ctx = dict(job=job, progress=st.jobs.progress(job), final=job["state"] in FINAL, error=error,
                command=plan.command_lines(job["stages"], st.root), noisy=range(NOISY_COPIES), results=res,
                single=[], table=None, plot=False, selection=[],
-               files=results.job_files(st.jobs.job_dir(job["id"])), partial=any(r["partial"] for r in res))
+               files=results.job_files(st.jobs.job_dir(job["id"])), partial=any(r["partial"] for r in res),
+               attack=results.attack_result(st.root, job), batch=is_batch(job))
     if is_batch(job):
         folder = st.jobs.job_dir(job["id"])
         done = job["state"] == "done" and os.path.isfile(os.path.join(folder, "analysis", "certified_accuracy.png"))
