@@ -162,10 +162,12 @@
     const setFile = (file) => {
       const dt = new DataTransfer(); dt.items.add(file); fileInput.files = dt.files;
     };
-    if (fileInput && !fileInput.files.length && saved.file) {
-      fetch(saved.file.data).then((r) => r.blob()).then((b) => {
-        setFile(new File([b], saved.file.name, { type: saved.file.type })); preview();
-      });
+    if (fileInput && !fileInput.files.length && saved.file) {   // decoded here: the CSP allows no fetch of data: URLs
+      const bytes = atob(saved.file.data.split(",")[1] || "");
+      const buf = new Uint8Array(bytes.length);
+      for (let i = 0; i < bytes.length; i++) buf[i] = bytes.charCodeAt(i);
+      setFile(new File([buf], saved.file.name, { type: saved.file.type }));
+      preview();
     }
     if (fileInput) {
       fileInput.addEventListener("change", () => { $("#kind-upload").checked = true; showParts(); keepFile(fileInput.files[0]); preview(); });
