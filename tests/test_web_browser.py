@@ -25,7 +25,7 @@ from certifynet.records import read_rows
 
 flask = pytest.importorskip("flask")
 
-from webtools import DATA, ROOT, Pickled, app_root, ckpt, digit, files_under, png_bytes  # noqa: E402,F401
+from webtools import DATA, ROOT, Pickled, app_root_fixture, ckpt_fixture, digit, files_under, png_bytes  # noqa: E402,F401
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 BROWSER_MISSING = ("the browser test needs Debian's 'chromium' and 'chromium-driver' packages "
@@ -167,7 +167,8 @@ def test_browser(server, ckpt, app_root, tmp_path):
         ActionChains(driver).send_keys(Keys.TAB).perform()
         assert driver.execute_script("return document.activeElement.id") == "idx-0"
         ActionChains(driver).send_keys(Keys.SPACE).send_keys(Keys.ARROW_RIGHT).send_keys(Keys.ARROW_RIGHT).perform()
-        assert driver.find_element(By.ID, "idx-2").is_selected() and not driver.find_element(By.ID, "idx-0").is_selected()
+        assert driver.find_element(By.ID, "idx-2").is_selected()
+        assert not driver.find_element(By.ID, "idx-0").is_selected()
     finally:
         driver.quit()
 
@@ -241,7 +242,7 @@ def _quick_answer(driver, server, app_root, tmp_path):
     driver.find_element(By.CSS_SELECTOR, "label.thumb[title^='#3,']").click()
     _fill(driver, {"sigma": "0.25", "quick-r": "0.5"})
     times = []
-    for i in range(6):
+    for _ in range(6):
         driver.execute_script("document.getElementById('quick-result').removeAttribute('data-state')")
         t0 = time.perf_counter()
         driver.find_element(By.ID, "quick-ask").click()

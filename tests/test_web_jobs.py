@@ -20,8 +20,21 @@ from certifynet.records import read_rows
 
 flask = pytest.importorskip("flask")
 
-from webtools import (DATA, GALLERY, TINY, app_root, ckpt, client, files_under, form_error,  # noqa: E402,F401
-                      jobs_of, make_app, run, submit, wait)
+from webtools import (  # noqa: E402,F401
+    DATA,
+    GALLERY,
+    TINY,
+    app_root_fixture,
+    ckpt_fixture,
+    client_fixture,
+    files_under,
+    form_error,
+    jobs_of,
+    make_app,
+    run,
+    submit,
+    wait,
+)
 
 
 def _cli_rows(argv, out):
@@ -331,7 +344,8 @@ def test_quick_answer_on_a_warm_worker_is_the_clis(app_root, tmp_path, monkeypat
         first = c.post("/certify/quick", data=ask).get_json()
         second = c.post("/certify/quick", data=ask).get_json()
         assert first["state"] == second["state"] == "done", first
-        pids = [json.load(open(app_root / "results" / "web" / j["id"] / "progress.json"))["pid"] for j in (first, second)]
+        pids = [json.load(open(app_root / "results" / "web" / j["id"] / "progress.json"))["pid"]
+                for j in (first, second)]
         assert pids[0] == pids[1] != os.getpid()
         row = second["runs"][0]["rows"][0]
         assert "0.5:" in row["decisions"] and second["runs"][0]["answer"]["sentence"] and second["seconds"] > 0
@@ -391,3 +405,42 @@ def test_queue_bound_cancel_and_interrupted_resume(app_root):
     again.test_client().post(f"/jobs/{third}/resume")
     assert jobs_of(again).get(third)["state"] == "queued"
     jobs_of(again).shutdown()
+
+
+def test_the_forms_estimate_is_the_clis(client, monkeypatch):
+    """The form's time estimate runs sample.py / certify.py --estimate's function (`sampling.estimate.estimate_run`)
+    on the model's warm worker, once per sampling stage of the job's plan, and adds them up. (The pilot itself is
+    tested with the estimate; here a stand-in records what it is asked.)"""
+    import sys
+    import types
+
+    from certifynet.web import warm
+    asked = []
+
+    class Estimate:
+        def __init__(self, config, mode):
+            self.config, self.mode = config, mode
+
+        def to_dict(self):
+            per_input = 1000.0 if self.mode == "certify" else float(self.config.passes_per_input()[0])
+            return {"passes_per_second": 5e4, "device": "cpu", "passes_per_input": per_input,
+                    "exact": self.mode == "sample", "inputs": self.config.max or 1, "total_passes": per_input * (self.config.max or 1),
+                    "startup_seconds": 2.0, "seconds_per_input": per_input / 5e4, "method": self.mode, "notes": []}
+
+    def estimate_run(config, mode="certify"):
+        asked.append((config, mode))
+        return Estimate(config, mode)
+    monkeypatch.setitem(sys.modules, "certifynet.sampling.estimate", types.SimpleNamespace(estimate_run=estimate_run))
+    monkeypatch.setattr(jobs_of(client).pool, "ask", lambda key, message: warm.estimate(message["estimate"]))
+    r = client.post("/api/estimate?pilot=1", data={**GALLERY, "sigma": "0.25", "methods": ["np", "dsrs", "sequential"],
+                                                   "N": "1000", "input_kind": "batch", "count": "20"})
+    out = r.get_json()
+    assert r.status_code == 200, out
+    assert [mode for _, mode in asked] == ["sample", "certify"]
+    sample, seq = (c for c, _ in asked)
+    assert sample.q_dist == "truncated" and sample.max == 20 and sample.model == "models/lenet.pth" and not sample.out
+    assert seq.sequential and seq.radii == [0.25, 0.5] and seq.max == 20
+    pilot = out["pilot"]
+    assert pilot["passes_per_input"] == 2100 + 1000 and not pilot["exact"] and pilot["inputs"] == 20
+    assert pilot["seconds"] == pytest.approx(2.0 + 20 * 3100 / 5e4)
+    assert out["passes_per_input"] == 2100 + 1100    # the plan's bound: the sequential cap N0 + N

@@ -8,7 +8,18 @@ import torch
 
 flask = pytest.importorskip("flask")
 
-from webtools import DATA, GALLERY, TINY, app_root, ckpt, client, form_error, jobs_of, make_app, submit  # noqa: E402,F401
+from webtools import (  # noqa: E402,F401
+    DATA,
+    GALLERY,
+    TINY,
+    app_root_fixture,
+    ckpt_fixture,
+    client_fixture,
+    form_error,
+    jobs_of,
+    make_app,
+    submit,
+)
 
 PAGES = ("/models", "/certify", "/jobs", "/api/jobs", "/nowhere")
 
@@ -123,9 +134,11 @@ def test_web_command_addresses_warnings_and_refusals(app_root, monkeypatch, caps
     from certifynet.web.security import is_loopback
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.5")
-    assert web_cli.build_parser().parse_args([]).host == "127.0.0.1" and web_cli.build_parser().parse_args([]).port == 8000
+    defaults = web_cli.build_parser().parse_args([])
+    assert defaults.host == "127.0.0.1" and defaults.port == 8000
     made = []
-    monkeypatch.setattr(werkzeug.serving, "make_server", lambda host, port, app, threaded: made.append(app) or _Server())
+    monkeypatch.setattr(werkzeug.serving, "make_server",
+                        lambda host, port, app, threaded: made.append(app) or _Server())
     monkeypatch.delenv(web_cli.TOKEN_ENV, raising=False)
     root = ["--root", str(app_root), "--data-dir", DATA, "--port", "0"]
     assert _main(web_cli, ["--host", "0.0.0.0", *root]) == 0

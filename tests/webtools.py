@@ -22,8 +22,10 @@ TINY = {"sigma": "0.25", "N0": "10", "N": "100", "batch": "100"}
 GALLERY = {"model": "models/lenet.pth", "input_kind": "gallery", "dataset": "mnist5k", "idx": "3"}
 
 
-@pytest.fixture(scope="session")
-def ckpt(tmp_path_factory):
+# The fixtures are named by `name=`, so that a test module imports them (`from webtools import ckpt_fixture`) without
+# its tests' parameters shadowing the imported names.
+@pytest.fixture(scope="session", name="ckpt")
+def ckpt_fixture(tmp_path_factory):
     """A LeNet trained for one pass over 1,500 noisy mnist5k digits (a few seconds): non-trivial radii."""
     state = torch.random.get_rng_state()
     torch.manual_seed(0)
@@ -51,8 +53,8 @@ def make_root(tmp_path, ckpt):
     return root
 
 
-@pytest.fixture
-def app_root(tmp_path, ckpt):
+@pytest.fixture(name="app_root")
+def app_root_fixture(tmp_path, ckpt):
     return make_root(tmp_path, ckpt)
 
 
@@ -61,8 +63,8 @@ def make_app(root, **kw):
     return create_app(str(root), data_dir=DATA, **{"start_jobs": False, "threads": 1, **kw})
 
 
-@pytest.fixture
-def client(app_root):
+@pytest.fixture(name="client")
+def client_fixture(app_root):
     app = make_app(app_root)
     yield app.test_client()
     app.extensions["certifynet"].jobs.shutdown()

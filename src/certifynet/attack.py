@@ -37,10 +37,9 @@ import json
 import math
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
-import numpy as np
 import torch
 from scipy.stats import binom
 
@@ -142,7 +141,8 @@ def attack_and_predict(attacker: SmoothedPGD, sampler: Sampler, noise: Noise, x:
         t1 = time.time()
         c = int(target[b])
         pr = predict_at(sampler, noise, res.x_adv[b], n, alpha, attacker.seed, int(idx))
-        rows.append({"eps": float(eps_list[b]), "adv_norm": float(norms[b]), "base_flip": int(int(res.base_pred[b]) != c),
+        rows.append({"eps": float(eps_list[b]), "adv_norm": float(norms[b]),
+                     "base_flip": int(int(res.base_pred[b]) != c),
                      "soft_p": float(res.soft_p[b]), "predict": pr["predict"], "p_hat": float(pr["counts"][c]) / n,
                      "count1": pr["count1"], "count2": pr["count2"], "pvalue": pr["pvalue"],
                      "time": round(share + time.time() - t1, 4)})

@@ -63,7 +63,8 @@ def _check_args(args):
         raise CertifyNetError("give one of --log and --counts")
     audit = bool(args.log or args.counts)
     if not audit:
-        refuse(args, ["eps_scale", "level", "method"], "in curve mode (--eps): they belong to the audit (--log/--counts)")
+        refuse(args, ["eps_scale", "level", "method"],
+               "in curve mode (--eps): they belong to the audit (--log/--counts)")
     elif args.log:
         refuse(args, ["method"], "with --log (the log's own method is audited; --method is for --counts)")
     if audit == bool(args.eps):

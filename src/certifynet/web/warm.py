@@ -139,6 +139,18 @@ class WarmPool:
             finally:
                 w.job_dir = None
 
+    def ask(self, key: str, message: dict) -> dict:
+        """Any other question for `key`'s worker (a cost estimate): its answer, {"rc": -9, ...} when it stopped."""
+        try:
+            w = self._worker(key)
+            with w.lock:
+                return w.request(message)
+        except WorkerGone:
+            with self._lock:
+                if self._workers.get(key) is not None and not self._workers[key].alive():
+                    del self._workers[key]
+            return {"rc": -9, "error": "the model's worker stopped before it answered"}
+
     def cancel(self, job_dir: str) -> bool:
         """Stop the worker running the job in `job_dir` (it is started again for the next quick job)."""
         with self._lock:
@@ -283,12 +295,37 @@ def serve(argv=None) -> int:
     for line in sys.stdin:
         message = json.loads(line)
         if "job" in message:
-            rc = _run_one(message["job"])
+            answer = {"rc": _run_one(message["job"])}
+        elif "estimate" in message:
+            answer = estimate(message["estimate"])
         else:
             _warm_up(message.get("warm") or [], message.get("dir") or tempfile.gettempdir())
-            rc = 0
+            answer = {"rc": 0}
         try:
-            answers.write(json.dumps({"rc": rc}) + "\n")
+            answers.write(json.dumps(answer) + "\n")
         except OSError:   # the server is gone
             return 0
     return 0
+
+
+def estimate(stages: list) -> dict:
+    """The cost of a job's sampling stages from a pilot on this worker's model and device
+    (`sampling.estimate.estimate_run`, what sample.py / certify.py --estimate print): {"rc": 0, "estimates": [one
+    Estimate.to_dict() per stage]}, or {"rc": 2, "error": one line}. Nothing is written."""
+    from certifynet.errors import CertifyNetError
+    from certifynet.sampling.config import SamplingConfig
+    try:
+        from certifynet.sampling.estimate import estimate_run
+    except ImportError:
+        return {"rc": 2, "error": "this certifynet has no cost estimate yet (certifynet.sampling.estimate)"}
+    out = []
+    for stage in stages:
+        config = SamplingConfig.from_explicit({k: v for k, v in stage["options"].items() if k != "out"})
+        try:
+            with _Redirect(os.devnull):
+                out.append(estimate_run(config, "sample" if stage["stage"] == "sample" else "certify").to_dict())
+        except CertifyNetError as e:
+            return {"rc": 2, "error": e.render(cli=True)}
+        except Exception as e:  # noqa: BLE001 - a bug in the estimate must not end the warm worker
+            return {"rc": 1, "error": f"the estimate failed ({type(e).__name__}: {str(e)[:200]})"}
+    return {"rc": 0, "estimates": out}

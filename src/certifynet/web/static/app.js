@@ -219,6 +219,19 @@
       }, 250);
     }
 
+    $("#pilot-estimate").addEventListener("click", async () => {
+      const body = new FormData(form); syncDrawing(); body.set("drawing", $("#drawing").value);
+      const out = $("#pilot-text"); out.textContent = "running a pilot…";
+      try {
+        const s = await (await fetch(form.getAttribute("data-estimate-url") + "?pilot=1", { method: "POST", body })).json();
+        if (s.error || !s.pilot) { out.textContent = s.error || "no estimate"; return; }
+        const p = s.pilot;
+        out.textContent = `${fmt(Math.round(p.passes_per_second))} forward passes per second on ${p.device}; ` +
+          `${p.exact ? "" : "expected "}${fmt(Math.round(p.passes_per_input))} per input; ` +
+          `about ${p.seconds < 120 ? Math.round(p.seconds) + " s" : Math.round(p.seconds / 60) + " min"} for the ${fmt(p.inputs)} input${p.inputs === 1 ? "" : "s"}`;
+      } catch (err) { out.textContent = "no estimate"; }
+    });
+
     // ---- the quick answer: a small job on the model's warm worker, answered within the request
     const quick = async (changes) => {
       syncDrawing(); check();

@@ -4,16 +4,21 @@
 - `POST /api/jobs`: the certify form's fields (form-encoded, multipart for an image file, or a JSON object;
   `methods` a list or several fields), the same checks: 201 {id, url, state, ...}, or 400 {"error": one line};
 - `GET /api/jobs/<id>`: state, progress and every run's rows (a running or stopped job's so far);
-- `POST /api/estimate`: the forward passes the form's settings cost, before submitting.
+- `POST /api/estimate`: the forward passes the form's settings cost, before submitting (`?pilot=1`: and the
+  time, from a pilot on the model, as sample.py / certify.py --estimate project it).
 """
 from __future__ import annotations
+
+import os
+import tempfile
 
 from flask import Blueprint, jsonify, request, url_for
 
 from certifynet.data import dataset_info
 from certifynet.errors import CertifyNetError
-from certifynet.web import forms
-from certifynet.web.results import api_job
+from certifynet.web import forms, plan
+from certifynet.web.images import save_input
+from certifynet.web.results import api_job, is_sampling
 from certifynet.web.views.certify import chosen_models, submit_job
 from certifynet.web.views.common import state
 from certifynet.web.views.jobs import the_job
@@ -53,10 +58,12 @@ def job(job_id):
 @bp.post("/estimate")
 def estimate():
     """Forward passes per input of the form's methods (exact for fixed N; at most for ISS and sequential) and in
-    all, from the same plan the job would run."""
+    all, from the same plan the job would run. With `?pilot=1`, also what sample.py / certify.py --estimate
+    say for each of its sampling stages, from a pilot on the model's warm worker (`pilot`: passes per second,
+    expected passes per input, projected seconds)."""
     fields = _fields()
     try:
-        model, _ = chosen_models(fields)
+        model, denoiser = chosen_models(fields)
         settings = forms.parse_settings(fields, dataset_info(model.dataset).dim)
     except CertifyNetError as e:
         return jsonify(error=e.render(cli=True)), 400
@@ -67,5 +74,34 @@ def estimate():
             inputs = max(1, int(forms.field_text(fields, "count") or 100))
         except ValueError:
             inputs = 1
-    return jsonify(passes_per_input=per_input, exact=exact, inputs=inputs, total=per_input * inputs,
-                   methods=settings.methods)
+    out = {"passes_per_input": per_input, "exact": exact, "inputs": inputs, "total": per_input * inputs,
+           "methods": settings.methods}
+    if request.args.get("pilot") not in (None, "", "0"):
+        try:
+            out["pilot"] = pilot_estimate(model, denoiser, settings, fields)
+        except CertifyNetError as e:
+            return jsonify(out, error=e.render(cli=True)), 400
+    return jsonify(out)
+
+
+def pilot_estimate(model, denoiser, settings, fields) -> dict:
+    """The job's sampling stages estimated on the model's warm worker (`warm.estimate`), combined: passes add up;
+    the time is one startup (the job runs in one process) plus every stage's time per input."""
+    st = state()
+    choice = forms.parse_input(fields, request.files, model.dataset, st.gallery)
+    with tempfile.TemporaryDirectory(prefix="certifynet-estimate-") as tmp:
+        if choice.array is not None:
+            with open(os.path.join(tmp, "input" + choice.suffix), "wb") as f:
+                save_input(choice.array, f, choice.suffix)
+        source = forms.input_source(model, denoiser, choice, tmp, st.data_dir)
+        stages, _ = plan.build_stages(source, settings, tmp, batch=False)
+        answer = st.jobs.pool.ask(model.path, {"estimate": [s for s in stages if is_sampling(s)]})
+    if answer.get("rc") != 0:
+        raise CertifyNetError(answer.get("error") or "no estimate")
+    parts = answer["estimates"]
+    return {"passes_per_second": parts[0]["passes_per_second"], "device": parts[0]["device"],
+            "passes_per_input": sum(p["passes_per_input"] for p in parts), "exact": all(p["exact"] for p in parts),
+            "inputs": parts[0]["inputs"], "total_passes": sum(p["total_passes"] for p in parts),
+            "seconds": max(p["startup_seconds"] for p in parts) + sum(p["inputs"] * p["seconds_per_input"]
+                                                                      for p in parts),
+            "methods": [p["method"] for p in parts], "notes": [n for p in parts for n in p.get("notes") or []]}
