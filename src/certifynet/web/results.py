@@ -120,9 +120,13 @@ def job_alpha(job: dict) -> float:
 
 
 def job_results(root: str, job: dict) -> list:
-    """One entry per run of the job: its method, title, rows (partial or not) and sidecars."""
+    """One entry per run of the job: its method, title, rows (partial or not), sidecars, and `shared` when its
+    counts file serves another method too (its rows then count every forward pass of that file)."""
     alpha = job_alpha(job)
-    return [{**run, **run_rows(root, run, alpha)} for run in job.get("runs", [])]
+    runs = job.get("runs", [])
+    counts = [r.get("counts") for r in runs]
+    return [{**run, **run_rows(root, run, alpha), "shared": bool(run.get("counts")) and counts.count(run["counts"]) > 1}
+            for run in runs]
 
 
 def explained(results: list, alpha: float) -> list:
