@@ -383,3 +383,19 @@ def test_cli_image_flag_equals_the_dataset_input(ckpt, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error:") and "shape (3, 28, 28)" in err[-1] and not (tmp_path / "c.tsv").exists()
     assert os.path.exists(tmp_path / "a.tsv")
+
+
+def test_the_gallery_and_the_jobs_list_work_without_a_mouse_or_a_reload(client):
+    """Defect 11 (the browser test drives both): the gallery's radios were `display: none`, so the keyboard could
+    not reach them; the jobs list never refreshed. Now the radios stay focusable (drawn by their image) in a
+    labelled radio group, and the list polls the API."""
+    import pathlib
+    static = pathlib.Path(__file__).resolve().parents[1] / "src" / "certifynet" / "web" / "static"
+    css = (static / "style.css").read_text()
+    rule = re.search(r"\.thumb input \{([^}]*)\}", css).group(1)
+    assert "display: none" not in rule and "opacity: 0" in rule and ".thumb input:focus-visible + img" in css
+    html = client.get("/certify").get_data(as_text=True)
+    assert 'role="radiogroup"' in html and 'aria-label="test image 0, label' in html
+    submit(client, method="np")
+    assert 'data-api="/api/jobs"' in client.get("/jobs").get_data(as_text=True)
+    assert "setTimeout(refresh" in (static / "app.js").read_text()

@@ -444,3 +444,22 @@ def test_the_forms_estimate_is_the_clis(client, monkeypatch):
     assert pilot["passes_per_input"] == 2100 + 1000 and not pilot["exact"] and pilot["inputs"] == 20
     assert pilot["seconds"] == pytest.approx(2.0 + 20 * 3100 / 5e4)
     assert out["passes_per_input"] == 2100 + 1100    # the plan's bound: the sequential cap N0 + N
+
+
+def test_jobs_of_the_first_version_are_listed_and_shown(client, app_root):
+    """A job.json written by the app's first version (stages as a dict, sorted; one method; files) is shown with
+    its commands in stage order and its result."""
+    jid = run(client, submit(client, method="np", input_kind="batch", count="2"))["id"]
+    path = app_root / "results" / "web" / jid / "job.json"
+    job = json.loads(path.read_text())
+    stages = {s["stage"]: {k: v for k, v in s.items() if k not in ("stage", "labels")} for s in job["stages"]}
+    old = {k: v for k, v in job.items() if k not in ("stages", "runs", "methods", "lane")}
+    old.update(stages=stages, method="np", files={"counts": job["runs"][0]["counts"], "log": job["runs"][0]["log"]})
+    path.write_text(json.dumps(old, sort_keys=True))
+    jobs_of(client).shutdown()
+    again = make_app(app_root)
+    html = again.test_client().get(f"/jobs/{jid}").get_data(as_text=True)
+    lines = re.search(r'<pre id="cli-command">(.*?)</pre>', html, re.S).group(1).splitlines()
+    assert [ln.split()[0] for ln in lines] == ["cd", "certifynet-sample", "certifynet-certify", "certifynet-analyze"]
+    assert 'id="summary-table"' in html and html.count('<tr><td><img src="/thumb/mnist5k/') == 2
+    jobs_of(again).shutdown()

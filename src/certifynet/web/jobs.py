@@ -262,28 +262,9 @@ class JobManager:
             return self._queue.index(job_id) + 1 if job_id in self._queue else 0
 
     def progress(self, job: dict) -> dict:
-        """Forward passes done of the total (the rows done before a resume included; exact for fixed N, at
-        most for ISS and sequential), the stage, inputs done, elapsed seconds and ETA."""
-        from certifynet.web.results import stage_rows
-        prog = read_json(os.path.join(self.job_dir(job["id"]), "progress.json"))
-        passes = int(prog.get("passes", 0)) + int(prog.get("base", 0))
-        inputs, exact = int(job.get("inputs", 1)), bool(job.get("passes_exact", True))
-        total = int(job.get("passes_per_input", 0)) * inputs
-        if job["state"] == "done" and not exact:
-            total = passes
-        total = max(total, passes)
-        elapsed = eta = None
-        if prog.get("first_pass") and prog.get("updated"):
-            elapsed = max(0.0, prog["updated"] - prog["first_pass"])
-            if job["state"] == "running" and prog.get("passes") and elapsed > 0:
-                eta = (total - passes) * elapsed / prog["passes"]
-        stages = job.get("stages") or []
-        index = min(int(prog.get("index", 0)), max(len(stages) - 1, 0))
-        return {"state": job["state"], "stage": prog.get("stage", ""), "stage_index": index + 1 if stages else 0,
-                "stages": len(stages), "passes": passes, "total": total, "exact": exact,
-                "inputs_done": stage_rows(self.root, stages, index, inputs), "inputs": inputs,
-                "elapsed_s": elapsed, "eta_s": eta, "queue_position": self.position(job["id"]),
-                "error": job.get("error", "")}
+        """The job's progress (`results.progress_of`), with its place in the queue."""
+        from certifynet.web.results import progress_of
+        return progress_of(self.root, self.job_dir(job["id"]), job, self.position(job["id"]))
 
     def shutdown(self) -> None:
         """Stop the runner threads, the warm workers and every running worker (their jobs become

@@ -43,6 +43,31 @@ def stage_rows(root: str, stages: list, index: int, inputs: int) -> int:
     return 0
 
 
+def progress_of(root: str, folder: str, job: dict, queue_position: int = 0) -> dict:
+    """Forward passes done of the total (the rows done before a resume included: the worker's `base`; exact for
+    fixed N, at most for ISS and sequential, whose finished jobs show what they spent), the stage, inputs done,
+    elapsed seconds and ETA."""
+    from certifynet.web.jobs import read_json
+    prog = read_json(os.path.join(folder, "progress.json"))
+    passes = int(prog.get("passes", 0)) + int(prog.get("base", 0))
+    inputs, exact = int(job.get("inputs", 1)), bool(job.get("passes_exact", True))
+    total = int(job.get("passes_per_input", 0)) * inputs
+    if job["state"] == "done" and not exact:
+        total = passes
+    total = max(total, passes)
+    elapsed = eta = None
+    if prog.get("first_pass") and prog.get("updated"):
+        elapsed = max(0.0, prog["updated"] - prog["first_pass"])
+        if job["state"] == "running" and prog.get("passes") and elapsed > 0:
+            eta = (total - passes) * elapsed / prog["passes"]
+    stages = job.get("stages") or []
+    index = min(int(prog.get("index", 0)), max(len(stages) - 1, 0))
+    return {"state": job["state"], "stage": prog.get("stage", ""), "stage_index": index + 1 if stages else 0,
+            "stages": len(stages), "passes": passes, "total": total, "exact": exact,
+            "inputs_done": stage_rows(root, stages, index, inputs), "inputs": inputs,
+            "elapsed_s": elapsed, "eta_s": eta, "queue_position": queue_position, "error": job.get("error", "")}
+
+
 def _stamp(path: str):
     try:
         st = os.stat(path)
