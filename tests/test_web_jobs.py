@@ -424,7 +424,8 @@ def test_the_forms_estimate_is_the_clis(client, monkeypatch):
         def to_dict(self):
             per_input = 1000.0 if self.mode == "certify" else float(self.config.passes_per_input()[0])
             return {"passes_per_second": 5e4, "device": "cpu", "passes_per_input": per_input,
-                    "exact": self.mode == "sample", "inputs": self.config.max or 1, "total_passes": per_input * (self.config.max or 1),
+                    "exact": self.mode == "sample", "inputs": self.config.max or 1,
+                    "total_passes": per_input * (self.config.max or 1),
                     "startup_seconds": 2.0, "seconds_per_input": per_input / 5e4, "method": self.mode, "notes": []}
 
     def estimate_run(config, mode="certify"):

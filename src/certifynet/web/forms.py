@@ -28,7 +28,7 @@ def cli_defaults() -> dict:
     d = SamplingConfig()
     keys = ("N0", "N", "alpha", "batch", "seed", "k", "q_percentile", "iss_decline", "iss_n0", "select")
     out = {k: getattr(d, k) for k in keys}
-    out.update(sigma=0.25, method="np", q_dist="truncated", iss="absolute", q_sigma="", radii=[0.25, 0.5])
+    out.update(sigma=0.25, method=d.method, q_dist="truncated", iss="absolute", q_sigma="", radii=[0.25, 0.5])
     return out
 
 
@@ -91,7 +91,7 @@ def parse_settings(form, dim: int) -> GroupSettings:
     stage's options checked as its command checks them (`plan.check_group`), so the form accepts what the
     command line accepts. The `method` field (one method) is accepted as well as `methods`."""
     d = cli_defaults()
-    methods = check_methods(field_list(form, "methods") or [field_text(form, "method") or d["method"]])
+    methods = check_methods(field_list(form, "methods") or [field_text(form, "method") or "np"])
     v = {"sigma": parse_number(form, "sigma", float), "k": parse_number(form, "k", int, d["k"]),
          "N": parse_number(form, "N", int, d["N"]), "alpha": parse_number(form, "alpha", float, d["alpha"]),
          "batch": parse_number(form, "batch", int, d["batch"]), "seed": parse_number(form, "seed", int, d["seed"]),

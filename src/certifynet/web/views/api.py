@@ -80,7 +80,7 @@ def estimate():
         try:
             out["pilot"] = pilot_estimate(model, denoiser, settings, fields)
         except CertifyNetError as e:
-            return jsonify(out, error=e.render(cli=True)), 400
+            return jsonify({**out, "error": e.render(cli=True)}), 400
     return jsonify(out)
 
 
