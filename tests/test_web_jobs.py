@@ -128,7 +128,11 @@ def test_one_server_per_results_folder(app_root, capsys):
     jobs_of(first).lock.note(port=8123)
     with pytest.raises(CertifyNetError, match=rf"another Certify-Net web server \(pid {os.getpid()}, port 8123\)"):
         make_app(app_root)
-    assert web_cli.main(["--root", str(app_root), "--port", "0", "--data-dir", DATA]) == 2
+    threads = torch.get_num_threads()
+    try:
+        assert web_cli.main(["--root", str(app_root), "--port", "0", "--data-dir", DATA]) == 2
+    finally:
+        torch.set_num_threads(threads)
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: another Certify-Net web server") and "port 8123" in err[0]
     assert "--results" in err[0]
