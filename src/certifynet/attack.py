@@ -32,7 +32,8 @@ rejects at `level`, i.e. p = P[Bin(n, α_c + α_p) ≥ v] < level.  Several audi
 
 **Runs** (what attack.py and the web app run): `run_audit` attacks every certified input of a certify log (or
 of a counts file certified with a method) and writes an audit log + summary; `run_attack_curve` attacks the
-label at each ε of a grid and writes a curve log; `run_attack` runs either from an `AttackOptions`.
+label at each ε of a grid and writes a curve log; `run_attack` runs either from an `AttackOptions`. (The module
+is a little over 400 lines: the attack, the audit's statistics and these runs are one story, told once.)
 
 **Empirical robust accuracy** at ε is the fraction of inputs where PREDICT at the attacked point x + δ_ε
 (attacking the label) returns the label; an abstain counts as wrong.  Certified accuracy at r = ε is, up to
