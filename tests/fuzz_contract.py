@@ -4,7 +4,8 @@
 - on failure, stderr ends with exactly one line `error: ...` (no other `error:` line, nothing after it);
 - never a traceback, never "unexpected" (the CLI's line for a bug);
 - no file of the workspace changed or deleted (hashes before and after), but for a damaged dataset cache
-  (`<data-dir>/mnist5k.npz`), which is rebuilt by design;
+  (`<data-dir>/mnist5k.npz`), which is rebuilt by design, and for what the vector names with a flag that asks to
+  replace it (`REPLACE_FLAGS`: merge.py --force OUT, train.py --overwrite --outdir DIR);
 - bounded time and memory: CPU time (ITIMER_PROF in-process, RLIMIT_CPU for a process), so that a loaded machine
   does not fail a command, with a generous wall-clock backstop for a command that blocks; address space (RLIMIT_AS:
   the address space the process had plus `MEMORY_ROOM`). A request that is long by design (a cost option above
@@ -287,8 +288,29 @@ def _wait_for_server(proc, deadline: float) -> bytes:
 OTHER_EXITS = {"run_shards": {1}}
 
 
+# Flags with which the user asks to replace an output: the workspace paths the vector names may then change.
+REPLACE_FLAGS = {"--force", "--overwrite"}
+
+
+def replaceable(argv: list[str], w: Path) -> list[str]:
+    """The workspace paths (relative, as in `snapshot`) that `argv` names, when it has a REPLACE_FLAGS flag."""
+    if not any(a.split("=", 1)[0] in REPLACE_FLAGS for a in argv):
+        return []
+    out = []
+    for a in argv:
+        for v in {a, a.split("=", 1)[-1]}:
+            if v.startswith(f"{w}{os.sep}"):
+                out.append(os.path.relpath(v, w))
+    return out
+
+
+def _replaced(rel: str, named: list[str]) -> bool:
+    """Whether `rel` is a named path, its sidecar or lock, or lies under a named folder."""
+    return any(rel in (n, f"{n}.meta.json", f"{n}.lock") or rel.startswith(f"{n}{os.sep}") for n in named)
+
+
 def contract_problems(o: Outcome, before: dict, after: dict, long_ok: bool, cap_s: float,
-                      other_exits: set = frozenset()) -> list[str]:
+                      other_exits: set = frozenset(), named: list[str] = ()) -> list[str]:
     """What the outcome breaks of the contract (module docstring); [] when it keeps it."""
     problems = []
     if o.timed_out and not long_ok:
@@ -306,7 +328,8 @@ def contract_problems(o: Outcome, before: dict, after: dict, long_ok: bool, cap_
         problems.append("a traceback")
     if "unexpected" in " ".join(errors) or "error: unexpected" in o.err:
         problems.append("'unexpected' (the CLI's line for a bug)")
-    changed = sorted(k for k in before if after.get(k) != before[k] and not k.endswith(REBUILT))
+    changed = sorted(k for k in before if after.get(k) != before[k] and not k.endswith(REBUILT)
+                     and not (o.rc == 0 and _replaced(k, named)))
     if changed:
         problems.append(f"pre-existing workspace entries changed or deleted: {changed[:5]}")
     return problems

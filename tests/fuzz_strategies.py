@@ -72,6 +72,8 @@ COST_DESTS = {"epochs", "N", "N0", "iss_n0", "steps", "restarts", "num_steps", "
               "train_subset", "test_subset", "m", "num_noise_vec", "max", "end", "diffusion_steps", "max_minutes",
               "eval_batch", "batch", "shards"}
 LONG_OK = 10 ** 4
+# Lower thresholds: each of run_shards' shards is a process of its own (a second or more).
+LONG_OK_BY_DEST = {"shards": 4}
 
 
 @dataclass(frozen=True)
@@ -282,7 +284,7 @@ def long_request(argv: list[str], options: list[Option]) -> bool:
         for tok in argv[a:b]:
             value = tok.split("=", 1)[1] if tok.startswith("--") and "=" in tok else tok
             try:
-                if abs(float(value)) > LONG_OK:
+                if abs(float(value)) > LONG_OK_BY_DEST.get(dest, LONG_OK):
                     return True
             except ValueError:
                 pass

@@ -1,6 +1,6 @@
 """One certificate through every entry point (issue #25): the same counts certified by `certify.py --counts`, by the
 Python API (`Smooth.certify`, fed the same counts, and the `certifynet.certify` functions) and by the web app's job
-stage (the web form's settings → `web.forms.job_stages` → `web.worker.run_job`, what the app's worker process runs)
+stage (the web form's settings → `web.plan.build_stages` → `web.worker.run_job`, what the app's worker process runs)
 give the same radius, for Gaussian noise and for the generalized Gaussian (d = 784, k = 380).
 
 The counts are made by sample.py, then set to chosen values and resealed (digests recomputed), so that the rows
@@ -89,20 +89,27 @@ def via_smooth(k: int, monkeypatch) -> list[float]:
 
 
 def via_web(counts: Path, k: int, root: Path, monkeypatch) -> list[float]:
-    """The web form's settings → the job's certify stage → the worker's `run_job`, run from the app's root."""
-    from certifynet.web.forms import InputChoice, job_stages, parse_settings
+    """The web form's settings → the job's certify stage (`web.plan.build_stages`) → the worker's `run_job`, run
+    from the app's root."""
+    from types import SimpleNamespace
+
+    from certifynet.web.forms import InputChoice, input_source, parse_settings
+    from certifynet.web.plan import build_stages
     from certifynet.web.worker import run_job
     form = {"method": "np", "sigma": str(SIGMA), "k": str(k), "N0": str(N0), "N": str(N), "alpha": str(ALPHA)}
     settings = parse_settings(form, D)
     job_dir = f"results/web/job{k}"
     (root / job_dir).mkdir(parents=True)
     choice = InputChoice("batch", "mnist5k", count=len(COUNTS))
-    stages = job_stages("m.pth", None, settings, choice, job_dir, "data")
-    shutil.copy(counts, root / job_dir / "counts.csv")
-    shutil.copy(f"{counts}.meta.json", root / job_dir / "counts.csv.meta.json")
+    source = input_source(SimpleNamespace(path="m.pth", arch=None), None, choice, job_dir, "data")
+    stages, runs = build_stages(source, settings, job_dir, batch=True)
+    certify_stage = next(s for s in stages if s["stage"] == "certify")
+    counts_path = root / certify_stage["options"]["counts"]
+    shutil.copy(counts, counts_path)
+    shutil.copy(f"{counts}.meta.json", f"{counts_path}.meta.json")
     monkeypatch.chdir(root)
-    assert run_job(job_dir, {"stages": {"certify": stages["certify"]}}) == 0
-    return _radii(root / job_dir / "certify.tsv")
+    assert run_job(job_dir, {"stages": [certify_stage], "runs": runs}) == 0
+    return _radii(root / certify_stage["options"]["out"])
 
 
 def independent_gaussian_radius(count: int) -> float:

@@ -30,6 +30,7 @@ from fuzz_contract import (
     TIME_CAP_S,
     address_space,
     contract_problems,
+    replaceable,
     restore,
     run_inprocess,
     run_subprocess,
@@ -137,7 +138,8 @@ class Fuzzer:
         else:
             outcome = run_inprocess(script, real, s, env, cap, long_ok)
         after = snapshot(self.w)
-        outcome.problems = contract_problems(outcome, self.before, after, long_ok, cap, OTHER_EXITS.get(script, set()))
+        outcome.problems = contract_problems(outcome, self.before, after, long_ok, cap, OTHER_EXITS.get(script, set()),
+                                             replaceable(real, self.w))
         if after != self.before:
             restore(self.w, self.pristine, self.before)
         shutil.rmtree(s, ignore_errors=True)

@@ -258,3 +258,72 @@ def test_run_shards_memory_does_not_grow_with_shards(tmp_path, monkeypatch):
     finally:
         resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
     assert started == ["0/100000000", "1/100000000", "2/100000000"]
+
+
+# ---------------------------------------------------------------- training and the attack: values the optimiser takes
+TRAIN = ["mnist5k", "lenet", "--noise", "0.25", "--epochs", "1", "--train-subset", "8", "--test-subset", "8",
+         "--batch", "8", "--workers", "0", "--no-progress"]
+
+
+@pytest.mark.parametrize("flag, value", [
+    ("--weight-decay", "2.3281422123746318e+142"),   # fuzz (train_smoothmix --wd): RuntimeError from torch's SGD
+    ("--lr", "1e300"),                               # the same RuntimeError
+    ("--momentum", "1e300"),                         # trained to inf/NaN weights and exited 0
+])
+def test_optimizer_values_beyond_float32_are_refused(ws, tmp_path, capsys, flag, value):
+    from certifynet.cli import train
+    rc, err = run(train, [*TRAIN, "--data-dir", ws / "data", flag, value, "--outdir", tmp_path / "run"], capsys)
+    assert_refused(rc, err, f"{flag} must be at most 3.403e+38 (float32)")
+    assert not (tmp_path / "run").exists()
+
+
+def test_optimizer_values_within_float32_are_accepted(ws, tmp_path, capsys):
+    """The control: the largest float32 is still a (silly but valid) value, refused by nothing."""
+    from certifynet.training.config import FLOAT32_MAX, TrainConfig, prepare_config
+    cfg = TrainConfig(dataset="mnist5k", arch="lenet", sigma=0.25, weight_decay=FLOAT32_MAX, momentum=FLOAT32_MAX,
+                      lr=FLOAT32_MAX, dry_run=True)
+    assert prepare_config(cfg).weight_decay == FLOAT32_MAX
+
+
+def test_attack_with_more_steps_than_int64(ws, tmp_path, capsys, monkeypatch):
+    """fuzz: attack.py --steps 10^30 ended in "unexpected OverflowError" (the step 2ε/T: a tensor divided by an int
+    beyond int64). T is a long request, not an error: the step is 2ε/T in floating point."""
+    import certifynet.attack as attack_lib
+    from certifynet.cli import attack
+    steps = []
+
+    def path(model, x, target, noise, n_steps, step, maxnorm, start=None):
+        steps.append((n_steps, step))
+        return None, x
+    monkeypatch.setattr(attack_lib, "smoothed_pgd_path", path)
+    rc, err = run(attack, ["--model", ws / "model.pth", "--sigma", "0.25", "--eps", "0", "0.5", "--m", "2",
+                           "--steps", str(10 ** 30), "--N", "8", "--batch", "4", "--max", "1", "--data-dir",
+                           ws / "data", "--no-progress", "--out", tmp_path / "a.tsv"], capsys)
+    assert rc == 0, err
+    assert steps and all(n == 10 ** 30 for n, _ in steps)
+    assert float(steps[0][1].max()) == pytest.approx(2 * 0.5 / 1e30, rel=1e-6)
+
+
+@pytest.mark.xfail(not GUARD_LANDED, strict=True, reason="h-guard: the attack's m × batch checked against memory")
+@pytest.mark.parametrize("m", ["2147483648", "18446744073709551616"])
+def test_attack_m_beyond_memory_is_refused(ws, tmp_path, capsys, m):
+    """fuzz: attack.py --m 2^31 asked torch for 6.7 TB ("unexpected RuntimeError"); --m 2^64 ended in an
+    "unexpected TypeError" from torch.empty."""
+    from certifynet.cli import attack
+    rc, err = run(attack, ["--log", ws / "c.np.tsv", "--model", ws / "model.pth", "--m", m, "--steps", "1", "--N", "8",
+                           "--batch", "4", "--max", "1", "--data-dir", ws / "data", "--no-progress",
+                           "--out", tmp_path / "a.tsv"], capsys)
+    assert_refused(rc, err, "--m")
+    assert not (tmp_path / "a.tsv").exists()
+
+
+@pytest.mark.xfail(not GUARD_LANDED, strict=True, reason="h-guard: checkpoint metadata validated like user input")
+def test_resume_from_a_checkpoint_with_bad_metadata_is_one_line(ws, tmp_path, capsys):
+    """fuzz: train_smoothmix.py --resume CKPT whose noise.k is 'abc' ended in "unexpected ValueError"."""
+    from certifynet.cli import train_smoothmix
+    ckpt = torch.load(ws / "model.pth", map_location="cpu", weights_only=True)
+    torch.save({**ckpt, "noise": {"sigma": 0.25, "k": "abc"}}, tmp_path / "bad.pth")
+    rc, err = run(train_smoothmix, [*TRAIN, "--data-dir", ws / "data", "--num-noise-vec", "2", "--num-steps", "1",
+                                    "--resume", tmp_path / "bad.pth", "--outdir", tmp_path / "run"], capsys)
+    assert_refused(rc, err, "bad.pth")
+    assert not (tmp_path / "run").exists()
