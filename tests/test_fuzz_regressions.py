@@ -187,12 +187,11 @@ def test_truncated_dataset_cache_is_rebuilt(ws, tmp_path, capsys):
     assert np.load(cache)["x"].shape == (5000, 784)
 
 
-@pytest.mark.xfail(not GUARD_LANDED, strict=True,
-                   reason="h-guard: checkpoint metadata validated like user input (models/checkpoint.py)")
 @pytest.mark.parametrize("name", ["noise_k_str", "noise_k_float"])
 def test_checkpoint_metadata_of_the_wrong_type_is_one_line(ws, tmp_path, capsys, name):
-    """fuzz: sample.py --model CKPT whose noise.k is 'abc' ended in "unexpected ValueError"; a k of 1.5 is read
-    as k = 1 without a word."""
+    """fuzz: sample.py --model CKPT whose noise.k is 'abc' ended in "unexpected ValueError"; a k of 1.5 was read
+    as k = 1 without a word. (h-guard validates the whole header; `load_checkpoint` refuses a k that is not an
+    integer either way.)"""
     ckpt = torch.load(ws / "model.pth", map_location="cpu", weights_only=True)
     key, value = CKPT_EDITS[name]
     torch.save({**ckpt, key: value}, tmp_path / "bad.pth")
@@ -317,7 +316,6 @@ def test_attack_m_beyond_memory_is_refused(ws, tmp_path, capsys, m):
     assert not (tmp_path / "a.tsv").exists()
 
 
-@pytest.mark.xfail(not GUARD_LANDED, strict=True, reason="h-guard: checkpoint metadata validated like user input")
 def test_resume_from_a_checkpoint_with_bad_metadata_is_one_line(ws, tmp_path, capsys):
     """fuzz: train_smoothmix.py --resume CKPT whose noise.k is 'abc' ended in "unexpected ValueError"."""
     from certifynet.cli import train_smoothmix
