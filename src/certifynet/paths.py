@@ -65,16 +65,20 @@ def _first_existing_parent(folder: str) -> str:
     return folder
 
 
-def check_output_folder(folder: str, what: str = "output folder") -> str:
-    """Refuse a folder that is a file, lies under a file, or cannot be created/written. Creates nothing."""
+def check_output_folder(folder: str, what: str = "output folder", name: str | None = None) -> str:
+    """Refuse a folder that is a file, lies under a file, or cannot be created/written. Creates nothing.
+    `name`: the argument that gave the folder (the error names it as a field); else `what` describes it."""
     folder = os.path.abspath(folder or ".")
+    fields = (name,) if name else ()
+    what = f"{{{name}}}" if name else what
     if os.path.exists(folder) and not os.path.isdir(folder):
-        raise CertifyNetError(f"{what} '{shown(folder)}' is a file, not a folder")
+        raise CertifyNetError(f"{what} '{shown(folder)}' is a file, not a folder", *fields)
     base = _first_existing_parent(folder)
     if not os.path.isdir(base):
-        raise CertifyNetError(f"cannot create {what} '{shown(folder)}': '{shown(base)}' is a file, not a folder")
+        raise CertifyNetError(f"cannot create {what} '{shown(folder)}': '{shown(base)}' is a file, not a folder",
+                              *fields)
     if not os.access(base, os.W_OK | os.X_OK):
-        raise CertifyNetError(f"cannot write to '{shown(base)}' (permission denied); choose another {what}")
+        raise CertifyNetError(f"cannot write to '{shown(base)}' (permission denied); choose another {what}", *fields)
     return folder
 
 
