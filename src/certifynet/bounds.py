@@ -92,3 +92,11 @@ def check_workers(workers: int, name: str = "workers") -> None:
     if workers > MAX_WORKERS:
         raise CertifyNetError(f"{{{name}}} {workers:,} data-loader processes cannot run (at most {MAX_WORKERS})",
                               name)
+
+
+def check_run_sizes(config) -> None:
+    """The sizes of a per-input run (a `SamplingConfig`) that could never fit: its noisy batch (d of its
+    dataset when given, else the smallest d) and, sequentially, its schedule. Before anything is loaded."""
+    check_batch_memory(config.batch, input_dim(config.dataset))
+    if config.sequential:
+        check_schedule_length(config.N, config.batch)

@@ -26,6 +26,7 @@ import sys
 import torch
 
 from certifynet.attack import AuditSummary, SmoothedPGD, attack_and_predict, certified_targets
+from certifynet.bounds import check_batch_memory, input_dim
 from certifynet.certify.from_counts import certify_row
 from certifynet.certify.methods import COUNTS_METHODS
 from certifynet.certify.outcome import ABSTAIN, is_correct
@@ -34,7 +35,8 @@ from certifynet.cli.base import per_input_parser
 from certifynet.errors import CertifyNetError, check_alpha, refuse
 from certifynet.models import file_sha256
 from certifynet.paths import default_path, shown
-from certifynet.records import RowLog, atomic_write, read_meta, read_rows, select_indices
+from certifynet.records import RowLog, read_meta, read_rows, select_indices
+from certifynet.records.guard import write_beside
 from certifynet.sampling.config import ATTACK_DEFAULTS, SamplingConfig
 from certifynet.sampling.rows import nothing_to_do, run_batches
 from certifynet.sampling.run import item, open_run
@@ -71,7 +73,7 @@ def build_parser():
     return p
 
 
-def _check_args(args):
+def check_args(args):
     check_alpha(args.alpha)
     if not 0 < args.level < 1:
         raise CertifyNetError(f"--level must be in (0, 1), got {args.level}")
@@ -93,6 +95,7 @@ def _check_args(args):
         raise CertifyNetError(f"--eps values must be distinct, got {args.eps}")
     if args.eps and args.image and args.image_label < 0:
         raise CertifyNetError("--eps (curve mode) attacks the label: give the image's --image-label")
+    check_batch_memory(_chunk(args) * args.m, input_dim(args.dataset), ("m", "batch"), "noisy copies (m per input)")
     return audit
 
 
@@ -185,7 +188,7 @@ def _audit(args, config):
         run_batches(log, list(by_idx), process, _chunk(args), "audit", args.progress)
     _, rows = read_rows(out)
     summary = AuditSummary(len(rows), sum(int(r["violation"]) for r in rows), alpha_cert, args.alpha, args.level)
-    atomic_write(out + ".summary.json", lambda f: json.dump(summary.as_dict(), f, indent=1, sort_keys=True))
+    write_beside(out, ".summary.json", lambda f: json.dump(summary.as_dict(), f, indent=1, sort_keys=True))
     print(summary.report())
     print(f"log: {shown(out)}")
 
@@ -231,6 +234,6 @@ def _curve(args, config):
 @one_line_errors
 def main(argv=None):
     args = parse(build_parser(), argv)
-    audit = _check_args(args)
+    audit = check_args(args)
     (_audit if audit else _curve)(args, SamplingConfig.from_namespace(args))
     return 0

@@ -52,20 +52,31 @@ def _now() -> str:
 
 
 # ---------------------------------------------------------------- comparing settings
+def _number(x):
+    """An int or float as compared: exact ints beyond 2⁵³ stay ints (so distinct ones never round together)."""
+    if isinstance(x, int) and abs(x) >= 1 << 53:
+        return x
+    f = float(x)
+    return "nan" if math.isnan(f) else f
+
+
 def canonical(value):
-    """A value as compared: bools stay bools, numbers (and strings that spell a number) become floats, NaN a
-    marker, containers element by element; anything else as it is."""
-    if isinstance(value, bool) or value is None:
+    """A value as compared: bools and None stay, numbers (and strings that spell one: '0.50', '5e-1') become
+    numbers, NaN a marker, containers element by element; anything else as it is."""
+    if value is None:
         return value
+    if isinstance(value, bool):
+        return ("bool", value)  # True is not 1
     if isinstance(value, (int, float)):
-        f = float(value)
-        return "nan" if math.isnan(f) else f
+        return _number(value)
     if isinstance(value, str):
-        try:
-            f = float(value.strip())
-        except ValueError:
-            return value
-        return "nan" if math.isnan(f) else f
+        text = value.strip()
+        for parse in (int, float):
+            try:
+                return _number(parse(text))
+            except (ValueError, OverflowError):
+                continue
+        return value
     if isinstance(value, (list, tuple)):
         return [canonical(v) for v in value]
     if isinstance(value, dict):
@@ -120,6 +131,33 @@ def check_file(path: str, meta: dict, *, sidecar: str | None = None, ignore: Ite
     return old
 
 
+def check_run_log(path: str, meta: dict, *, sidecar: str | None = None, ignore: Iterable[str] = (),
+                  resumed: bool = False, replace: bool = False, name: str = "outdir",
+                  replace_name: str | None = None) -> dict | None:
+    """A per-epoch log that a training run rewrites (`rewrite_log`): absent → None; without its sidecar or
+    with one of another kind → refused untouched; of another run (a key of `meta` outside `ignore` differs)
+    → refused naming it, unless a fresh run may `replace` it (the argument `replace_name`). Returns the old
+    sidecar. `meta` may be part of the run's sidecar: only its keys are compared."""
+    side = sidecar or path + SIDECAR_SUFFIX
+    old = read_sidecar(path, side)
+    if old is None:
+        if os.path.lexists(path) and (not os.path.isfile(path) or os.path.getsize(path) > 0):
+            raise CertifyNetError(f"'{path}' exists and has no sidecar {os.path.basename(side)}: it is not a log of "
+                                  f"certifynet and is left untouched; give another {{{name}}} (or delete the file if "
+                                  f"it is yours)", name)
+        return None
+    if old.get("kind") != meta.get("kind"):
+        raise CertifyNetError(f"'{side}' describes a {old.get('kind') or 'file of unknown kind'}, not a "
+                              f"{meta.get('kind')}; it is left untouched: give another {{{name}}}", name)
+    keys = settings_conflicts(old, meta, set(ignore) | (set(old) - set(meta)))
+    if keys and (resumed or not replace):
+        how = f"give another {{{name}}}" + (f", or pass {{{replace_name}}} to replace it"
+                                            if replace_name and not resumed else "")
+        raise CertifyNetError(f"'{path}' is the log of another run ({describe_changes(old, meta, keys[:3])}); it is "
+                              f"left untouched: {how}", name, *([replace_name] if replace_name else []))
+    return old
+
+
 def check_replace(path: str, meta: dict | None, *, another: str, ours: Callable[[dict], bool], what: str,
                   ignore: Iterable[str] = (), force: bool = False) -> dict | None:
     """A file rewritten whole (a merge output): absent → None; `ours(sidecar)` and of the same run → None;
@@ -141,6 +179,17 @@ def check_replace(path: str, meta: dict | None, *, another: str, ours: Callable[
                               f"inputs may be gone; pass {{force}} to replace it or choose another {another}",
                               "force")
     return {"replaced": f"{what} of another run", "changes": change_records(old, meta, keys)}
+
+
+def write_beside(path: str, suffix: str, write: Callable) -> str:
+    """Write `path + suffix` (what a command derives from its output `path`, e.g. a summary) atomically,
+    holding `path`'s lock; returns the path written."""
+    lock = WriterLock(path).acquire(path)
+    try:
+        atomic_write(path + suffix, write)
+    finally:
+        lock.release()
+    return path + suffix
 
 
 def check_linked(f, path: str) -> None:

@@ -25,7 +25,7 @@ from certifynet.errors import CertifyNetError
 from certifynet.errors import warn as _warn
 from certifynet.paths import check_output_file
 from certifynet.records.files import atomic_write
-from certifynet.records.guard import check_replace
+from certifynet.records.guard import check_replace, same_value
 from certifynet.records.lock import WriterLock, writer_active
 from certifynet.records.rowlog import read_rows
 from certifynet.records.selection import select_indices
@@ -230,7 +230,7 @@ def _collect_rows(paths: list[str], sep: str, report: MergeReport, warn: Warn):
                 by_idx[idx], origin[idx] = r, p
                 continue
             old = by_idx[idx]
-            diff = next((c for c in compared if old[c] != r[c]), None)
+            diff = next((c for c in compared if not same_value(old[c], r[c])), None)  # '0.5' == '0.50'
             if diff:
                 raise CertifyNetError(f"idx {idx} is in '{origin[idx]}' and '{p}' with different {diff} "
                                       f"({old[diff]!r} vs {r[diff]!r})")

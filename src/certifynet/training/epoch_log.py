@@ -22,9 +22,8 @@ import os
 import sys
 from dataclasses import dataclass
 
-from certifynet.errors import CertifyNetError
 from certifynet.records import RowLog, WriterLock
-from certifynet.records.guard import describe_changes, read_sidecar, rewrite_log, settings_conflicts
+from certifynet.records.guard import check_run_log, rewrite_log
 from certifynet.training.config import CHECKPOINT_NAME, TrainConfig, warmup_unit
 
 LOG_COLUMNS = ["epoch", "lr", "k", "train_loss", "train_acc", "test_acc_noisy", "seconds"]
@@ -76,23 +75,9 @@ def check_run_files(cfg: TrainConfig, meta: dict, resumed: bool, forced=()) -> d
     """Whether this run may write ``log.csv`` and ``log.meta.json`` in its folder (see the module doc);
     returns the old sidecar (None when there is none). `meta`: the run's sidecar, or part of it (only its
     keys are compared); `forced`: hyper-parameters changed with ``force``."""
-    path, side = os.path.join(cfg.outdir, LOG_NAME), os.path.join(cfg.outdir, META_NAME)
-    old = read_sidecar(path, side)
-    if old is None:
-        if os.path.lexists(path) and (not os.path.isfile(path) or os.path.getsize(path) > 0):
-            raise CertifyNetError(f"'{path}' exists and has no sidecar {META_NAME}: it is not a training log of "
-                                  f"certifynet and is left untouched; give another {{outdir}} (or delete the file "
-                                  f"if it is yours)", "outdir")
-        return None
-    if old.get("kind") != "train_log":
-        raise CertifyNetError(f"'{side}' describes a {old.get('kind') or 'file of unknown kind'}, not a training "
-                              f"log; it is left untouched: give another {{outdir}}", "outdir")
-    keys = settings_conflicts(old, meta, TRAIN_VOLATILE | set(forced) | (set(old) - set(meta)))
-    if keys and (resumed or not cfg.overwrite):
-        how = "give another {outdir}" + ("" if resumed else ", or pass {overwrite} to replace it")
-        raise CertifyNetError(f"'{path}' is the log of another run ({describe_changes(old, meta, keys[:3])}); it is "
-                              f"left untouched: {how}", "outdir", "overwrite")
-    return old
+    return check_run_log(os.path.join(cfg.outdir, LOG_NAME), meta, sidecar=os.path.join(cfg.outdir, META_NAME),
+                         ignore=TRAIN_VOLATILE | set(forced), resumed=resumed, replace=cfg.overwrite,
+                         replace_name="overwrite")
 
 
 def open_epoch_log(outdir: str, meta: dict, start_epoch: int = 0, resumed: bool = False) -> RowLog:
