@@ -252,15 +252,14 @@ def _decide_folder(folder: str, kind: str, settings: dict | None, name: str, for
             return None, []
         if adopt is not None and all(adopt(e) for e in entries):  # an older version's outputs, without marker
             return {"kind": kind, "settings": None, "files": sorted(entries)}, []
-        raise CertifyNetError(f"{{{name}}} '{shown(folder)}' is not empty and is not a {kind} folder of "
-                              f"certifynet (it has no {MARKER}); it is left untouched: give a new or empty folder",
-                              name)
+        raise CertifyNetError(f"{{{name}}} '{shown(folder)}' is not empty and was not written by a certifynet "
+                              f"{kind} (it has no {MARKER}); it is left untouched: give a new or empty folder", name)
     if marker["kind"] != kind:
-        raise CertifyNetError(f"{{{name}}} '{shown(folder)}' holds a {marker['kind']}, not a {kind}; it is left "
-                              f"untouched: give another folder", name)
+        raise CertifyNetError(f"{{{name}}} '{shown(folder)}' holds the output of a certifynet {marker['kind']}, not "
+                              f"of a {kind}; it is left untouched: give another folder", name)
     keys = settings_conflicts(marker["settings"], settings or {}, ignore) if marker["settings"] is not None else []
     if keys and not force:
-        raise CertifyNetError(f"{{{name}}} '{shown(folder)}' holds a {kind} of another run "
+        raise CertifyNetError(f"{{{name}}} '{shown(folder)}' holds a certifynet {kind} of another run "
                               f"({describe_changes(marker['settings'], settings or {}, keys[:3])}); pass {{{force_name}}} "
                               f"to replace it, or give another folder", name, force_name)
     return marker, keys
