@@ -153,16 +153,17 @@ def _config(value, path: str) -> None:
 
 
 def _sigma_spec(value, path: str) -> None:
-    """{'mode': fixed | choice | uniform, 'values': [finite σ ...]} (σ > 0; a uniform range's low end ≥ 0)."""
+    """{'values': [finite σ ...], 'mode': fixed | choice | uniform (optional)}: σ > 0 (a uniform range's low
+    end ≥ 0)."""
     _kind(value, dict, path, "sigma", "a dict {'mode', 'values'}")
-    if value.get("mode") not in ("fixed", "choice", "uniform"):
+    if value.get("mode", "fixed") not in ("fixed", "choice", "uniform"):
         raise CertifyNetError(f"{_where(path, 'sigma.mode')} must be fixed, choice or uniform, "
                               f"got {value.get('mode')!r:.40}")
     values = _kind(value.get("values"), (list, tuple), path, "sigma.values", "a list of numbers")
     if not 1 <= len(values) <= 1000:
         raise CertifyNetError(f"{_where(path, 'sigma.values')} must hold 1 to 1000 values, got {len(values)}")
     for i, v in enumerate(values):
-        _finite(v, path, f"sigma.values[{i}]", strict=not (value["mode"] == "uniform" and i == 0))
+        _finite(v, path, f"sigma.values[{i}]", strict=not (value.get("mode") == "uniform" and i == 0))
 
 
 def validate_denoiser_header(raw: dict, path: str) -> None:
