@@ -362,9 +362,9 @@ def test_folder_claims(tmp_path):
         assert covered(str(f / "x" / "y.png")) and not covered(str(tmp_path / "elsewhere.png"))
         with pytest.raises(CertifyNetError, match="being written"):  # another process would be refused: the lock
             WriterLock(str(f / ".certifynet")).acquire(str(f))
-        assert claim_folder(str(f / "sub"), "analysis").nested  # inside a folder this process holds
+        assert claim_folder(str(f / "sub"), "analysis").nested and (f / "sub").is_dir()  # inside a held folder
         (f / "table.md").write_text("t")
-    assert json.loads((f / MARKER).read_text())["files"] == ["table.md"] and not covered(str(f / "table.md"))
+    assert json.loads((f / MARKER).read_text())["files"] == ["sub", "table.md"] and not covered(str(f / "table.md"))
     with pytest.raises(CertifyNetError, match="holds the output of a certifynet analysis, not of a quickstart"):
         check_folder(str(f), "quickstart")
     marker = json.loads((f / MARKER).read_text())

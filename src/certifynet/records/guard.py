@@ -350,8 +350,11 @@ def claim_folder(folder: str, kind: str, settings: dict | None = None, *, name: 
     """Hold `folder` for a run of `kind` with `settings` (see the module doc): checked, created if needed,
     locked, checked again under the lock, marked. Use as a context manager or call `release()`."""
     folder = os.path.abspath(folder)
-    if holding_folder(folder):
-        return FolderClaim(folder, kind, None, None, False)
+    if holding_folder(folder):  # inside a folder this process holds: that claim decides and records
+        check_output_folder(folder, name=name)
+        created = not os.path.isdir(folder)
+        os.makedirs(folder, exist_ok=True)
+        return FolderClaim(folder, kind, None, None, created)
     decide = (folder, kind, settings, name, force, ignore, adopt, force_name)
     _decide_folder(*decide)  # refuse before creating anything
     created = not os.path.isdir(folder)
