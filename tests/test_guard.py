@@ -8,7 +8,6 @@ import builtins
 import io
 import json
 import os
-import re
 import shutil
 from pathlib import Path
 
@@ -155,10 +154,10 @@ def test_a_merge_of_another_run_is_not_replaced(tmp_path, capsys):
     a = toy_shards(tmp_path / "a", sigma=0.25)
     b = toy_shards(tmp_path / "b", sigma=0.5)
     assert run(merge.main, [out, *a], capsys)[0] == 0
-    before = snapshot(tmp_path / "a"), open(out, "rb").read(), open(out + ".meta.json", "rb").read()
+    before = snapshot(tmp_path)
     rc, _, err = run(merge.main, [out, *b], capsys)
     assert rc == 2 and one_error_line(err) and "sigma 0.25 → 0.5" in err and "--force" in err
-    assert (snapshot(tmp_path / "a"), open(out, "rb").read(), open(out + ".meta.json", "rb").read()) == before
+    assert snapshot(tmp_path) == before
     assert run(merge.main, [out, *b, "--force"], capsys)[0] == 0  # explicit: replaced, and recorded
     meta = read_meta(out)
     assert meta["sigma"] == 0.5 and meta["forced"]["changes"][0]["field"] == "sigma"
@@ -340,6 +339,13 @@ def test_duplicates_that_differ_only_by_formatting_are_one_row(tmp_path):
         assert merge_files(str(tmp_path / "m.tsv"), [*a, *b]).duplicates == 6
 
 
+def test_a_damaged_dataset_cache_is_rebuilt(tmp_path):
+    """A cache file cut short (a zip header and garbage) used to end in 'unexpected BadZipFile'."""
+    from certifynet.data import get_dataset
+    (tmp_path / "mnist5k.npz").write_bytes(b"PK\x03\x04garbage")
+    assert len(get_dataset("mnist5k", "test", str(tmp_path))) == 1000
+
+
 def test_errors_stay_one_line_when_a_value_holds_a_line_break(tmp_path, capsys):
     rc, _, err = run(certify.main, ["--counts", tmp_path / "no\nsuch.csv"], capsys)
     assert rc == 2 and one_error_line(err) and "no\\nsuch.csv" in err
@@ -358,7 +364,7 @@ def test_folder_claims(tmp_path):
     from certifynet.records.guard import MARKER, check_folder, claim_folder
     from certifynet.records.lock import covered
     f = tmp_path / "f"
-    with claim_folder(str(f), "analysis", {"logs": ["a"]}) as claim:
+    with claim_folder(str(f), "analysis", {"logs": ["a"]}):
         assert covered(str(f / "x" / "y.png")) and not covered(str(tmp_path / "elsewhere.png"))
         with pytest.raises(CertifyNetError, match="being written"):  # another process would be refused: the lock
             WriterLock(str(f / ".certifynet")).acquire(str(f))
@@ -372,9 +378,8 @@ def test_folder_claims(tmp_path):
     with pytest.raises(CertifyNetError, match="damaged"):  # a marker may only name its own entries
         claim_folder(str(f), "analysis", {"logs": ["a"]})
     empty = tmp_path / "never"
-    with pytest.raises(RuntimeError):
-        with claim_folder(str(empty), "analysis"):
-            raise RuntimeError("failed before writing anything")
+    with pytest.raises(RuntimeError), claim_folder(str(empty), "analysis"):
+        raise RuntimeError("failed before writing anything")
     assert not empty.exists()  # a failed run that wrote nothing leaves nothing
 
 
@@ -399,8 +404,8 @@ class WriteMonitor:
         real_open, real_os_open = builtins.open, os.open
         for name in ("replace", "rename"):
             real = getattr(os, name)
-            monkeypatch.setattr(os, name, lambda src, dst, *a, _r=real, **k: (self.check(dst, name), _r(src, dst, *a,
-                                                                                                          **k))[1])
+            monkeypatch.setattr(os, name, lambda src, dst, *a, _r=real, _n=name, **k: (self.check(dst, _n),
+                                                                                        _r(src, dst, *a, **k))[1])
         for name in ("unlink", "remove", "rmdir"):
             real = getattr(os, name)
             monkeypatch.setattr(os, name, lambda p, *a, _r=real, _n=name, **k: (self.check(p, _n), _r(p, *a, **k))[1])
@@ -476,7 +481,8 @@ WRITERS = {
     "records/lock.py": (2, "the lock file itself"),
     "records/rowlog.py": (6, "RowLog's own file and sidecar, while it holds its WriterLock"),
     "records/sidecar.py": (1, "write_meta: RowLog's sidecar, under RowLog's lock"),
-    "records/guard.py": (10, "markers, forced clean-up, rewrite_log and write_beside: under the claim's lock"),
+    "records/guard.py": (9, "markers, --fresh clean-up and write_beside: under the claim's lock"),
+    "records/runlog.py": (2, "rewrite_log: a training run's log and sidecar, under the run's lock"),
     "records/merge.py": (2, "merge output and sidecar, under the output's WriterLock"),
     "models/checkpoint.py": (4, "save_checkpoint → write_checkpoint → atomic_torch_save → atomic_write: callers hold a lock"),
     "denoise/checkpoint.py": (1, "save_denoiser: called under the denoiser run's lock"),

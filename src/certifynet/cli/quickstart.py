@@ -13,6 +13,7 @@ earlier quickstarts wrote into it (the entries its marker lists).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import time
@@ -182,31 +183,19 @@ def _check_stage(script: str, argv: list[str]) -> None:
             config.validate(script)
 
 
-class open_demo:  # noqa: N801 - a context manager used as a function
-    """The demo's settings (progress, threads) and its folder, held while the demo runs (--fresh first deletes
-    what earlier quickstarts wrote into it)."""
-
-    def __init__(self, a):
-        self.a = a
-
-    def __enter__(self) -> Demo:
-        a = self.a
-        self.claim = claim_folder(a.out, "quickstart", settings(a), name="out", force=a.fresh, force_name="fresh")
-        try:
-            if a.fresh:
-                self.claim.remove_own()
-            if not a.progress:
-                os.environ["CERTIFYNET_NO_PROGRESS"] = "1"
-            torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
-        except BaseException:
-            self.claim.release(failed=True)
-            raise
+@contextlib.contextmanager
+def open_demo(a):
+    """The demo's folder, held while the demo runs (--fresh first deletes what earlier quickstarts wrote into
+    it), and its settings (progress, threads)."""
+    with claim_folder(a.out, "quickstart", settings(a), name="out", force=a.fresh, force_name="fresh") as claim:
+        if a.fresh:
+            claim.remove_own()
+        if not a.progress:
+            os.environ["CERTIFYNET_NO_PROGRESS"] = "1"
+        torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
         print(f"Certify-Net quickstart on mnist5k (4,000 train / 1,000 test real MNIST digits), σ={a.sigma}; "
               f"outputs in {a.out}/")
-        return Demo(a.out, fast=True, claim=self.claim)
-
-    def __exit__(self, exc_type, *exc) -> None:
-        self.claim.release(failed=exc_type is not None)
+        yield Demo(a.out, fast=True, claim=claim)
 
 
 def train_and_test(demo: Demo, a) -> str:

@@ -96,6 +96,17 @@ def check_shard_log(path):
                               f"give another {{logs}} folder (or delete the file if it is yours)", "logs")
 
 
+def claim_shard_log(path) -> WriterLock:
+    """Hold a shard log (one run_shards per log, until its shard ends) once it is known to be ours."""
+    held = WriterLock(path).acquire(path)
+    try:
+        check_shard_log(path)
+    except BaseException:
+        held.release()
+        raise
+    return held
+
+
 def _tail(path, lines=5):
     """Last lines of a log, keeping only the final state of tqdm's carriage-return updates."""
     with open(path, errors="replace") as f:
@@ -139,12 +150,9 @@ def run_all(cmd, n, jobs, only, logs_dir, threads, say=print):
         log = log_path(cmd, i, n, logs_dir)
         os.makedirs(os.path.dirname(log) or ".", exist_ok=True)
         full = shard_command(cmd, i, n)
-        held = WriterLock(log)  # one run_shards per shard log; released when the shard ends
         try:
-            held.acquire(log)
-            check_shard_log(log)
+            held = claim_shard_log(log)
         except CertifyNetError as e:
-            held.release()
             say(f"shard {i}/{n}: not started: {e.render(cli=True)}")
             return 2
         try:

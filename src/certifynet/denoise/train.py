@@ -40,7 +40,8 @@ from certifynet.models import load_checkpoint
 from certifynet.paths import check_output_folder, default_path
 from certifynet.progress import progress as progress_bar
 from certifynet.records import RowLog, WriterLock
-from certifynet.records.guard import change_records, check_run_log, describe_changes, rewrite_log, same_value
+from certifynet.records.guard import change_records, check_run_log, describe_changes, same_value
+from certifynet.records.runlog import rewrite_log
 from certifynet.sampling import input_generator, resolve_device
 
 log = logging.getLogger(__name__)

@@ -23,7 +23,8 @@ import sys
 from dataclasses import dataclass
 
 from certifynet.records import RowLog, WriterLock
-from certifynet.records.guard import check_run_log, rewrite_log
+from certifynet.records.guard import check_run_log
+from certifynet.records.runlog import rewrite_log
 from certifynet.training.config import CHECKPOINT_NAME, TrainConfig, warmup_unit
 
 LOG_COLUMNS = ["epoch", "lr", "k", "train_loss", "train_acc", "test_acc_noisy", "seconds"]
