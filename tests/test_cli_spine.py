@@ -47,6 +47,7 @@ def test_sample_then_certify_equals_one_go(ckpt, tmp_path, capsys):
     assert len(read_rows(str(tmp_path / "a.tsv"))[1]) == 3
 
 
+@pytest.mark.e2e
 def test_certify_from_counts_never_loads_torch(ckpt, tmp_path):
     """certify.py --counts is pure numpy/scipy: the process never imports torch (fast on CPU-only nodes)."""
     import subprocess

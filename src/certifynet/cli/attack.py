@@ -25,7 +25,7 @@ import sys
 
 import torch
 
-from certifynet.attack import AuditSummary, SmoothedPGD, attack_and_predict, certified_targets
+from certifynet.attack import AuditSummary, SmoothedPGD, attack_and_predict, audited_rows, certified_targets
 from certifynet.bounds import check_batch_memory, input_dim
 from certifynet.certify.from_counts import certify_row
 from certifynet.certify.methods import COUNTS_METHODS
@@ -35,7 +35,7 @@ from certifynet.cli.base import per_input_parser
 from certifynet.errors import CertifyNetError, check_alpha, refuse
 from certifynet.models import file_sha256
 from certifynet.paths import default_path, shown
-from certifynet.records import RowLog, read_meta, read_rows, select_indices
+from certifynet.records import RowLog, read_counts, read_meta, read_rows, select_indices
 from certifynet.records.guard import write_beside
 from certifynet.sampling.config import ATTACK_DEFAULTS, SamplingConfig
 from certifynet.sampling.rows import nothing_to_do, run_batches
@@ -114,6 +114,7 @@ def _audit_source(args):
         return rows, meta, float(meta["alpha"])
     if meta.get("kind") != "counts":
         raise CertifyNetError(f"'{path}' is not a counts file (kind {meta.get('kind')!r})")
+    meta, _, rows = read_counts(path)  # every check certify.py --counts makes: digests, completion record
     return [certify_row(r, meta, args.method, args.alpha) for r in rows], meta, args.alpha
 
 
@@ -187,7 +188,8 @@ def _audit(args, config):
     with RowLog(out, AUDIT_COLUMNS, meta) as log:
         run_batches(log, list(by_idx), process, _chunk(args), "audit", args.progress)
     _, rows = read_rows(out)
-    summary = AuditSummary(len(rows), sum(int(r["violation"]) for r in rows), alpha_cert, args.alpha, args.level)
+    summary = AuditSummary(len(rows), sum(int(r["violation"]) for r in rows), alpha_cert, args.alpha, args.level,
+                           rows=audited_rows(src_rows, args.start, args.end))
     write_beside(out, ".summary.json", lambda f: json.dump(summary.as_dict(), f, indent=1, sort_keys=True))
     print(summary.report())
     print(f"log: {shown(out)}")
