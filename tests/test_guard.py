@@ -317,6 +317,27 @@ def test_analysis_folder_is_ours_or_refused(tmp_path, capsys):
     assert run(analyze.main, [a, "--out", old], capsys)[0] == 0 and (old / "report.md").read_text() != "old\n"
 
 
+def test_ddpm_training_leaves_a_downloaded_model_folder_alone(tmp_path, capsys):
+    """train_ddpm.py --outdir on a diffusers folder it did not write used to replace its config and weights
+    (only train_state.pt was checked). A folder of its own from before markers is still resumed."""
+    pytest.importorskip("diffusers")
+    from certifynet.cli.train_ddpm import main
+    model = tmp_path / "downloaded"
+    model.mkdir()
+    for name in ("config.json", "diffusion_pytorch_model.safetensors", "scheduler_config.json"):
+        (model / name).write_text(f"their {name}\n")
+    before = snapshot(model)
+    argv = ["--size", "quick", "--train-subset", "32", "--batch", "32", "--no-progress"]
+    rc, _, err = run(main, [*argv, "--epochs", "1", "--outdir", model], capsys)
+    assert rc == 2 and one_error_line(err) and "--outdir" in err and "not written by a certifynet ddpm" in err
+    assert snapshot(model) == before
+    ours = tmp_path / "ours"
+    assert run(main, [*argv, "--epochs", "1", "--outdir", ours], capsys)[0] in (0, None)
+    (ours / ".certifynet.json").unlink()  # as an older version left it
+    assert run(main, [*argv, "--epochs", "2", "--outdir", ours, "--resume"], capsys)[0] in (0, None)
+    assert [r["epoch"] for r in read_rows(str(ours / "log.csv"))[1]] == ["1", "2"]
+
+
 def test_run_shards_checks_its_merge_output_before_any_shard_runs(tmp_path, capsys):
     from certifynet.cli.run_shards import main
     precious = tmp_path / "precious.tsv"
@@ -479,13 +500,15 @@ def test_every_write_of_every_command_is_covered_by_a_lock_it_holds(model, tmp_p
 WRITERS = {
     "records/files.py": (5, "atomic_write itself: its callers hold the lock of the target"),
     "records/lock.py": (2, "the lock file itself"),
-    "records/rowlog.py": (6, "RowLog's own file and sidecar, while it holds its WriterLock"),
+    "records/rowlog.py": (8, "RowLog's own file and sidecar, while it holds its WriterLock"),
     "records/sidecar.py": (1, "write_meta: RowLog's sidecar, under RowLog's lock"),
     "records/guard.py": (9, "markers, --fresh clean-up and write_beside: under the claim's lock"),
     "records/runlog.py": (2, "rewrite_log: a training run's log and sidecar, under the run's lock"),
     "records/merge.py": (2, "merge output and sidecar, under the output's WriterLock"),
-    "models/checkpoint.py": (4, "save_checkpoint → write_checkpoint → atomic_torch_save → atomic_write: callers hold a lock"),
+    "models/checkpoint.py": (4, "save_checkpoint → write_checkpoint → atomic_torch_save → atomic_write: "
+                                     "callers hold a lock"),
     "denoise/checkpoint.py": (1, "save_denoiser: called under the denoiser run's lock"),
+    "denoise/diffusion/train.py": (6, "the DDPM folder (diffusers files, train_state.pt), inside its folder claim"),
     "denoise/train.py": (2, "denoiser.pth each epoch and the run folder, under the run's WriterLock"),
     "training/model.py": (1, "checkpoint.pth each epoch, under RunFiles' lock"),
     "training/loop.py": (2, "run.save: checkpoint.pth, under RunFiles' lock"),
@@ -495,7 +518,8 @@ WRITERS = {
     "analysis/tables.py": (3, "tables, inside write_outputs' claim"),
     "analysis/plots.py": (2, "figures, inside the claim of their caller (analyze.py, write_outputs, quickstart)"),
     "data.py": (3, "the mnist5k cache under --data-dir: a cache, not an output"),
-    "web/jobs.py": (3, "web job folders, job.json and worker.log (the web app: to claim with records.guard.claim_folder)"),
+    "web/jobs.py": (3, "web job folders, job.json and worker.log (the web app: to claim "
+                           "with records.guard.claim_folder)"),
     "web/worker.py": (2, "progress.json of a web job (the web app)"),
     "web/views/models.py": (7, "uploaded checkpoints, into the upload folder (the web app)"),
     "web/images.py": (3, "an uploaded or drawn input image, into its job folder (the web app; one save is in memory)"),

@@ -52,16 +52,20 @@ def analysis_settings(log_paths: Iterable) -> dict:
     return {"logs": sorted({os.path.abspath(str(p)) for p in log_paths})}
 
 
+def _older_analysis(entries: set) -> bool:
+    return all(is_analysis_output(e) for e in entries)
+
+
 def check_output(out_dir, log_paths: Iterable, force: bool = False) -> None:
     """Whether `claim_output` would accept out_dir (creates nothing): analyze.py checks it before reading."""
     check_folder(str(out_dir), "analysis", analysis_settings(log_paths), name="out", force=force,
-                 adopt=is_analysis_output)
+                 adopt=_older_analysis)
 
 
 def claim_output(out_dir, log_paths: Iterable, force: bool = False) -> FolderClaim:
     """Hold out_dir for the analysis of `log_paths` (see the module doc); a context manager."""
     return claim_folder(str(out_dir), "analysis", analysis_settings(log_paths), name="out", force=force,
-                        adopt=is_analysis_output)
+                        adopt=_older_analysis)
 
 
 def _log_lines(logs) -> list[str]:

@@ -156,6 +156,7 @@ def check_stage(script: str, argv: list[str]) -> None:
 
 def _check_stage(script: str, argv: list[str]) -> None:
     import importlib
+
     from certifynet.sampling.config import SamplingConfig
     module = importlib.import_module(f"certifynet.cli.{script}")
     args = parse_strict(module.build_parser(), argv)

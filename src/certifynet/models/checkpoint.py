@@ -7,8 +7,9 @@ Our file (written atomically by `save_checkpoint`)::
 
 Every file is read with `torch.load(weights_only=True)` (`read_checkpoint_file`): pickled objects other than
 argparse.Namespace are refused, and a zip file that would inflate beyond a bound of its size is refused before
-it is read (`models.header.check_archive`). Its header is validated like user input (`models.header`). `load_checkpoint` also reads the reference layouts (`models.layouts`) and
-bare state dicts, and records where the model came from (`LoadedCheckpoint`).
+it is read (`models.header.check_archive`). Its header is validated like user input (`models.header`).
+`load_checkpoint` also reads the reference layouts (`models.layouts`) and bare state dicts, and records where
+the model came from (`LoadedCheckpoint`).
 """
 from __future__ import annotations
 

@@ -10,8 +10,8 @@ An output is ours when certifynet can tell what wrote it:
 The rules, each kept here:
 
 1. **Not ours → refused untouched**: a file without our sidecar or with a sidecar of another kind, a
-   non-empty folder without our marker (`adopt` may recognise an older command's own files), a damaged
-   marker.
+   non-empty folder without our marker (`adopt(entries)` may recognise what an older version of the command
+   wrote), a damaged marker.
 2. **Ours but of another run → refused, naming the first differing field** (`settings_conflicts`: numbers
    compare by value, so 0.5, 0.50, 5e-1 and "0.5" agree), unless `force`; a forced change is recorded
    (`changes`: field, was, now, when).
@@ -239,7 +239,7 @@ def _entries(folder: str) -> set[str]:
 
 
 def _decide_folder(folder: str, kind: str, settings: dict | None, name: str, force: bool, ignore,
-                   adopt: Callable[[str], bool] | None, force_name: str) -> tuple[dict | None, list[str]]:
+                   adopt: Callable[[set], bool] | None, force_name: str) -> tuple[dict | None, list[str]]:
     """(the existing marker or None, the conflicting keys that `force` lets through); raises otherwise."""
     check_output_folder(folder, name=name)
     if not os.path.isdir(folder):
@@ -249,7 +249,7 @@ def _decide_folder(folder: str, kind: str, settings: dict | None, name: str, for
         entries = _entries(folder)
         if not entries:
             return None, []
-        if adopt is not None and all(adopt(e) for e in entries):  # an older version's outputs, without marker
+        if adopt is not None and adopt(entries):  # an older version's outputs, without a marker
             return {"kind": kind, "settings": None, "files": sorted(entries)}, []
         raise CertifyNetError(f"{{{name}}} '{shown(folder)}' is not empty and was not written by a certifynet "
                               f"{kind} (it has no {MARKER}); it is left untouched: give a new or empty folder", name)
@@ -258,14 +258,14 @@ def _decide_folder(folder: str, kind: str, settings: dict | None, name: str, for
                               f"of a {kind}; it is left untouched: give another folder", name)
     keys = settings_conflicts(marker["settings"], settings or {}, ignore) if marker["settings"] is not None else []
     if keys and not force:
-        raise CertifyNetError(f"{{{name}}} '{shown(folder)}' holds a certifynet {kind} of another run "
-                              f"({describe_changes(marker['settings'], settings or {}, keys[:3])}); pass {{{force_name}}} "
-                              f"to replace it, or give another folder", name, force_name)
+        changed = describe_changes(marker["settings"], settings or {}, keys[:3])
+        raise CertifyNetError(f"{{{name}}} '{shown(folder)}' holds a certifynet {kind} of another run ({changed}); "
+                              f"pass {{{force_name}}} to replace it, or give another folder", name, force_name)
     return marker, keys
 
 
 def check_folder(folder: str, kind: str, settings: dict | None = None, *, name: str = "out", force: bool = False,
-                 ignore: Iterable[str] = (), adopt: Callable[[str], bool] | None = None,
+                 ignore: Iterable[str] = (), adopt: Callable[[set], bool] | None = None,
                  force_name: str = "force") -> None:
     """Whether `claim_folder` would accept `folder` (nothing is created): the early check of a command.
     `force_name`: the argument that sets `force` (named in the refusal)."""
@@ -344,7 +344,7 @@ class FolderClaim:
 
 
 def claim_folder(folder: str, kind: str, settings: dict | None = None, *, name: str = "out", force: bool = False,
-                 ignore: Iterable[str] = (), adopt: Callable[[str], bool] | None = None,
+                 ignore: Iterable[str] = (), adopt: Callable[[set], bool] | None = None,
                  force_name: str = "force") -> FolderClaim:
     """Hold `folder` for a run of `kind` with `settings` (see the module doc): checked, created if needed,
     locked, checked again under the lock, marked. Use as a context manager or call `release()`."""

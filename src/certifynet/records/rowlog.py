@@ -16,6 +16,7 @@ import os
 from certifynet._version import __version__
 from certifynet.errors import CertifyNetError, warn
 from certifynet.paths import check_output_file
+from certifynet.records.guard import check_file, check_linked
 from certifynet.records.integrity import (
     CHECK_COLUMN,
     VOLATILE_META,
@@ -24,7 +25,6 @@ from certifynet.records.integrity import (
     row_check,
     settings_integrity,
 )
-from certifynet.records.guard import check_file, check_linked
 from certifynet.records.lock import WriterLock
 from certifynet.records.selection import select_indices
 from certifynet.records.sidecar import meta_path, read_meta, write_meta

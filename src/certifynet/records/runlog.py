@@ -46,7 +46,8 @@ def rewrite_log(path: str, columns, meta: dict, keep: Callable[[int], bool] | No
     columns = list(columns)
     kept = _kept_rows(path, columns, keep) if keep is not None else []
     side = sidecar or path + SIDECAR_SUFFIX
-    full = {**meta, "columns": columns, "version": __version__, "created": datetime.datetime.now().isoformat(timespec="seconds")}
+    created = datetime.datetime.now().isoformat(timespec="seconds")
+    full = {**meta, "columns": columns, "version": __version__, "created": created}
     atomic_write(side, lambda f: f.write(json.dumps(full, indent=1, sort_keys=True) + "\n"))
 
     def write(f):
