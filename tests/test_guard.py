@@ -164,6 +164,23 @@ def test_a_merge_of_another_run_is_not_replaced(tmp_path, capsys):
     assert run(merge.main, [out, *b], capsys)[0] == 0  # the same run again: no force needed
 
 
+def test_a_forced_merge_of_counts_still_certifies(model, tmp_path, capsys):
+    """--force records what it replaced in the merged sidecar, outside the settings digest: the counts file
+    it writes still passes every integrity check."""
+    for i in (0, 1):
+        assert sample.main(["--model", model, *SMALL, "--max", "4", "--shard", f"{i}/2",
+                            "--out", str(tmp_path / "c.csv")]) == 0
+    out = tmp_path / "merged.csv"
+    out.write_text("not a merge output\n")
+    shards = [str(tmp_path / f"c.shard{i}of2.csv") for i in (0, 1)]
+    rc, _, err = run(merge.main, [out, *shards], capsys)
+    assert rc == 2 and one_error_line(err) and "not the output of a merge" in err
+    assert run(merge.main, [out, *shards, "--force"], capsys)[0] == 0
+    assert read_meta(str(out))["forced"]["replaced"] == "a file that was not the output of a merge"
+    rc, _, err = run(certify.main, ["--counts", out, "--out", tmp_path / "np.tsv", "--no-progress"], capsys)
+    assert rc == 0 and "incomplete" not in err, err
+
+
 def test_sample_stops_when_its_folder_is_deleted(model, tmp_path, capsys, monkeypatch):
     """Seen: with --out's folder deleted mid-run, sample.py wrote into the unlinked file, exited 0 and printed
     a path that no longer existed."""
