@@ -535,11 +535,16 @@ WRITERS = {
     "analysis/tables.py": (3, "tables, inside write_outputs' claim"),
     "analysis/plots.py": (2, "figures, inside the claim of their caller (analyze.py, write_outputs, quickstart)"),
     "data.py": (3, "the mnist5k cache under --data-dir: a cache, not an output"),
-    "web/jobs.py": (3, "web job folders, job.json and worker.log (the web app: to claim "
-                           "with records.guard.claim_folder)"),
-    "web/worker.py": (2, "progress.json of a web job (the web app)"),
-    "web/views/models.py": (7, "uploaded checkpoints, into the upload folder (the web app)"),
-    "web/images.py": (3, "an uploaded or drawn input image, into its job folder (the web app; one save is in memory)"),
+    # The web app: the server holds `<results>/web/.server.lock` for its life (web.lock.ServerLock: one server per
+    # results folder; job folders, and by default uploads and models.json, lie under it); not yet records.guard.
+    "web/lock.py": (2, "the server lock file itself"),
+    "web/jobs.py": (4, "job folders, job.json and worker.log, under the server lock"),
+    "web/worker.py": (5, "progress.json and a job's selection, inside its job folder"),
+    "web/warm.py": (2, "the warm worker's answers and a probe image in a temporary folder"),
+    "web/catalog.py": (1, "models.json (architectures the user gave), written by the server"),
+    "web/views/models.py": (8, "uploaded checkpoints, into the upload folder, written by the server"),
+    "web/views/api.py": (1, "an uploaded input, into a temporary folder"),
+    "web/images.py": (3, "an uploaded or drawn input image, into its job folder (one save is in memory)"),
 }
 # Calls that write: module.function, any .method of these names, and open/fdopen with a writing mode.
 MODULE_WRITES = {"os": {"unlink", "remove", "rmdir", "replace", "rename", "makedirs", "mkdir", "ftruncate"},
