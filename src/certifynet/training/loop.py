@@ -336,5 +336,8 @@ def run_training(cfg: TrainConfig) -> dict:
     info = ddp.init_distributed(cfg.device)
     try:
         return train(cfg, info)
+    except BaseException as e:
+        ddp.release(e)  # no DDP module may outlive the group (a normal return frees it with train's frame)
+        raise
     finally:
         ddp.cleanup()
