@@ -12,8 +12,14 @@ from scipy.stats import binom
 from certifynet.certify import crossing as crossing_mod
 from certifynet.certify.crossing import crossing_probability, lower_crossing_probability
 from certifynet.certify.group_sequential import GroupSequentialCertifier
-from certifynet.certify.gs_boundaries import (calibrated_design, cp_lower_boundary, cp_upper_boundary, cs_boundaries,
-                                              futility_boundary, verify_design)
+from certifynet.certify.gs_boundaries import (
+    calibrated_design,
+    cp_lower_boundary,
+    cp_upper_boundary,
+    cs_boundaries,
+    futility_boundary,
+    verify_design,
+)
 from certifynet.certify.sequential import SequentialCertifier, batch_schedule, confidence_sequence, simulate
 from certifynet.errors import CertifyNetError
 
