@@ -390,6 +390,35 @@ def test_errors_stay_one_line_when_a_value_holds_a_line_break(tmp_path, capsys):
 
 
 # ================================================================ the guard itself
+def test_output_path_errors_name_the_argument_the_callers_way(tmp_path):
+    """paths' refusals name their argument as a field: `out` / `outdir` from Python, --out / --outdir on the
+    command line; a positional is named as given (its metavar). No library message spells a flag itself."""
+    from certifynet.paths import check_output_file, check_output_folder
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    cases = [(lambda: check_output_folder(str(plain), name="outdir"), "outdir", "--outdir"),
+             (lambda: check_output_file(str(plain / "x.csv")), "the folder of out", "the folder of --out"),
+             (lambda: check_output_file(str(tmp_path)), "out ", "--out "),
+             (lambda: check_output_file(str(tmp_path) + "/x.csv.meta.json", "merge"), "merge ", "--merge "),
+             (lambda: check_output_file(str(tmp_path), what="OUT"), "OUT ", "OUT ")]
+    for check, python, cli in cases:
+        with pytest.raises(CertifyNetError) as e:
+            check()
+        assert str(e.value).startswith(python) or f" {python}" in str(e.value), str(e.value)
+        assert "--" not in str(e.value) and cli in e.value.render(cli=True)
+
+
+def test_ddpm_outdir_on_a_file_names_the_argument(tmp_path):
+    """train_ddpm's folder check used to pass the text "--outdir" into the library message (Python users read
+    a flag); and a refused run creates no folder."""
+    from certifynet.denoise.diffusion.train import DDPMOptions, train_ddpm
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    with pytest.raises(CertifyNetError) as e:
+        train_ddpm(DDPMOptions(outdir=str(plain / "run")), progress=False)
+    assert str(e.value).startswith("cannot create outdir ") and "--outdir" in e.value.render(cli=True)
+
+
 def test_settings_compare_numbers_by_value():
     from certifynet.records.guard import settings_conflicts
     assert settings_conflicts({"s": 0.5, "q": "0.50", "n": 10}, {"s": "5e-1", "q": 0.5, "n": 10.0}) == []
@@ -525,7 +554,7 @@ WRITERS = {
     "models/checkpoint.py": (4, "save_checkpoint → write_checkpoint → atomic_torch_save → atomic_write: "
                                      "callers hold a lock"),
     "denoise/checkpoint.py": (1, "save_denoiser: called under the denoiser run's lock"),
-    "denoise/diffusion/train.py": (6, "the DDPM folder (diffusers files, train_state.pt), inside its folder claim"),
+    "denoise/diffusion/train.py": (5, "the DDPM folder (diffusers files, train_state.pt), inside its folder claim"),
     "denoise/train.py": (2, "denoiser.pth each epoch and the run folder, under the run's WriterLock"),
     "training/model.py": (1, "checkpoint.pth each epoch, under RunFiles' lock"),
     "training/loop.py": (2, "run.save: checkpoint.pth, under RunFiles' lock"),

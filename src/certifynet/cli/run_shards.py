@@ -217,7 +217,7 @@ def check_args(args, cmd) -> None:
     for i in sorted(set(args.only)) if args.only else range(n):  # every file it appends to is ours
         check_shard_log(log_path(cmd, i, n, args.logs))
     if args.merge:  # refused now, not after every shard has run
-        check_output_file(args.merge, "--merge")
+        check_output_file(args.merge, "merge")
         check_merge_output(args.merge, None)
 
 

@@ -156,7 +156,7 @@ def merge_files(out: str, inputs, allow_missing: bool = False, force: bool = Fal
     """Merge shard files `inputs` (paths or glob patterns) into `out` (+ sidecar); see the module doc.
 
     `warn` receives each warning (default `certifynet.errors.warn`; a message or a CertifyNetError)."""
-    check_output_file(out, "OUT")
+    check_output_file(out, what="OUT")
     paths = expand_inputs(inputs, out, warn)
     metas = _input_metas(paths)
     check_merge_output(out, metas[0], force)

@@ -206,10 +206,9 @@ def train_ddpm(opts: DDPMOptions, progress: bool = True) -> dict:
     from certifynet.records import RowLog
     from certifynet.records.guard import check_folder, claim_folder
     opts = dataclasses.replace(opts.check(), outdir=opts.outdir or default_path("results/ddpm_mnist5k"))
-    check_output_folder(opts.outdir, "--outdir")
+    check_output_folder(opts.outdir, name="outdir")
     guard = dict(kind="ddpm", settings=_run_settings(opts), name="outdir", adopt=_older_run)  # records.guard
     check_folder(opts.outdir, **guard)  # a folder that is not ours (a downloaded model), or another run's
-    os.makedirs(opts.outdir, exist_ok=True)
     torch.manual_seed(opts.seed)
     unet = diffusers_lib().UNet2DModel(**unet_config(opts))
     ema = copy.deepcopy(unet).eval().requires_grad_(False)
