@@ -79,7 +79,8 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     r.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:N")
     r.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true",
                    help="build data, model and optimizer, run one batch forward, write nothing, exit")
-    r.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar (without a terminal, progress is printed as plain lines every 30 s)")
+    r.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no progress bar (without a terminal, progress is printed as plain lines every 30 s)")
 
 
 def check_noise_flags(args) -> None:
@@ -129,8 +130,8 @@ def check_args(args) -> None:
         refuse(args, (["lbd"] if args.lbd > 0 else []) + ["eta", "entropy"], "to SmoothAdv training (consistency "
                                                                           "flags; use --method consistency)")
     elif not consistency:
-        refuse(args, (["lbd"] if args.lbd > 0 else []) + ["eta", "entropy"], "to Gaussian training (consistency needs --num-noise-vec >= 2 "
-                                                "and --lbd > 0, or --method consistency)")
+        refuse(args, (["lbd"] if args.lbd > 0 else []) + ["eta", "entropy"],
+               "to Gaussian training (consistency needs --num-noise-vec >= 2 and --lbd > 0, or --method consistency)")
     elif args.num_noise_vec < 2:
         raise CertifyNetError("{method} consistency needs {num_noise_vec} >= 2 (the KL term compares the m copies)",
                               "method", "num_noise_vec")

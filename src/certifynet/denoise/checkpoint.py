@@ -25,8 +25,13 @@ import torch.nn as nn
 
 from certifynet.denoise.registry import build_denoiser_from_config, denoiser_config, get_denoiser
 from certifynet.errors import CertifyNetError
-from certifynet.models.checkpoint import (CHECKPOINT_FORMAT, check_finite_weights, plain, read_checkpoint_file,
-                                          write_checkpoint)
+from certifynet.models.checkpoint import (
+    CHECKPOINT_FORMAT,
+    check_finite_weights,
+    plain,
+    read_checkpoint_file,
+    write_checkpoint,
+)
 from certifynet.models.header import validate_denoiser_header
 
 DENOISER_FORMAT = "certifynet-denoiser"
@@ -82,7 +87,8 @@ def _kair_single_body(state: dict) -> dict:
 
 
 def _infer_drunet(state: dict) -> nn.Module:
-    """DRUNet from KAIR key shapes: in_channels = head.shape[1] − 1, c_i = down_i's stride conv width, nb from ResBlocks."""
+    """DRUNet from KAIR key shapes: in_channels = head.shape[1] − 1, c_i = down_i's stride conv width, nb from
+    ResBlocks."""
     nb = len({k.split(".")[1] for k in state if k.startswith("m_down1.") and ".res." in k})
     if nb < 1:
         raise CertifyNetError("DRUNet weights without ResBlocks in m_down1")

@@ -32,9 +32,20 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from certifynet.data import dataset_info, get_dataset
 from certifynet.denoise import denoiser_config, freeze, get_denoiser
 from certifynet.denoise.checkpoint import load_denoiser, save_denoiser
-from certifynet.denoise.options import (CHECKPOINT_NAME, CHOICES, LOG_NAME, OBJECTIVES, OPTION_SPECS,  # noqa: F401
-                                        TrainOptions, check_options, coerce_option, eval_sigma, read_options_file,
-                                        resolve_options, sigma_spec)
+from certifynet.denoise.options import (  # noqa: F401
+    CHECKPOINT_NAME,
+    CHOICES,
+    LOG_NAME,
+    OBJECTIVES,
+    OPTION_SPECS,
+    TrainOptions,
+    check_options,
+    coerce_option,
+    eval_sigma,
+    read_options_file,
+    resolve_options,
+    sigma_spec,
+)
 from certifynet.errors import CertifyNetError
 from certifynet.models import load_checkpoint
 from certifynet.paths import check_output_folder, default_path

@@ -188,7 +188,8 @@ class RowLog:
         try:
             self.done = {int(r[self.key]) for r in rows}
         except ValueError:
-            raise CertifyNetError(f"'{self.path}': a {self.key} value is not an integer; was the file edited?") from None
+            raise CertifyNetError(f"'{self.path}': a {self.key} value is not an integer; "
+                                  f"was the file edited?") from None
         self._f = open(self.path, "a", newline="", encoding="utf-8")
         if header is None:
             self._write_line(self.columns)

@@ -43,8 +43,15 @@ from certifynet.training.config import CHECKPOINT_NAME, TrainConfig, prepare_con
 from certifynet.training.data import NoiseSource, load_datasets, make_loaders
 from certifynet.training.epoch_log import RunFiles, check_run_files, format_row, log_meta, settings_meta
 from certifynet.training.loss_spec import LossSpec, split_batch
-from certifynet.training.model import (Optimiser, build_model, make_optimiser, model_normalization, resume_changes,
-                                       resume_path, save_training_checkpoint)
+from certifynet.training.model import (
+    Optimiser,
+    build_model,
+    make_optimiser,
+    model_normalization,
+    resume_changes,
+    resume_path,
+    save_training_checkpoint,
+)
 from certifynet.training.schedule import k_at
 
 if TYPE_CHECKING:
@@ -177,7 +184,7 @@ class _Run:
     def say(self, text: str) -> None:
         """A line of the run's report on stdout (rank 0 only)."""
         if self.info.is_main:
-            print(text, flush=True)
+            print(text, flush=True)  # noqa: T201 - train.py's report on stdout, unchanged (to move to the CLI)
 
 
 def _on_rank0(info: ddp.DistInfo, check) -> None:

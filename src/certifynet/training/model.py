@@ -18,8 +18,13 @@ from torch import nn
 
 from certifynet.data import dataset_info
 from certifynet.errors import CertifyNetError
-from certifynet.models import (get_architecture, load_checkpoint, parse_normalization, resolve_normalization,
-                               save_checkpoint)
+from certifynet.models import (
+    get_architecture,
+    load_checkpoint,
+    parse_normalization,
+    resolve_normalization,
+    save_checkpoint,
+)
 from certifynet.records.guard import change_records, describe_changes, same_value
 from certifynet.training import ddp
 from certifynet.training.config import CHECKPOINT_NAME, SIGMA, TrainConfig
