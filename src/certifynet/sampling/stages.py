@@ -17,7 +17,7 @@ from certifynet.sampling.certify_stage import log_columns, log_meta
 from certifynet.sampling.config import DEFAULT_OUT, SamplingConfig
 from certifynet.sampling.rows import nothing_to_do, run_rows
 from certifynet.sampling.run import item, open_run
-from certifynet.sampling.sequential import certify_sequential, sequential_certifier
+from certifynet.sampling.sequential import certify_sequential, sequential_certifier, sequential_params
 
 PREDICT_COLUMNS = ["idx", "label", "predict", "correct", "time", "count1", "count2", "pvalue"]
 SEQUENTIAL_COLUMNS = ["idx", "label", "predict", "radius", "correct", "time", "pA_lower", "pA_upper", "n0", "n",
@@ -108,14 +108,18 @@ def check_sequential(config: SamplingConfig) -> None:
 
 
 def run_sequential(config: SamplingConfig, command: str | None = None) -> str | None:
-    """certify.py --sequential --radii R ...: anytime-valid sequential NP at fixed radii (docs/sequential.md)."""
+    """certify.py --sequential --radii R ...: sequential NP at fixed radii, by the calibrated group-sequential rule
+    (default) or the confidence sequence (`sequential_rule` cs); docs/sequential.md. The sidecar records the
+    rule, its calibrated levels, futility and schedule, so that a resume with other ones is refused."""
     check_sequential(config)
     run = open_run(config, "certify", default_path("results/certify_sequential.tsv"), command)
     if nothing_to_do(run.indices, run.shard):
         return None
     certifier = sequential_certifier(run.sampler, config.radii)
-    sidecar = {**log_meta(run.meta, "np", config, run.meta["command"]), "method": "sequential", **certifier.params()}
+    sidecar = {**log_meta(run.meta, "np", config, run.meta["command"]), "method": "sequential",
+               **sequential_params(certifier)}
     with RowLog(run.out, SEQUENTIAL_COLUMNS, sidecar) as log:
         run_rows(log, run.indices, lambda idx: certify_sequential(run.sampler, certifier, idx, *item(run.data, idx)),
-                 "certify sequential", config.progress, run.sampler.prefetcher(run.data, item))
+                 "certify sequential", config.progress,
+                 run.sampler.prefetcher(run.data, item))
     return run.out
