@@ -83,12 +83,12 @@ class Estimate:
         return {**dataclasses.asdict(self), "total_passes": self.total_passes, "total_seconds": self.total_seconds}
 
     def lines(self) -> list[str]:
-        spread = (f" (pilot inputs: {min(self.pilot_passes):,.0f} – {max(self.pilot_passes):,.0f})"
-                  if len(self.pilot_passes) > 1 else "")
-        how = "exact" if self.exact else f"expected, from {len(self.pilot_inputs)} pilot input(s)"
+        spread = (f": {min(self.pilot_passes):,.0f} – {max(self.pilot_passes):,.0f}" if len(self.pilot_passes) > 1
+                  else "")
+        how = "exact" if self.exact else f"expected; {len(self.pilot_inputs)} pilot input(s){spread}"
         out = [f"estimate for {self.mode}.py, {self.method} (pilot {self.pilot_seconds:.1f} s; nothing written)",
                f"  forward passes per second on {self.device}: {self.passes_per_second:,.0f} (batch {self.batch})",
-               f"  forward passes per input: {self.passes_per_input:,.0f} ({how}){spread}",
+               f"  forward passes per input: {self.passes_per_input:,.0f} ({how})",
                f"  projected for {self.inputs:,} input(s): {self.total_passes:,.0f} forward passes, "
                f"{format_duration(self.total_seconds)} in one process (startup {self.startup_seconds:.1f} s + "
                f"{self.seconds_per_input:.3g} s per input)"]
