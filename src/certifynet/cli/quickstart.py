@@ -172,7 +172,8 @@ def summarize(demo: Demo, a, seq_label: str):
 
 
 def sequential_stage(demo: Demo, a, common):
-    """Sequential NP at the demo's radii: stop each digit once every radius is decided (anytime-valid, α)."""
+    """Sequential NP at the demo's radii: stop each digit once every radius is decided (certify.py's default rule:
+    the calibrated group-sequential test, valid at α; futility 'projected' at γ = 0.001)."""
     label = f"Sequential σ={a.sigma} cap N={a.N}"
     log = demo.path("sequential.tsv")
     demo.run("certify", [*common, "--N0", 100, "--N", a.N, "--sequential", "--radii", *RADII[1:], "--out", log,
