@@ -54,7 +54,10 @@ def _config(cli, argv) -> SamplingConfig:
 # 0.25 … 1), on 40 digits
 QUICK = ["--sigma", "0.25", "--N", "2000", "--batch", "500", "--max", "40", "--no-progress"]
 RUNS = {"np": ["--N0", "100"],
+        "dsrs": ["--N0", "100", "--N", "1000", "--q-dist", "truncated", "--q-percentile", "x+"],
         "iss-np": ["--iss", "absolute", "--iss-decline", "0.05", "--iss-n0", "100"],
+        "iss-dsrs": ["--N", "1000", "--iss", "absolute", "--iss-decline", "0.05", "--iss-n0", "100", "--q-dist",
+                     "truncated", "--q-percentile", "x"],
         "sequential": ["--N0", "100", "--sequential", "--radii", *RADII],
         "sequential cs": ["--N0", "100", "--sequential", "--radii", *RADII, "--sequential-rule", "cs"]}
 
@@ -65,7 +68,7 @@ def test_projected_passes_within_20_percent_of_the_run(lenet, tmp_path, name):
     spends, counted by the sampler's progress hook (and equal to the log's `samples` column)."""
     argv = ["--model", lenet, *QUICK, *RUNS[name]]
     est = estimate_run(_config(certify_cli, argv), "certify")
-    assert est.exact == (name == "np") and est.inputs == 40
+    assert est.exact == (name in ("np", "dsrs")) and est.inputs == 40
     assert est.passes_per_second > 0 and est.seconds_per_input > 0 and est.startup_seconds > 0
     assert not os.listdir(tmp_path)
     spent = []
@@ -81,8 +84,8 @@ def test_projected_passes_within_20_percent_of_the_run(lenet, tmp_path, name):
     print(f"{name}: projected {est.passes_per_input:,.0f} passes/input (pilot {len(est.pilot_inputs)} inputs, "
           f"{est.pilot_seconds:.1f} s), spent {actual:,.0f}: ratio {est.passes_per_input / actual:.3f}")
     assert abs(est.passes_per_input / actual - 1) <= 0.20
-    if name == "np":
-        assert est.passes_per_input == actual == 2100
+    if est.exact:
+        assert est.passes_per_input == actual == {"np": 2100, "dsrs": 2100}[name]
 
 
 def test_estimate_cli_prints_and_writes_nothing(lenet, tmp_path, capsys, monkeypatch):
