@@ -127,6 +127,10 @@ def test_estimate_refuses_counts(tmp_path, capsys):
     counts.write_text("idx\n")
     assert certify_cli.main(["--counts", str(counts), "--estimate"]) == 2
     assert "--estimate projects the cost of sampling: give --model, not --counts" in capsys.readouterr().err
+    for argv, fragment in ((["--futility", "upper"], "--futility does not apply without --sequential"),
+                           (["--time-limit", "1:00:00"], "--time-limit does not apply without --estimate")):
+        assert certify_cli.main(["--counts", str(counts), *argv]) == 2
+        assert fragment in capsys.readouterr().err
     with pytest.raises(CertifyNetError, match="give model, not counts"):
         estimate_run(SamplingConfig(counts=str(counts), estimate=True))
 

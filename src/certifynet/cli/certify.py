@@ -61,6 +61,8 @@ def build_parser():
 def main(argv=None):
     args = parse(build_parser(), argv)
     config = SamplingConfig.from_namespace(args)
+    if config.counts:  # validated against the counts file; the options of sampling runs are refused here
+        config.check_sequential_and_estimate("certify")
     if config.estimate:
         return print_estimate(config, "certify")
     out = run_certify(config, command=" ".join(sys.argv))

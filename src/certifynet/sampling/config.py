@@ -178,8 +178,7 @@ class SamplingConfig:
             else:
                 self._check_class_selection(given)
         self._check_image(given)
-        self._check_sequential_options(given)
-        self._check_estimate(given, mode)
+        self.check_sequential_and_estimate(mode)
 
     def _check_choices(self) -> None:
         for name, choices in CHOICES.items():
@@ -246,6 +245,13 @@ class SamplingConfig:
         else:
             refuse(given, ["image_label"], "without {image}", "image")
 
+
+    def check_sequential_and_estimate(self, mode: str) -> None:
+        """The sequential rule's options and {estimate}/{time_limit} (part of `validate`; certify.py --counts, which
+        validates against its counts file instead, checks these alone)."""
+        given = set(self.explicit())
+        self._check_sequential_options(given)
+        self._check_estimate(given, mode)
 
     def _check_sequential_options(self, given: set) -> None:
         """The sequential rule's options apply with {sequential} only; futility with the calibrated rule only."""
