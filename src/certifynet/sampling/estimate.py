@@ -63,6 +63,7 @@ class Estimate:
     seconds_per_input: float
     pilot_inputs: list = field(default_factory=list)
     pilot_passes: list = field(default_factory=list)   # projected passes of each pilot input
+    passes_per_input_se: float | None = None            # standard error of the mean over the pilot inputs
     pilot_seconds: float = 0.0
     time_limit_seconds: float | None = None
     shards: int | None = None
@@ -85,7 +86,8 @@ class Estimate:
     def lines(self) -> list[str]:
         spread = (f": {min(self.pilot_passes):,.0f} – {max(self.pilot_passes):,.0f}" if len(self.pilot_passes) > 1
                   else "")
-        how = "exact" if self.exact else f"expected; {len(self.pilot_inputs)} pilot input(s){spread}"
+        se = f" ± {self.passes_per_input_se:,.0f}" if self.passes_per_input_se else ""
+        how = "exact" if self.exact else f"expected{se}; {len(self.pilot_inputs)} pilot input(s){spread}"
         out = [f"estimate for {self.mode}.py, {self.method} (pilot {self.pilot_seconds:.1f} s; nothing written)",
                f"  forward passes per second on {self.device}: {self.passes_per_second:,.0f} (batch {self.batch})",
                f"  forward passes per input: {self.passes_per_input:,.0f} ({how})",
@@ -293,15 +295,26 @@ def estimate_run(config: SamplingConfig, mode: str = "certify", *, pilot_inputs:
             passes, seconds = _iss(sampler, items, timing)
         estimate.passes_per_input, estimate.seconds_per_input = float(passes.mean()), float(seconds.mean())
         estimate.exact, estimate.pilot_inputs, estimate.pilot_passes = False, [i for i, _, _ in items], passes.tolist()
-        if len(items) < len(indices):
-            estimate.notes.append(f"{len(items)} of {len(indices)} inputs were piloted: the projection carries the "
-                                  f"spread between inputs")
+        _note_spread(estimate, passes, len(indices))
     estimate.pilot_seconds = time.perf_counter() - t0
     if c.shard:
         estimate.notes.append("the estimate covers every shard of the selection (the shard option is ignored)")
     if c.time_limit is not None:
         _plan_shards(estimate, c, mode, method)
     return estimate
+
+
+def _note_spread(estimate: Estimate, passes: np.ndarray, inputs: int) -> None:
+    """The standard error of the pilot mean as an estimate of the selection's mean (sampling without replacement:
+    s/√m·√(1 − m/n)), and a note when the pilot leaves out inputs or the error is large."""
+    m = passes.size
+    if m < inputs and m > 1:
+        estimate.passes_per_input_se = float(passes.std(ddof=1) / math.sqrt(m) * math.sqrt(1 - m / inputs))
+        estimate.notes.append(f"{m} of {inputs} inputs were piloted; ± is one standard error over them (the "
+                              f"inputs' spread), not the error of projecting each pilot input")
+        if estimate.passes_per_input_se > 0.2 * estimate.passes_per_input:
+            estimate.notes.append("a few inputs dominate the cost (near a threshold, or running to the cap): the "
+                                  "projection is uncertain; more pilot inputs narrow it (estimate_run's pilot_inputs)")
 
 
 def _rule_name(config: SamplingConfig) -> str:
