@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-slow bench docs gpu-check gpu-check-prep install clean
+.PHONY: demo test test-fast test-slow lint bench docs gpu-check gpu-check-prep install clean
 
 $(STAMP): setup.py requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,11 +17,20 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) scripts/quickstart.py
 
+# Everything but the long statistical runs, with the 25 slowest tests listed (CI runs this, through .ci/run).
 test: $(STAMP)
-	$(PY) -m pytest -q -m "not slow" tests
+	$(PY) -m pytest -q -m "not slow" --durations=25 tests
+
+# The inner loop: no slow runs and no end-to-end tests (scripts, servers, torchrun, SLURM as subprocesses).
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow and not e2e" tests
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow tests
+
+# ruff, configured in ruff.toml (CI runs it after the tests).
+lint: $(STAMP)
+	$(PY) -m ruff check src tests benchmarks scripts
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_sampler.py

@@ -24,6 +24,6 @@ setup(
     package_data={"certifynet.web": ["templates/*.html", "static/*"]},
     python_requires=">=3.9",
     install_requires=REQUIRES,
-    extras_require={"dev": ["pytest>=7", "selenium>=4.10", "sphinx>=7", "myst-parser>=2"]},
+    extras_require={"dev": ["pytest>=7", "selenium>=4.10", "hypothesis", "ruff", "sphinx>=7", "myst-parser>=2"]},
     entry_points={"console_scripts": [f"certifynet-{s.replace('_', '-')}=certifynet.cli.{s}:main" for s in SCRIPTS]},
 )

@@ -2,8 +2,9 @@
 
 Run from the repository root: python benchmarks/bench_dsrs.py
 It prints median seconds per input at the MNIST, CIFAR-10 and ImageNet settings. DSRS runs with truncated Q
-(heuristic x) and with rescaled Q (σ_Q = 0.8σ). It also times the reference vectors from
-/work/shared/reference/dsrs_vectors.csv and reports the speed-up over their sec_np / sec_dsrs columns.
+(heuristic x) and with rescaled Q (σ_Q = 0.8σ). It also times the reference vectors of
+tests/data/reference/dsrs_vectors.csv (vendored; see its README) and reports the speed-up over their sec_np /
+sec_dsrs columns.
 """
 import os
 
@@ -17,10 +18,15 @@ import time  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
 
-from certifynet.certify.dsrs import (dsrs_intervals, dsrs_radius, generalized_np_radius,  # noqa: E402
-                                     truncation_percentile)
+from certifynet.certify.dsrs import (  # noqa: E402
+    dsrs_intervals,
+    dsrs_radius,
+    generalized_np_radius,
+    truncation_percentile,
+)
 
-VECTORS = "/work/shared/reference/dsrs_vectors.csv"
+from reference_data import reference_file  # noqa: E402  (benchmarks/, the script's folder)
+
 SETTINGS = [("mnist", 784, 380), ("cifar10", 3072, 1530), ("imagenet", 150528, 75260)]
 SIGMA, N, ALPHA = 0.5, 50000, 0.001
 # counts of the true label out of N under P; Q's error rate is 40% of P's
@@ -63,10 +69,7 @@ def bench_settings():
 
 
 def bench_vectors():
-    if not os.path.exists(VECTORS):
-        print("reference vectors not found; skipping the comparison")
-        return
-    with open(VECTORS) as fh:
+    with open(reference_file("dsrs_vectors.csv")) as fh:   # part of the repository: missing is an error
         rows = list(csv.DictReader(line for line in fh if not line.startswith("#")))
     print("\nreference vectors (reference seconds from the csv, same inputs):")
     print(f"{'id':4s} {'dataset':9s} {'mode':9s} {'NP s':>8s} {'ref NP s':>9s} {'speed-up':>9s} "

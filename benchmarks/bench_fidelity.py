@@ -23,8 +23,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from certifynet.analysis import plot_gain, read_logs, summarize, write_tables  # noqa: E402
 from certifynet.cli import certify, sample, train  # noqa: E402
 
-# /work/shared/reference/dsrs.md, "Headline results": certified accuracy %, envelope over σ ∈ {0.25, 0.5, 1.0},
-# NP → DSRS, MNIST consistency-trained; N = 100,000 for NP against 50,000 + 50,000 for DSRS (α = 0.001)
+# Li et al. 2022 (DSRS), the paper's MNIST results (quoted in tests/data/reference/README.md): certified
+# accuracy %, envelope over σ ∈ {0.25, 0.5, 1.0}, NP → DSRS, MNIST consistency-trained; N = 100,000 for NP
+# against 50,000 + 50,000 for DSRS (α = 0.001)
 PUBLISHED_MNIST = {0.5: (97.5, 97.5), 1.0: (92.3, 93.5), 1.5: (67.5, 71.8), 2.0: (35.6, 41.9)}
 PUBLISHED_ACR_SIGMA1 = (1.550, 1.629)  # MNIST, Gaussian training, σ = 1.0: NP → DSRS
 RADIUS_BINS = (0.0, 1.0, 2.0, float("inf"))
@@ -128,7 +129,7 @@ def compare(a, runs, n):
 
 
 def print_published():
-    print("\nreference repository (DSRS, Li et al. 2022; /work/shared/reference/dsrs.md), MNIST, NP → DSRS:")
+    print("\nreference repository (DSRS, Li et al. 2022; published figures), MNIST, NP → DSRS:")
     print("  certified accuracy %, envelope over σ ∈ {0.25, 0.5, 1.0}, consistency training, "
           "N = 100,000 vs 50,000 + 50,000:")
     print("  " + "   ".join(f"R={r:g}: {np_:.1f} → {ds:.1f}" for r, (np_, ds) in PUBLISHED_MNIST.items()))

@@ -5,7 +5,7 @@ For each σ: a Gaussian-trained LeNet on mnist5k (trained first unless --models 
 --digits test digits certified by
   NP N=100,000 (N0 = 100)  |  ISS-NP (absolute ε, pilot --iss-n0)  |  sequential, every radius at once
   |  sequential, one run per radius (the question "certified at r?" asked alone),
-and the same comparison simulated on Cohen's published CIFAR-10 σ=0.5 p_A distribution (sequential_sim.py),
+and the same comparison simulated on Cohen's published CIFAR-10 σ=0.5 p_A distribution (reference_data.py),
 where the confidence-sequence (CS) rule also meets the calibrated group-sequential rule (with and without
 futility) and an oracle that knows p_A, every rule on the same draws.
 Prints mean forward passes per input, certified accuracy at each radius, and the pass ratio fixed ÷ run.
@@ -25,11 +25,10 @@ import time
 from types import SimpleNamespace
 
 import numpy as np
-from scipy.stats import binom, norm
+from scipy.stats import binom
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "src"))
-from bench_iss import check_np_counts, run  # noqa: E402
 from certifynet.certify.group_sequential import GroupSequentialCertifier  # noqa: E402
 from certifynet.certify.gs_boundaries import calibrated_design, first_true  # noqa: E402
 from certifynet.certify.iss import IssPlanner  # noqa: E402
@@ -38,25 +37,11 @@ from certifynet.certify.sequential import SequentialCertifier, radius_threshold 
 from certifynet.cli import certify, sample, train  # noqa: E402
 from certifynet.records import read_rows  # noqa: E402
 
+from bench_iss import check_np_counts, run  # noqa: E402  (benchmarks/, the script's folder)
+from reference_data import cohen_cifar10_population  # noqa: E402
+
 N0 = 100
-# σ⁻¹·radius quantiles (0, 5, …, 100 %) of the inputs certified in Cohen's published CIFAR-10 σ=0.5 log
-# (N=100k, α=0.001): 16.6 % abstain, 78 % of the rest correct. Copied from tests/helpers.py (benchmarks do
-# not import the tests).
-COHEN_C10_S050_Z = [0.002, 0.12, 0.222, 0.338, 0.458, 0.6, 0.715, 0.82, 0.916, 1.034, 1.212, 1.338, 1.572,
-                    1.753, 1.944, 2.18, 2.416, 2.72, 3.048, 3.62, 3.92]
 REFERENCE_ORACLE = 3182   # the oracle's mean draws in the review of issue 26 (its own population draw)
-
-
-def cohen_cifar10_population(m, rng):
-    """(p_top, correct) for m simulated inputs following Cohen's published CIFAR-10 σ=0.5 log (as
-    tests/helpers.py): p_top = Φ(R/σ) at the radius quantiles (1 above 3.81σ), abstaining inputs p_top ~
-    U(0.3, 0.52); `correct` marks inputs whose top class is the label."""
-    z = np.interp(rng.uniform(size=m), np.linspace(0, 1, 21), COHEN_C10_S050_Z)
-    p_top = np.where(z >= 3.81, 1.0, norm.cdf(z))
-    abstains = rng.uniform(size=m) < 0.166
-    p_top = np.where(abstains, rng.uniform(0.3, 0.52, m), p_top)
-    correct = ~abstains & (rng.uniform(size=m) < 0.78)
-    return p_top, correct
 
 
 def run_on_table(cert, table):
@@ -98,7 +83,8 @@ def sequential_runs(a):
     """(label, certify.py flags) of the sequential rules compared on mnist5k, the CLI default last."""
     return [("CS rule (confidence sequence)", ["--sequential-rule", "cs"]),
             ("calibrated, no futility", ["--futility", "none"]),
-            (f"calibrated + futility 'upper' γ={a.futility:g}", ["--futility", "upper", "--futility-level", a.futility]),
+            (f"calibrated + futility 'upper' γ={a.futility:g}",
+             ["--futility", "upper", "--futility-level", a.futility]),
             (f"calibrated + futility 'projected' γ={a.projected_futility:g} (default)",
              [] if a.projected_futility == 0.001 else ["--futility-level", a.projected_futility])]
 
@@ -201,8 +187,8 @@ def print_dominance(rows, seq, p_hat, thresholds, n_max):
 
 def print_estimates(rows, estimates, fixed, fixed_passes):
     """certify.py --estimate (pilot) against the passes the run then spent."""
-    print("\nEstimate (certify.py --estimate, pilot of ≤ 16 inputs) against the run:\n\n| run | projected passes/input | "
-          "spent | projected ÷ spent |\n|:---|---:|---:|---:|")
+    print("\nEstimate (certify.py --estimate, pilot of ≤ 16 inputs) against the run:\n\n"
+          "| run | projected passes/input | spent | projected ÷ spent |\n|:---|---:|---:|---:|")
     print(f"| {fixed} | {fixed_passes:,.0f} (exact) | {_draws(rows[fixed]).mean():,.0f} | "
           f"{fixed_passes / _draws(rows[fixed]).mean():.2f} |")
     for label, est in estimates.items():

@@ -1,23 +1,57 @@
-"""Shared test fixtures: a linear binary classifier whose smoothed robust radius is known exactly, and the
-location of the shared reference facts."""
+"""Shared test helpers: the vendored reference data, benchmark modules loaded by path, models with known
+properties (a linear classifier with an exact robust radius; one computed exactly, whose rows cannot depend on
+their batch), and a subprocess that stalls after a given number of log rows (to kill it at a known point)."""
+from __future__ import annotations
+
+import csv
+import functools
+import importlib.util
 import os
+import subprocess
+import sys
 from pathlib import Path
 
-import numpy as np
+import pytest
 import torch
 import torch.nn as nn
-from scipy.stats import norm
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCHMARKS = ROOT / "benchmarks"
 
 
-def _reference_dir() -> Path:
-    """$CERTIFYNET_REFERENCE, else ../shared/reference beside the checkout, else /work/shared/reference."""
-    env = os.environ.get("CERTIFYNET_REFERENCE")
-    candidates = [Path(env)] if env else []
-    candidates += [Path(__file__).resolve().parents[2] / "shared" / "reference", Path("/work/shared/reference")]
-    return next((c for c in candidates if c.is_dir()), candidates[0])
+@functools.cache
+def load_benchmark(name: str):
+    """benchmarks/<name>.py as a module, loaded by its path (sys.path untouched; tests never import benchmarks
+    any other way, and benchmarks never import tests). Registered as `benchmarks_<name>` in sys.modules."""
+    path = BENCHMARKS / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module   # before exec: dataclasses and pickling look the module up by name
+    spec.loader.exec_module(module)
+    return module
 
 
-REFERENCE = _reference_dir()
+_reference = load_benchmark("reference_data")
+REFERENCE: Path = _reference.REFERENCE                 # tests/data/reference
+cohen_cifar10_population = _reference.cohen_cifar10_population
+COHEN_C10_S050_Z = _reference.COHEN_C10_S050_Z
+
+
+def reference_file(name: str) -> Path:
+    """tests/data/reference/<name>. A core check whose data is missing fails here; it never skips."""
+    try:
+        return _reference.reference_file(name)
+    except FileNotFoundError as e:
+        pytest.fail(str(e), pytrace=False)
+
+
+def reference_rows(name: str) -> list[dict]:
+    """The rows of a vendored CSV file as dicts (lines starting with '#' are comments)."""
+    with open(reference_file(name), newline="") as fh:
+        rows = list(csv.DictReader(line for line in fh if not line.startswith("#")))
+    if not rows:
+        pytest.fail(f"reference data {name} has no rows", pytrace=False)
+    return rows
 
 
 class LinearBinary(nn.Module):
@@ -37,31 +71,27 @@ class LinearBinary(nn.Module):
         return (dist * self.w).reshape(shape)
 
 
+class ExactLinear(nn.Module):
+    """A K-class linear classifier computed exactly: logits = W·round(256·x) in float64, W small integers.
+
+    Every product and partial sum is an integer of magnitude below 2^53 (|256·x| ≲ 10³ for inputs in [0, 1]
+    plus noise of σ ≤ 1, |W| ≤ 8, d ≤ 10⁴ terms: < 10⁸), so float64 adds them without rounding in any order:
+    no kernel, summation order, batch size or thread count can change a row's logits. Its rows are independent
+    of their batch by construction, for tests of bookkeeping that must not rest on one CPU's float32 kernels."""
+
+    def __init__(self, d: int, classes: int = 10, seed: int = 0):
+        super().__init__()
+        w = torch.randint(-8, 9, (d, classes), generator=torch.Generator().manual_seed(seed))
+        self.register_buffer("w", w.double())
+
+    def forward(self, x):
+        return torch.round(x.flatten(1).double() * 256) @ self.w
+
+
 def cuda_test(fn):
     """Mark a test `cuda` (benchmarks/gpu_check.sh runs these) and skip it, with the reason, without CUDA."""
-    import pytest
     reason = "needs a CUDA device (benchmarks/gpu_check.sh runs the cuda-marked tests on a GPU)"
     return pytest.mark.cuda(pytest.mark.skipif(not torch.cuda.is_available(), reason=reason)(fn))
-
-
-# σ⁻¹·radius quantiles (0, 5, …, 100 %) of the inputs certified in Cohen's published CIFAR-10 σ=0.5 log
-# (N=100k, α=0.001): 16.6 % abstain, 78 % of the rest correct. Used as a realistic p_A distribution.
-COHEN_C10_S050_Z = [0.002, 0.12, 0.222, 0.338, 0.458, 0.6, 0.715, 0.82, 0.916, 1.034, 1.212, 1.338, 1.572,
-                    1.753, 1.944, 2.18, 2.416, 2.72, 3.048, 3.62, 3.92]
-
-
-def cohen_cifar10_population(m, rng):
-    """(p_top, correct) for m simulated inputs following Cohen's published CIFAR-10 σ=0.5 log.
-
-    p_top = Φ(R/σ) at the radius quantiles (1 above 3.81σ, the top of Cohen's range: every draw correct);
-    abstaining inputs get p_top ~ U(0.3, 0.52); `correct` marks inputs whose top class is the label.
-    """
-    z = np.interp(rng.uniform(size=m), np.linspace(0, 1, 21), COHEN_C10_S050_Z)
-    p_top = np.where(z >= 3.81, 1.0, norm.cdf(z))
-    abstains = rng.uniform(size=m) < 0.166
-    p_top = np.where(abstains, rng.uniform(0.3, 0.52, m), p_top)
-    correct = ~abstains & (rng.uniform(size=m) < 0.78)
-    return p_top, correct
 
 
 def untrained_lenet(path, sigma=0.25, seed=0) -> str:
@@ -72,3 +102,38 @@ def untrained_lenet(path, sigma=0.25, seed=0) -> str:
     save_checkpoint(str(path), get_architecture("lenet", "mnist5k"), arch="lenet", dataset="mnist5k", num_classes=10,
                     sigma=sigma)
     return str(path)
+
+
+STALLED = "stalled-after-rows"
+_STALL = """\
+import runpy, sys, time
+try:
+    import certifynet
+except ImportError:  # as the scripts do
+    sys.path.insert(0, {src!r})
+from certifynet.records import RowLog
+_write, _count = RowLog.write, [0]
+def write(self, row):
+    _write(self, row)
+    _count[0] += 1
+    if _count[0] == {rows}:
+        print({marker!r}, flush=True)
+        time.sleep(3600)
+RowLog.write = write
+sys.argv = [{script!r}, *sys.argv[1:]]
+runpy.run_path({script!r}, run_name="__main__")
+"""
+
+
+def start_stalling(script, argv, rows: int, env=None, stderr=subprocess.DEVNULL) -> subprocess.Popen:
+    """Start `python script argv` so that it stops (sleeps, holding its files and lock) right after writing its
+    `rows`-th log row in this run, and return once it has: the caller then kills it at a known point, with no
+    race against how fast this machine runs. Fails the test if the process ends first."""
+    code = _STALL.format(rows=int(rows), marker=STALLED, script=os.fspath(script), src=str(ROOT / "src"))
+    proc = subprocess.Popen([sys.executable, "-c", code, *map(str, argv)], env=env, stdout=subprocess.PIPE,
+                            stderr=stderr, text=True)
+    for line in proc.stdout:       # blocks until the marker, or EOF when the process ends first
+        if line.strip() == STALLED:
+            return proc
+    proc.wait()
+    pytest.fail(f"{script} ended (exit {proc.returncode}) before writing {rows} rows", pytrace=False)

@@ -15,10 +15,9 @@ import pytest
 from certifynet import analysis
 from certifynet.cli.analyze import main
 from certifynet.errors import CertifyNetError, CertifyNetWarning
-from helpers import REFERENCE
+from helpers import reference_file
 
 ROOT = Path(__file__).resolve().parents[1]
-PEER = REFERENCE / "peer-logs"
 SCRIPT = ROOT / "scripts" / "analyze.py"
 
 # idx label predict radius correct time n   (hand-made; m = 5)
@@ -147,6 +146,7 @@ def test_malformed_log_names_file_and_line(tmp_path, content, where):
     assert str(path) in str(e.value) and where in str(e.value)
 
 
+@pytest.mark.e2e
 def test_cli_missing_file_one_line_exit_2(tmp_path, capsys):
     assert main([str(tmp_path / "missing.tsv")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -155,6 +155,7 @@ def test_cli_missing_file_one_line_exit_2(tmp_path, capsys):
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
 
 
+@pytest.mark.e2e
 def test_cli_help_and_table(ours, capsys):
     r = subprocess.run([sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "--radii" in r.stdout and "--envelope" in r.stdout
@@ -180,9 +181,9 @@ def _hand_metrics(path, radii):
     return acc, acr, sum(secs(x["time"]) for x in rows) / m
 
 
-def _readme_acr():
+def _readme_acr(peer):
     """{(dataset prefix, σ): ACR} from the table in peer-logs/README.md."""
-    lines = [ln for ln in (PEER / "README.md").read_text().splitlines() if ln.startswith("|")]
+    lines = [ln for ln in (peer / "README.md").read_text().splitlines() if ln.startswith("|")]
     head = [c.strip() for c in lines[0].strip("|").split("|")]
     sigmas = [float(h.split("=")[1]) for h in head[1:]]
     out = {}
@@ -193,14 +194,14 @@ def _readme_acr():
     return out
 
 
-@pytest.mark.skipif(not PEER.is_dir(), reason="peer logs not available")
 def test_peer_logs_match_hand_computation_and_readme():
     radii = [0.0, 0.25, 0.5, 0.75, 1.0]
-    paths = sorted(PEER.glob("*.tsv"))
+    peer = reference_file("peer-logs")
+    paths = sorted(peer.glob("*.tsv"))
     assert len(paths) == 7
     logs = analysis.read_logs(paths)
     df = analysis.summarize(logs, radii)
-    readme = _readme_acr()
+    readme = _readme_acr(peer)
     best = {}
     for path, (_, row) in zip(paths, df.iterrows()):
         acc, acr, secs = _hand_metrics(path, radii)
@@ -310,6 +311,7 @@ def _pdf_has_type3(path):
     return b"/Type3" in Path(path).read_bytes()
 
 
+@pytest.mark.e2e
 def test_pdfs_embed_truetype_not_type3(tmp_path, ours):
     import shutil
     logs = analysis.read_logs([ours])
@@ -341,6 +343,7 @@ def test_bold_only_within_comparable_runs():
     assert analysis.best_mask(pd.Series([0.5, 0.5]), 3, "max").tolist() == [False, False]
 
 
+@pytest.mark.e2e
 def test_latex_is_pure_ascii_and_compiles(tmp_path):
     import shutil
     df = pd.DataFrame({"log": ["NP σ=0.25 ĉ_A p̲_A σ̂ ℓ₂ ≥ Φ⁻¹(α) → 1 – 2 é 日本 100% $ # & ~ ^ \\ | < > {}",

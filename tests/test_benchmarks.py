@@ -4,7 +4,11 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from helpers import untrained_lenet
+
+pytestmark = pytest.mark.e2e   # every test here runs scripts as subprocesses
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 

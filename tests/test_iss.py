@@ -1,7 +1,5 @@
 """ISS (input-specific sample sizes): n* vectors, planner conservativeness, soundness, efficiency, ISS-DSRS."""
-import csv
 import math
-import os
 
 import numpy as np
 import pytest
@@ -12,16 +10,11 @@ from certifynet.certify.iss import (IssPlanner, expected_radius, iss_certify, is
                                     iss_sample_size)
 from certifynet.certify.neyman_pearson import certify_from_counts, cp_interval, cp_lower, np_radius
 from certifynet.errors import CertifyNetError
-from helpers import REFERENCE, cohen_cifar10_population
-
-VECTORS = str(REFERENCE / "iss_nstar_vectors.csv")
+from helpers import cohen_cifar10_population, reference_rows
 
 
 def _rows():
-    if not os.path.exists(VECTORS):
-        pytest.skip("reference vectors not available")
-    with open(VECTORS) as fh:
-        return list(csv.DictReader(fh))
+    return reference_rows("iss_nstar_vectors.csv")
 
 
 def test_nstar_vectors_exact():

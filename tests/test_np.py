@@ -1,6 +1,4 @@
 """Neyman–Pearson (Cohen) certification: reference vectors, soundness and tightness on a linear classifier."""
-import csv
-import os
 
 import numpy as np
 import pytest
@@ -13,15 +11,11 @@ from certifynet.errors import CertifyNetError
 from certifynet.noise import GaussianNoise
 from certifynet.sampling import Sampler, Smooth, input_generator
 
-from helpers import REFERENCE, LinearBinary
-
-REF = str(REFERENCE)
-needs_ref = pytest.mark.skipif(not os.path.isdir(REF), reason="shared/reference not present")
+from helpers import LinearBinary, reference_rows
 
 
-@needs_ref
 def test_cohen_certify_vectors():
-    for row in csv.DictReader(open(os.path.join(REF, "cohen_certify_vectors.csv"))):
+    for row in reference_rows("cohen_certify_vectors.csv"):
         c, n, a = int(row["count"]), int(row["n"]), float(row["alpha"])
         p = cp_lower(c, n, a)
         assert abs(p - float(row["pA_lower"])) < 1e-9 and p <= float(row["pA_lower"])
@@ -34,18 +28,16 @@ def test_cohen_certify_vectors():
                 assert not abstain and abs(r - float(ref)) < 1e-9 and r <= float(ref)
 
 
-@needs_ref
 def test_cohen_predict_vectors():
-    for row in csv.DictReader(open(os.path.join(REF, "cohen_predict_vectors.csv"))):
+    for row in reference_rows("cohen_predict_vectors.csv"):
         pv = predict_pvalue(int(row["count1"]), int(row["count2"]))
         assert abs(pv - float(row["pvalue"])) < 1e-12
         assert (pv > 0.001) == (row["predict_alpha_0.001"] == "ABSTAIN")
 
 
-@needs_ref
 def test_predict_from_counts_vectors():
     """The one PREDICT on class-count vectors built from the reference (n1, n2) pairs, in either order."""
-    for row in csv.DictReader(open(os.path.join(REF, "cohen_predict_vectors.csv"))):
+    for row in reference_rows("cohen_predict_vectors.csv"):
         n1, n2 = int(row["count1"]), int(row["count2"])
         for counts, top in (([n2, 0, n1, 0], 2), ([n1, n2], 0), ([0, n2, 0, n1], 3)):
             pred = predict_from_counts(np.array(counts), 0.001)

@@ -189,6 +189,7 @@ def test_docs_have_runnable_blocks_and_valid_markers():
     assert len(RUNNABLE) >= 5, [b.where for b in ALL_BLOCKS]
 
 
+@pytest.mark.e2e
 def test_harness_catches_bad_blocks_and_markers(tmp_path, clone):
     """Control: a failing block, a make call, a dangling marker and an unknown item are all reported."""
     doc = tmp_path / "bad.md"
@@ -223,6 +224,7 @@ def test_marked_block_is_valid_syntax(block):
         compile(block.text, block.where, "exec")
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("block", SERVERS, ids=[b.where for b in SERVERS])
 def test_server_block_serves_its_page(block, clone):
     """A block marked <!-- needs: server --> runs as pasted until the loopback URL it names answers 200."""
@@ -248,6 +250,7 @@ def test_server_block_serves_its_page(block, clone):
         proc.wait(timeout=30)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("block", RUNNABLE, ids=[b.where for b in RUNNABLE])
 def test_block_runs(block, clone):
     failure = block_failure(block, *clone)

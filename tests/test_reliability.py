@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import warnings
 
 import numpy as np
@@ -165,6 +164,7 @@ def test_writer_lock_refuses_a_second_writer_and_is_released(tmp_path):
     WriterLock(target).acquire(target).release()
 
 
+@pytest.mark.e2e
 def test_lock_of_a_killed_writer_is_free(tmp_path):
     """kill -9 leaves the lock file behind, but the kernel has dropped the flock: the next writer gets it."""
     target = str(tmp_path / "x.tsv")
@@ -179,29 +179,31 @@ def test_lock_of_a_killed_writer_is_free(tmp_path):
     WriterLock(target).acquire(target).release()
 
 
+@pytest.mark.e2e
 def test_two_writers_then_resume_every_idx_once(model, tmp_path):
     """Two identical certify.py runs on one --out: the second is refused while the first writes; the first is
-    killed mid-run; a rerun resumes it. Every idx ends up exactly once."""
+    killed mid-run; a rerun resumes it. Every idx ends up exactly once. The first writer stalls after its 3rd
+    row (holding the lock) until it is killed, so nothing races with this machine's speed or load."""
+    from helpers import start_stalling
     out = str(tmp_path / "log.tsv")
-    argv = [sys.executable, os.path.join(ROOT, "scripts", "certify.py"), "--model", model, "--sigma", "0.25",
-            "--N0", "10", "--N", "3000", "--batch", "100", "--max", "40", "--out", out, "--no-progress"]
+    script = os.path.join(ROOT, "scripts", "certify.py")
+    argv = ["--model", model, "--sigma", "0.25", "--N0", "10", "--N", "3000", "--batch", "100", "--max", "40",
+            "--out", out, "--no-progress"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    first = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, env=env)
+    first = start_stalling(script, argv, rows=3, env=env)
     try:
-        deadline = time.time() + 120
-        while not (os.path.exists(out) and sum(1 for _ in open(out)) >= 3):
-            assert first.poll() is None and time.time() < deadline, "first writer ended early"
-            time.sleep(0.05)
-        second = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
+        second = subprocess.run([sys.executable, script, *argv], capture_output=True, text=True, env=env,
+                                timeout=600)
         assert second.returncode == 2, second.stderr[-500:]
         assert "is being written by pid" in second.stderr.strip().splitlines()[-1]
-        assert first.poll() is None, "first writer finished before it could be killed"
+        assert first.poll() is None
         first.send_signal(signal.SIGKILL)
     finally:
+        first.kill()
         first.wait()
     done_before = len(read_rows(out, allow_torn=True)[1])
-    assert 2 <= done_before < 40
-    rerun = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=600)
+    assert done_before == 3
+    rerun = subprocess.run([sys.executable, script, *argv], capture_output=True, text=True, env=env, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-500:]
     idx = [int(r["idx"]) for r in read_rows(out)[1]]
     assert sorted(idx) == list(range(40)) and len(set(idx)) == 40
@@ -354,6 +356,7 @@ def test_safe_file_names(label, name):
     assert safe_filename(label) == name and name.isascii() and " " not in name
 
 
+@pytest.mark.e2e
 def test_plain_progress_lines_without_a_terminal(model, tmp_path, monkeypatch):
     monkeypatch.setenv("CERTIFYNET_PROGRESS_SECONDS", "0")
     r = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "sample.py"), "--model", model, *SMALL[:-1],

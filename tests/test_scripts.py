@@ -38,12 +38,14 @@ def helps():
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_help(script, helps):
     code, text = helps[os.path.join("scripts", f"{script}.py")]
     assert code in (0, None) and "usage" in text.lower(), text[-500:]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("argv, fragment", [
     (["certify.py", "--counts", "missing.csv"], "not found"),
     (["sample.py", "--model", "missing.pth", "--sigma", "0.25"], "not found"),

@@ -361,6 +361,7 @@ def test_smoothmix_bad_mix_step(tmp_path, capsys):
     assert rc == 2 and "--mix-step must be in [0, --num-steps=2], got 3" in err and err.count("\n") == 1
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("script, flags", [
     ("train.py", ["--noise_sd", "--lr_step_size", "--num-noise-vec", "--lbd", "--eta", "--k-warmup", "--resume",
                   "--pretrained-model", "--dry-run", "--train-subset"]),
@@ -368,7 +369,7 @@ def test_smoothmix_bad_mix_step(tmp_path, capsys):
 ])
 def test_help(script, flags):
     r = subprocess.run([sys.executable, os.path.join(SCRIPTS, script), "--help"], capture_output=True, text=True,
-                       timeout=60)
+                       timeout=300)
     assert r.returncode == 0, r.stderr
     for flag in flags:
         assert flag in r.stdout

@@ -54,7 +54,12 @@ class Cluster:
         return r
 
     def sbatch(self, *args, env=None, cwd=ROOT):
-        """Submit; returns the job id."""
+        """Submit; returns the job id. Submitted from the repository root (the templates' relative paths), so a
+        job without --output would write slurm-<id>.out there (a stray slurm-9_3.out was once committed): such
+        a job writes it to the cluster's own temporary folder instead."""
+        if not any(a.startswith(("--output", "-o")) for a in args):
+            name = "slurm-%A_%a.out" if any(a.startswith(("--array", "-a")) for a in args) else "slurm-%j.out"
+            args = (f"--output={os.path.join(self.folder, name)}", *args)
         return self.run("sbatch", "--parsable", *args, env=env, cwd=cwd).stdout.strip().split(";")[0]
 
     def states(self, *job_ids):

@@ -17,6 +17,8 @@ import pytest
 from certifynet.records import read_meta, read_rows, shard_path
 from slurm_cluster import ACTIVE, ROOT, n_rows, python_env
 
+pytestmark = pytest.mark.e2e   # every test here runs scripts as subprocesses
+
 SLURM_DIR = os.path.join(ROOT, "scripts", "slurm")
 SHARDS, DIGITS = 4, 40
 PER_SHARD = DIGITS // SHARDS
