@@ -6,7 +6,6 @@ import os
 import shlex
 import subprocess
 
-import numpy as np
 import pytest
 import torch
 
@@ -28,6 +27,7 @@ def lenet(tmp_path_factory):
     """LeNet trained for one epoch on mnist5k with σ = 0.25 noise (a few seconds on CPU): digits from all-hit to
     abstaining, as in the quickstart."""
     import torch.nn.functional as F
+
     from certifynet.data import get_dataset
     from certifynet.models import get_architecture, save_checkpoint
     torch.manual_seed(0)

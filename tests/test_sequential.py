@@ -13,16 +13,22 @@ from scipy.stats import norm
 
 from certifynet.certify.dsrs import generalized_np_radius
 from certifynet.certify.neyman_pearson import cp_lower, cp_upper, np_radius
-from certifynet.certify.sequential import (DEFAULT_PRIOR, SequentialCertifier, batch_schedule, confidence_sequence,
-                                           log_mixture_ratio, radius_threshold, simulate)
+from certifynet.certify.sequential import (
+    DEFAULT_PRIOR,
+    SequentialCertifier,
+    batch_schedule,
+    confidence_sequence,
+    log_mixture_ratio,
+    radius_threshold,
+    simulate,
+)
 from certifynet.cli import analyze as analyze_cli
 from certifynet.cli import certify as certify_cli
 from certifynet.errors import CertifyNetError
-from certifynet.sampling import InputSampler, SamplingConfig, certify_sequential, sequential_certifier
 from certifynet.records import read_rows
+from certifynet.sampling import InputSampler, SamplingConfig, certify_sequential, sequential_certifier
 
 from helpers import LinearBinary, cohen_cifar10_population, untrained_lenet
-
 
 # ----------------------------------------------------------------------------------- confidence sequence
 

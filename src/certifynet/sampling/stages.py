@@ -120,6 +120,7 @@ def check_same_rule(out: str, params: dict) -> None:
     """A resumed sequential log must have been made by the same rule (the sidecar check would name only the first
     differing key); its levels, schedule and the rest are compared by `RowLog` as usual."""
     import os
+
     from certifynet.records.sidecar import read_meta
     if not (os.path.isfile(out) and os.path.getsize(out) > 0):
         return
