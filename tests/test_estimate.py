@@ -220,3 +220,26 @@ def test_submit_command_runs_the_same_configuration(tmp_path, mode, argv):
             assert theirs == mine, (name, cmd, args)
     assert ran.method in (None, "np" if config.sequential else _method(config, mode))
     print(shlex.split(cmd)[-1], args)
+
+
+def test_the_web_forms_estimate_runs_the_real_pilot(lenet):
+    """The web form's estimate (`web.warm.estimate`, on the warm worker) with the real `estimate_run`, on stages
+    as the web's plan writes them (options by SamplingConfig name, with an `out`): every key the form reads is
+    there, fixed N is exact, and a refused option comes back as one line (rc 2), not as a failure."""
+    from certifynet.web import warm
+    base = {"model": lenet, "sigma": 0.25, "max": 6, "batch": 200, "N0": 50, "N": 400}
+    stages = [{"stage": "sample", "options": {**base, "out": "counts.csv"}},
+              {"stage": "certify", "options": {**base, "sequential": True, "radii": [0.25, 0.5], "out": "s.tsv"}}]
+    answer = warm.estimate(stages)
+    assert answer["rc"] == 0, answer
+    fixed, seq = answer["estimates"]
+    for part in (fixed, seq):
+        for key in ("passes_per_second", "device", "passes_per_input", "exact", "inputs", "total_passes",
+                    "startup_seconds", "seconds_per_input", "method", "notes"):
+            assert key in part, key
+        assert part["inputs"] == 6 and part["total_passes"] == pytest.approx(6 * part["passes_per_input"])
+    assert fixed["exact"] and fixed["passes_per_input"] == 450 and fixed["method"] == "np"
+    assert not seq["exact"] and 0 < seq["passes_per_input"] <= 450 and seq["method"].startswith("sequential")
+    bad = warm.estimate([{"stage": "certify", "options": {**base, "sequential": True, "radii": [0.5],
+                                                          "sequential_rule": "cs", "futility": "upper"}}])
+    assert bad["rc"] == 2 and "--futility does not apply with --sequential-rule cs" in bad["error"]
