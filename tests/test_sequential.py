@@ -37,7 +37,7 @@ def test_bounds_match_roots_of_the_mixture_and_round_outward():
     for s, t in ((0, 10), (3, 10), (10, 10), (950, 1000), (999, 1000), (1000, 1000), (99_990, 100_000)):
         lo, up = confidence_sequence(s, t, alpha)
 
-        def g(p):
+        def g(p, s=s, t=t):
             return float(log_mixture_ratio(s, t, p)) - math.log(1 / alpha)
 
         if s > 0:
