@@ -259,11 +259,13 @@ def summarize(demo: Demo, a, seq_label: str):
           f"(ISS saves more at the usual N=100,000: benchmarks/bench_iss.py)")
     print(f"sequential at the fixed radii {', '.join(f'{r:g}' for r in RADII[1:])}: {passes[seq_label]:.0f} forward "
           f"passes per input, capped at N0 + N = {100 + n} (benchmarks/bench_sequential.py)")
-    print(f"\nplots: {a.out}/certified_accuracy.png (.pdf); tables: {a.out}/table.md/.tex/.csv; report: {a.out}/report.md")
+    print(f"\nplots: {a.out}/certified_accuracy.png (.pdf); tables: {a.out}/table.md/.tex/.csv; "
+          f"report: {a.out}/report.md")
 
 
 def sequential_stage(demo: Demo, a, common):
-    """Sequential NP at the demo's radii: stop each digit once every radius is decided (anytime-valid, α)."""
+    """Sequential NP at the demo's radii: stop each digit once every radius is decided (certify.py's default rule:
+    the calibrated group-sequential test, valid at α; futility 'projected' at γ = 0.001)."""
     label = f"Sequential σ={a.sigma} cap N={a.N}"
     log = demo.path("sequential.tsv")
     demo.run("certify", [*common, "--N0", 100, "--N", a.N, "--sequential", "--radii", *RADII[1:], "--out", log,
@@ -287,7 +289,8 @@ def denoised_smoothing(demo: Demo, a):
     n_den = max(100, n // 10)  # DRUNet forward passes cost ~20 LeNet ones
     common = ["--model", clean, "--sigma", s, "--max", a.digits, "--batch", n_den, "--N0", 50, "--N", n_den]
     for label, extra in ((f"clean LeNet σ={s} N={n_den}", []),
-                         (f"clean LeNet + DRUNet σ={s} N={n_den}", ["--denoiser", os.path.join(den_dir, "denoiser.pth")])):
+                         (f"clean LeNet + DRUNet σ={s} N={n_den}",
+                          ["--denoiser", os.path.join(den_dir, "denoiser.pth")])):
         counts = demo.path(f"counts_{'den' if extra else 'clean'}.csv")
         demo.run("sample", [*common, *extra, "--out", counts])
         demo.certify(counts, "np", label)
