@@ -17,6 +17,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
+from certifynet.bounds import check_run_sizes
 from certifynet.certify.outcome import UNKNOWN_LABEL
 from certifynet.errors import CertifyNetError, check_alpha, check_sample_sizes, check_seed, check_sigma, flag, refuse
 from certifynet.paths import default_path
@@ -179,6 +180,7 @@ class SamplingConfig:
                 self._check_class_selection(given)
         self._check_image(given)
         self.check_sequential_and_estimate(mode)
+        check_run_sizes(self)  # sizes that can never fit (bounds.py), before anything is loaded
 
     def _check_choices(self) -> None:
         for name, choices in CHOICES.items():
