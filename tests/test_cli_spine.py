@@ -13,6 +13,7 @@ from certifynet.errors import CertifyNetError
 from certifynet.models import get_architecture
 from certifynet.records import read_rows
 from certifynet.sampling import SamplingConfig, Smooth
+
 from helpers import untrained_lenet
 
 SMALL = ["--sigma", "0.25", "--N0", "10", "--N", "60", "--batch", "30", "--max", "3"]
@@ -135,7 +136,8 @@ OTHER = {"counts": "c.csv", "method": "dsrs", "model": "m.pth", "arch": "lenet",
          "N0": 13, "q_dist": "rescaled", "q_percentile": "0.9", "q_sigma": 0.2, "iss": "relative",
          "iss_decline": 0.1, "iss_n0": 17, "device": "cpu", "amp": True, "optimize": False, "channels_last": False,
          "progress": False, "inputs_per_batch": 3, "cuda_graph": True, "label": "my run", "sequential": True,
-         "radii": [0.25, 0.5], "out": "o.tsv"}
+         "radii": [0.25, 0.5], "sequential_rule": "cs", "futility": "upper", "futility_level": 0.05, "estimate": True,
+         "time_limit": "04:00:00", "out": "o.tsv"}
 
 
 def _parsed(argv):
