@@ -2,11 +2,11 @@
 
 Each runs the command's `main` in-process and checks the contract: exit 2 with one line `error: ...` holding the
 expected fragment (or exit 0 where the input is valid), no traceback, no "unexpected", and nothing written where
-the command was refused. Failures whose fix is another helper's are xfail(strict=True) until that fix lands.
+the command was refused. Some were fixed by h-guard's branch (quickstart's up-front checks, the attack's m × batch
+against memory, checkpoint headers): their tests here are the fuzzer's record of them.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -20,9 +20,6 @@ from fuzz_workspace import CKPT_EDITS
 
 from helpers import untrained_lenet
 
-# The fixes of the failures marked xfail are h-guard's (issue #25 items 2 and 3): strict xfail until its output guard
-# (certifynet.records.guard) has landed, a plain test after. Checked with h-guard's tree: all of them pass there.
-GUARD_LANDED = importlib.util.find_spec("certifynet.records.guard") is not None
 SMALL = ["--sigma", "0.25", "--N0", "4", "--N", "16", "--batch", "16", "--max", "1", "--no-progress"]
 
 
@@ -201,7 +198,6 @@ def test_checkpoint_metadata_of_the_wrong_type_is_one_line(ws, tmp_path, capsys,
     assert not (tmp_path / "c.csv").exists()
 
 
-@pytest.mark.xfail(not GUARD_LANDED, strict=True, reason="h-guard: quickstart checks every flag before its first stage")
 @pytest.mark.parametrize("argv, fragment", [
     (["--N", "20"], "--N"),            # fuzz: refused by the sample stage (--N0 100 > N) after training
     (["--N", "199"], "--N"),           # the DSRS stage samples N/2 < N0 = 100
@@ -303,7 +299,6 @@ def test_attack_with_more_steps_than_int64(ws, tmp_path, capsys, monkeypatch):
     assert float(steps[0][1].max()) == pytest.approx(2 * 0.5 / 1e30, rel=1e-6)
 
 
-@pytest.mark.xfail(not GUARD_LANDED, strict=True, reason="h-guard: the attack's m × batch checked against memory")
 @pytest.mark.parametrize("m", ["2147483648", "18446744073709551616"])
 def test_attack_m_beyond_memory_is_refused(ws, tmp_path, capsys, m):
     """fuzz: attack.py --m 2^31 asked torch for 6.7 TB ("unexpected RuntimeError"); --m 2^64 ended in an
