@@ -320,3 +320,24 @@ def test_resume_from_a_checkpoint_with_bad_metadata_is_one_line(ws, tmp_path, ca
                                     "--resume", tmp_path / "bad.pth", "--outdir", tmp_path / "run"], capsys)
     assert_refused(rc, err, "bad.pth")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("flag, value, fragment", [
+    ("--seed", str(10 ** 30), "--seed must be in [-2^63, 2^64 - 1]"),   # fuzz (slow): ValueError from manual_seed
+    ("--seed", str(2 ** 64), "--seed must be in [-2^63, 2^64 - 1]"),
+    ("--seed", str(-2 ** 63 - 1), "--seed must be in [-2^63, 2^64 - 1]"),
+    ("--batch", str(2 ** 64), "--batch 18,446,744,073,709,551,616 of mnist5k images needs at least"),  # islice
+])
+def test_train_values_beyond_torch_are_refused(ws, tmp_path, capsys, flag, value, fragment):
+    from certifynet.cli import train
+    rc, err = run(train, [*TRAIN, "--data-dir", ws / "data", flag, value, "--outdir", tmp_path / "run"], capsys)
+    assert_refused(rc, err, fragment)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("seed", [-2 ** 63, -1, 2 ** 64 - 1])
+def test_train_seeds_torch_takes_are_accepted(seed):
+    """The control: every seed torch.manual_seed takes (negative ones included) is still a valid run."""
+    from certifynet.training.config import TrainConfig, prepare_config
+    cfg = TrainConfig(dataset="mnist5k", arch="lenet", sigma=0.25, seed=seed, dry_run=True)
+    assert prepare_config(cfg).seed == seed
