@@ -132,7 +132,9 @@ class Fuzzer:
         real = expand(argv, self.w, s)
         long_ok = long_request(real, parser_options(parser_of(script)))
         cap = LONG_CAP_S if long_ok else TIME_CAP_S
-        env = {"CERTIFYNET_ROOT": str(s), "CERTIFYNET_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        # CERTIFYNET_MEMORY_BYTES: the memory the commands' size checks count with is the fuzzer's RLIMIT_AS room
+        env = {"CERTIFYNET_ROOT": str(s), "CERTIFYNET_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+               "CERTIFYNET_MEMORY_BYTES": str(MEMORY_ROOM)}
         if as_process:
             outcome = run_subprocess(script, real, s, env, cap, long_ok, self.memory)
         else:

@@ -8,6 +8,7 @@ against memory, checkpoint headers): their tests here are the fuzzer's record of
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 
@@ -341,3 +342,15 @@ def test_train_seeds_torch_takes_are_accepted(seed):
     from certifynet.training.config import TrainConfig, prepare_config
     cfg = TrainConfig(dataset="mnist5k", arch="lenet", sigma=0.25, seed=seed, dry_run=True)
     assert prepare_config(cfg).seed == seed
+
+
+# ---------------------------------------------------------------- analyze.py --hp-rho
+def test_hp_rho_below_one_over_dbl_max(ws, tmp_path, capsys):
+    """fuzz (slow): analyze.py LOG --out DIR --hp-rho 5e-324 ended in "unexpected ValueError: Axis limits cannot be
+    NaN or Inf": ln(1/ρ) was computed as log(inf). ρ is valid; the margin ln(1/ρ) = -ln ρ ≈ 744 is finite."""
+    from certifynet.analysis.metrics import hp_correction
+    assert hp_correction(0.001, 5e-324, 100) == pytest.approx(0.001 + (0.001 * 0.999 * 744.44 / 100) ** 0.5
+                                                              + 744.44 / 300, rel=1e-4)
+    assert hp_correction(0.001, 0.05, 100) == 0.001 + (0.001 * 0.999 * math.log(20) / 100) ** 0.5 + math.log(20) / 300
+    rc, err = run(analyze, [ws / "c.np.tsv", "--out", tmp_path / "an", "--hp-rho", "5e-324"], capsys)
+    assert rc == 0 and not [ln for ln in err if ln.startswith("error:")], err
