@@ -354,3 +354,34 @@ def test_hp_rho_below_one_over_dbl_max(ws, tmp_path, capsys):
     assert hp_correction(0.001, 0.05, 100) == 0.001 + (0.001 * 0.999 * math.log(20) / 100) ** 0.5 + math.log(20) / 300
     rc, err = run(analyze, [ws / "c.np.tsv", "--out", tmp_path / "an", "--hp-rho", "5e-324"], capsys)
     assert rc == 0 and not [ln for ln in err if ln.startswith("error:")], err
+
+
+def test_run_shards_runs_at_most_cores_shards_at_once_by_default(tmp_path, monkeypatch):
+    """Seen while fuzzing (another probe's `run_shards.py --shards 100000 -- certify.py ...`): without --jobs every
+    shard started at once, 100,000 processes (load average ~200 on 2 cores). By default at most the CPU cores run
+    at once now; --jobs still sets any number."""
+    import concurrent.futures
+
+    from certifynet.cli import run_shards
+    pools = []
+
+    class Pool(concurrent.futures.ThreadPoolExecutor):
+        def __init__(self, max_workers):
+            pools.append(max_workers)
+            super().__init__(max_workers=max_workers)
+
+    class Proc:
+        def __init__(self, cmd, **kwargs):
+            pass
+
+        def wait(self):
+            return 0
+
+    monkeypatch.setattr(run_shards.concurrent.futures, "ThreadPoolExecutor", Pool)
+    monkeypatch.setattr(run_shards.subprocess, "Popen", Proc)
+    monkeypatch.setattr(run_shards.os, "cpu_count", lambda: 2)
+    codes = run_shards.run_all(["x.py", "--out", str(tmp_path / "o.tsv")], 50, None, None, str(tmp_path), 1,
+                               say=lambda s: None)
+    assert codes == {i: 0 for i in range(50)} and pools == [2]
+    run_shards.run_all(["x.py", "--out", str(tmp_path / "p.tsv")], 5, 4, None, str(tmp_path), 1, say=lambda s: None)
+    assert pools == [2, 4]

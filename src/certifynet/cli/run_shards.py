@@ -38,7 +38,7 @@ def build_parser():
     p = CliParser(prog="run_shards.py", description=__doc__, usage="%(prog)s [options] -- SCRIPT ARGS...",
                   formatter_class=HelpFormatter)
     p.add_argument("--shards", type=int, required=True, metavar="N", help="number of shards")
-    p.add_argument("--jobs", type=int, metavar="J", help="shards run at once (default N)")
+    p.add_argument("--jobs", type=int, metavar="J", help="shards run at once (default: N, at most the CPU cores)")
     p.add_argument("--only", type=int, nargs="+", metavar="I", help="run only these shard numbers")
     p.add_argument("--threads", type=int, metavar="T", help="OMP_NUM_THREADS of each shard (default cores/J)")
     p.add_argument("--logs", metavar="DIR", help="folder of the per-shard logs (default: beside the outputs, or "
@@ -141,7 +141,7 @@ def run_all(cmd, n, jobs, only, logs_dir, threads, say=print):
     returns {shard: exit code}. On KeyboardInterrupt the running shards are terminated and waited for, and
     none is started after it."""
     todo = sorted(set(only)) if only else range(n)  # a range: --shards may be huge (each shard is a process)
-    jobs = max(1, min(jobs or n, len(todo)))
+    jobs = max(1, min(jobs or os.cpu_count() or 1, len(todo)))  # by default not more processes than cores
     env = _env(threads, jobs)
     running, lock, stopping = {}, threading.Lock(), threading.Event()
 
