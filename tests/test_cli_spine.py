@@ -135,7 +135,11 @@ OTHER = {"counts": "c.csv", "method": "dsrs", "model": "m.pth", "arch": "lenet",
          "N0": 13, "q_dist": "rescaled", "q_percentile": "0.9", "q_sigma": 0.2, "iss": "relative",
          "iss_decline": 0.1, "iss_n0": 17, "device": "cpu", "amp": True, "optimize": False, "channels_last": False,
          "progress": False, "inputs_per_batch": 3, "cuda_graph": True, "label": "my run", "sequential": True,
-         "radii": [0.25, 0.5], "out": "o.tsv"}
+         "radii": [0.25, 0.5], "out": "o.tsv",
+         "diffusion_input_range": "0,1", "diffusion_prediction": "sample", "diffusion_schedule": "cosine:4000",
+         "diffusion_t_rule": "nearest", "diffusion_timestep_rescale": 0.25, "diffusion_continuous": True,
+         "diffusion_resolution": 32, "diffusion_steps": 3, "diffusion_no_clip": True, "openai_heads": 4,
+         "openai_head_channels": 64, "qkv_order": "new"}
 
 
 def _parsed(argv):

@@ -30,11 +30,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from certifynet.denoise.diffusion.options import INPUT_RANGES, PREDICTION_TYPES
 from certifynet.denoise.diffusion.schedule import Schedule, TStar, choose_t, step_times
 from certifynet.errors import CertifyNetError
 
-PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
-INPUT_RANGES = {"-1,1": (2.0, -1.0), "0,1": (1.0, 0.0)}   # name → (a, b): model input a·x + b
 # K-step noise ξ: input idx's stream s draws from (seed, idx, DIFFUSION_STREAM_OFFSET + s), apart from δ's streams.
 DIFFUSION_STREAM_OFFSET = 100
 
