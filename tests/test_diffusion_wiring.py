@@ -14,10 +14,10 @@ from certifynet.cli import certify as certify_cli
 from certifynet.cli import predict as predict_cli
 from certifynet.cli import sample as sample_cli
 from certifynet.records import read_meta, read_rows
-
-from helpers import ROOT, untrained_lenet
 from test_diffusion import _scheduler, save_layout, tiny_unet
 from test_diffusion_openai import CASES, openai_unet
+
+from helpers import ROOT, untrained_lenet
 
 DATA = ["--data-dir", str(ROOT / "data"), "--no-progress"]
 SMALL = ["--sigma", "0.5", "--max", "2", "--N0", "10", "--N", "50", "--batch", "50", *DATA]
@@ -133,6 +133,8 @@ def test_diffusion_flags_are_refused_where_they_do_not_apply(tmp_path, lenet, fl
              f"--qkv-order does not apply to --denoiser '{drunet}', which is not a diffusion model")
     _refused(sample_cli.main, [*base, "--denoiser", flat, "--diffusion-steps", "2", "--inputs-per-batch", "2"], capsys,
              "--diffusion-steps > 1 does not combine with --inputs-per-batch > 1")
+    _refused(sample_cli.main, [*base, "--denoiser", flat, "--diffusion-steps", "3", "--cuda-graph"], capsys,
+             "--diffusion-steps > 1 does not combine with --cuda-graph")
     _refused(sample_cli.main, [*base, "--denoiser", flat, "--diffusion-schedule", "cosine:x"], capsys,
              "--diffusion-schedule")
     assert not os.path.exists(out)

@@ -198,7 +198,8 @@ class SamplingConfig:
         """The diffusion flags: valid values, and only with a diffusion {denoiser} (a folder, or a weight file with
         an OpenAI UNet's keys). K-step denoising (diffusion_steps > 1) draws its noise ξ from one input's stream,
         so it does not combine with inputs_per_batch > 1, whose shared passes would make rows depend on the
-        grouping (sound either way: ξ never depends on δ)."""
+        grouping, nor with cuda_graph, whose capture would draw from the first input's stream (sound either way:
+        ξ never depends on δ)."""
         self.diffusion_options()
         used = [n for n in DIFFUSION_FIELDS if n in given]
         if not used:
@@ -213,6 +214,9 @@ class SamplingConfig:
         if self.diffusion_steps > 1 and self.inputs_per_batch > 1:
             raise CertifyNetError("{diffusion_steps} > 1 does not combine with {inputs_per_batch} > 1 (K-step noise is "
                                   "drawn per input)", "diffusion_steps", "inputs_per_batch")
+        if self.diffusion_steps > 1 and self.cuda_graph:   # its capture and probe would draw the first input's ξ
+            raise CertifyNetError("{diffusion_steps} > 1 does not combine with {cuda_graph} (K-step noise is drawn "
+                                  "afresh per call)", "diffusion_steps", "cuda_graph")
 
     def _check_choices(self) -> None:
         for name, choices in CHOICES.items():

@@ -1,8 +1,9 @@
 """The models page's catalogue: checkpoints found under the model folders, described once and cached.
 
 A file is described by `load_checkpoint` (weights_only, the CLI's one loader) or, failing that, by
-`load_denoiser`; a diffusion model (a diffusers folder, or an OpenAI `.pt`) by `load_diffusion_denoiser`; the description (arch, dataset, training σ and k, parameter count, SHA-256, source layout)
-is cached per (path, size, mtime), so listing the page costs a directory walk, not a hash or a load.
+`load_denoiser`; a diffusion model (a diffusers folder, or an OpenAI `.pt`) by `load_diffusion_denoiser`; the
+description (arch, dataset, training σ and k, parameter count, SHA-256, source layout) is cached per (path, size,
+mtime), so listing the page costs a directory walk, not a hash or a load.
 """
 from __future__ import annotations
 

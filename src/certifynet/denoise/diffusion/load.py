@@ -13,7 +13,13 @@ import os
 import torch
 
 from certifynet.denoise.diffusion.denoiser import DiffusionDenoiser
-from certifynet.denoise.diffusion.folders import find_layout, load_diffusers_folder, read_json, read_weights, weights_path
+from certifynet.denoise.diffusion.folders import (
+    find_layout,
+    load_diffusers_folder,
+    read_json,
+    read_weights,
+    weights_path,
+)
 from certifynet.denoise.diffusion.openai import convert_openai, is_openai_state_dict
 from certifynet.denoise.diffusion.options import DiffusionOptions
 from certifynet.denoise.diffusion.schedule import parse_schedule, schedule_from_config
