@@ -158,6 +158,7 @@ def test_audit_within_R_is_sound(np_log, audits, capsys):
     summary, rows = audits["R"]
     certified = [r for r in read_rows(np_log)[1] if int(r["predict"]) >= 0 and float(r["radius"]) > 0]
     assert summary["attacked"] == len(certified) == len(rows) >= 25
+    assert summary["rows"] == len(read_rows(np_log)[1])  # n of the test: every row of the log, certified or not
     assert not summary["flagged"] and summary["allowed"] == 2 * ALPHA, summary
     assert all(float(r["adv_norm"]) <= float(r["radius"]) for r in rows)
     assert all(int(r["violation"]) == int(int(r["predict"]) not in (int(r["certified"]), -1)) for r in rows)
@@ -176,7 +177,8 @@ def test_attack_at_2R_moves_clearly_more_inputs(audits):
 def test_broken_certificate_is_flagged(audits):
     summary, _ = audits["2R"]
     assert summary["flagged"] and summary["violations"] >= 3, summary
-    s = AuditSummary(**{k: summary[k] for k in ("attacked", "violations", "alpha_cert", "alpha_predict", "level")})
+    s = AuditSummary(**{k: summary[k] for k in ("attacked", "violations", "alpha_cert", "alpha_predict", "level",
+                                                "rows")})
     assert "CERTIFICATES VIOLATED" in s.report()
 
 
@@ -285,10 +287,13 @@ def test_curve_and_certified_vs_empirical_plot(lenet, np_log, tmp_path, capsys):
 
 
 def test_summary_verdict_math():
-    s = AuditSummary(attacked=200, violations=0, alpha_cert=0.001, alpha_predict=0.001, level=0.01)
+    s = AuditSummary(attacked=200, violations=0, alpha_cert=0.001, alpha_predict=0.001, level=0.01, rows=200)
     assert not s.flagged and s.p_value == 1.0 and 0.02 < s.upper < 0.025  # 1 − 0.01^(1/200) ≈ 0.0228
-    s = AuditSummary(attacked=200, violations=3, alpha_cert=0.001, alpha_predict=0.001, level=0.01)
+    s = AuditSummary(attacked=200, violations=3, alpha_cert=0.001, alpha_predict=0.001, level=0.01, rows=200)
     assert s.flagged and s.p_value == pytest.approx(binom.sf(2, 200, 0.002))
+    # n is every audited row: the same 3 violations among 200 certified of 2,000 rows are within α_c + α_p
+    s = AuditSummary(attacked=200, violations=3, alpha_cert=0.001, alpha_predict=0.001, level=0.01, rows=2000)
+    assert not s.flagged and s.p_value == pytest.approx(binom.sf(2, 2000, 0.002))
 
 
 # ---------------------------------------------------------------- SmoothAdv training on the same attack

@@ -192,14 +192,15 @@ def test_validate_names_arguments_as_fields():
     SamplingConfig(model="m.pth", sigma=0.25, q_dist="truncated", q_percentile="0.5").validate("sample")
 
 
-# The web job's commands, as they were before the configuration existed (web.forms at 3c110dd).
+# The web job's commands: those before the configuration existed (web.forms at 3c110dd), but for the file names
+# (one log per method: a job may certify several) and analyze.py's --label.
 WEB_CASES = [
     ({"method": "np", "sigma": "0.25", "N0": "10", "N": "100", "batch": "100"}, ("gallery", {"idx": 2}), "data",
      {"sample": ["--model", "models/lenet.pth", "--dataset", "mnist5k", "--start", "2", "--max", "1", "--sigma",
                  "0.25", "--N", "100", "--alpha", "0.001", "--batch", "100", "--seed", "0", "--N0", "10", "--out",
                  "results/web/J/counts.csv"],
       "certify": ["--counts", "results/web/J/counts.csv", "--method", "np", "--alpha", "0.001", "--out",
-                  "results/web/J/certify.tsv"]}),
+                  "results/web/J/np.tsv"]}),
     ({"method": "dsrs", "sigma": "0.5", "k": "380", "N": "200", "alpha": "0.01", "q_dist": "rescaled",
       "q_sigma": "0.4", "seed": "3"}, ("batch", {"count": 4}), "/abs/data",
      {"sample": ["--model", "models/lenet.pth", "--dataset", "mnist5k", "--denoiser", "models/den.pth",
@@ -207,16 +208,16 @@ WEB_CASES = [
                  "0.01", "--batch", "1000", "--seed", "3", "--N0", "100", "--q-dist", "rescaled", "--q-sigma", "0.4",
                  "--out", "results/web/J/counts.csv"],
       "certify": ["--counts", "results/web/J/counts.csv", "--method", "dsrs", "--alpha", "0.01", "--out",
-                  "results/web/J/certify.tsv"],
-      "analyze": ["results/web/J/certify.tsv", "--out", "results/web/J/analysis"]}),
+                  "results/web/J/dsrs.tsv"],
+      "analyze": ["results/web/J/dsrs.tsv", "--label", "DSRS", "--out", "results/web/J/analysis"]}),
     ({"method": "iss-dsrs", "sigma": "0.25", "N0": "10", "N": "100", "q_dist": "truncated", "q_percentile": "0.9",
       "select": "label"}, ("upload", {"label": 3, "suffix": ".png"}), "data",
      {"sample": ["--model", "models/lenet.pth", "--dataset", "mnist5k", "--image", "results/web/J/input.png",
                  "--image-label", "3", "--sigma", "0.25", "--N", "100", "--alpha", "0.001", "--batch", "1000",
                  "--seed", "0", "--select", "label", "--q-dist", "truncated", "--q-percentile", "0.9", "--iss",
-                 "absolute", "--iss-decline", "0.05", "--iss-n0", "100", "--out", "results/web/J/counts.csv"],
-      "certify": ["--counts", "results/web/J/counts.csv", "--method", "iss-dsrs", "--alpha", "0.001", "--out",
-                  "results/web/J/certify.tsv"]}),
+                 "absolute", "--iss-decline", "0.05", "--iss-n0", "100", "--out", "results/web/J/counts-iss.csv"],
+      "certify": ["--counts", "results/web/J/counts-iss.csv", "--method", "iss-dsrs", "--alpha", "0.001", "--out",
+                  "results/web/J/iss-dsrs.tsv"]}),
 ]
 
 
@@ -224,21 +225,26 @@ WEB_CASES = [
 def test_web_job_stages_and_commands(form, choice, data_dir, want):
     """The web form → one configuration per stage: its commands are today's, and the stored stage options are
     the configuration the CLI parses from those commands (what the worker runs is what the page shows)."""
+    from types import SimpleNamespace
+
     from certifynet.cli import analyze as analyze_cli
     from certifynet.cli import parse
-    from certifynet.web import forms
+    from certifynet.web import forms, plan
     settings = forms.parse_settings(form, 784)
     pick = forms.InputChoice(choice[0], "mnist5k", **choice[1])
-    denoiser = "models/den.pth" if choice[0] == "batch" else None
-    args = ("models/lenet.pth", denoiser, settings, pick, "results/web/J", data_dir)
-    argv, stages = forms.cli_argv(*args), forms.job_stages(*args)
-    assert argv == want and list(stages) == list(want)
-    for stage, cli in (("sample", sample_cli), ("certify", certify_cli)):
-        stored = SamplingConfig.from_explicit(stages[stage]["options"])
-        assert stored == SamplingConfig.from_namespace(parse(cli.build_parser(), argv[stage])), stage
+    denoiser = SimpleNamespace(path="models/den.pth") if choice[0] == "batch" else None
+    model = SimpleNamespace(path="models/lenet.pth", arch="lenet", arch_given=False)
+    source = forms.input_source(model, denoiser, pick, "results/web/J", data_dir)
+    stages, _ = plan.build_stages(source, settings, "results/web/J", pick.kind == "batch")
+    argv = {s["stage"]: plan.stage_argv(s) for s in stages}
+    assert argv == want and [s["stage"] for s in stages] == list(want)
+    assert [a[0] for a in plan.commands(stages)] == [f"certifynet-{s}" for s in want]
+    for stage, cli in zip(stages, (sample_cli, certify_cli)):
+        stored = SamplingConfig.from_explicit(stage["options"])
+        assert stored == SamplingConfig.from_namespace(parse(cli.build_parser(), argv[stage["stage"]])), stage
     if "analyze" in want:
         parsed = analyze_cli.build_parser().parse_args(argv["analyze"])
-        assert (parsed.logs, parsed.out) == (stages["analyze"]["logs"], stages["analyze"]["out"])
+        assert (parsed.logs, parsed.label, parsed.out) == (stages[-1]["logs"], stages[-1]["labels"], stages[-1]["out"])
     assert json.loads(json.dumps(stages)) == stages
 
 

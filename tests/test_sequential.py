@@ -36,13 +36,14 @@ def test_bounds_match_roots_of_the_mixture_and_round_outward():
 
         if s > 0:
             root = brentq(g, 1e-300, s / t, xtol=1e-300, rtol=1e-15)
-            assert lo <= root and root - lo < 1e-12 * max(1.0, 1 - root) + 1e-15, (s, t, lo, root)
+            # within 1e-11: the margin on betaln's rounding (sequential.mixture_margin) moves the end by < 1e-11
+            assert lo <= root and root - lo < 1e-11 * max(1.0, 1 - root) + 1e-15, (s, t, lo, root)
             assert g(lo) >= 0  # the reported end lies outside the confidence set
         else:
             assert lo == 0.0
         if s < t:
             root = brentq(g, s / t, 1 - 1e-16, xtol=1e-300, rtol=1e-15)
-            assert up >= root and up - root < 1e-12, (s, t, up, root)
+            assert up >= root and up - root < 1e-11, (s, t, up, root)
         else:
             assert up == 1.0
     # all hits: closed form L = exp((ln B(a+t, b) − ln B(a, b) + ln α)/t)

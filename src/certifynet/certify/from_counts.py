@@ -7,13 +7,13 @@ Methods (`certify.methods`):
 - `iss-np`: the same on the fresh ISS draws (the pilot only chose ĉ_A and n; it is never reused).
 - `dsrs` / `iss-dsrs`: two-sided CP intervals for P and Q at α/2 each; R = max(NP from P, DSRS).
   Rows where heuristic x+ re-sampled P instead of Q (`q_kind == 'P'`) pool both P runs: NP on
-  (count + count_q)/(n + n_q) at α.
+  (count + count_q)/(n + n_q) at α/4 (`certify.dsrs.pooled_np_alpha`: x+ is then sound at α overall).
 """
 from __future__ import annotations
 
 import math
 
-from certifynet.certify.dsrs import dsrs_intervals, dsrs_radius, generalized_np_radius
+from certifynet.certify.dsrs import dsrs_intervals, dsrs_radius, generalized_np_radius, pooled_np_alpha
 from certifynet.certify.methods import COUNTS_METHODS, counts_kind
 from certifynet.certify.methods import METHODS as METHOD_TABLE
 from certifynet.certify.neyman_pearson import cp_lower
@@ -59,12 +59,12 @@ def _int(row: dict, key: str) -> int:
 
 def _dsrs_bound(row: dict, meta: dict, alpha: float, out: dict) -> tuple[float, float]:
     """(p̲_A, R) of DSRS: CP intervals for P and Q at α/2 each (their ends go into `out`); a row whose Q draws
-    were replaced by P draws (heuristic x+, q_kind 'P') pools both P runs into NP at α."""
+    were replaced by P draws (heuristic x+, q_kind 'P') pools both P runs into NP at α/4 (`pooled_np_alpha`)."""
     n, count, n_q, count_q = _int(row, "n"), _int(row, "count"), _int(row, "n_q"), _int(row, "count_q")
     if "n_q" not in row or n_q <= 0:
         raise CertifyNetError("{method} dsrs needs a counts file with Q counts (sample.py --q-dist ...)", "method")
     if row.get("q_kind") == "P":  # heuristic x+: all P draws hit; pool the two P runs
-        p_low = cp_lower(count + count_q, n + n_q, alpha)
+        p_low = cp_lower(count + count_q, n + n_q, pooled_np_alpha(alpha))
         return p_low, (_np_radius_for(p_low, meta) if p_low >= 0.5 else 0.0)
     p_low, p_up, q_low, q_up = dsrs_intervals(count, n, count_q, n_q, alpha)
     q_param = float(row["q_param"]) if row.get("q_param") not in (None, "") else float(meta["q_param"])

@@ -2,7 +2,9 @@
 
 `read_counts` = not being written (`lock.writer_active`) + a valid sidecar (`validate_counts_meta`) +
 matching columns + no incomplete row + every row valid against its sidecar (`validate_counts_rows`,
-including the `check` digest that binds each row to the sidecar's settings). Certifying a row is
+including the digests of `records.integrity`: settings, each row's `check`, and the completion record that
+fixes the rows and their order). A file without digests is refused; an incomplete one (no completion record,
+a shard, a merge with missing inputs) is read with a warning. Certifying a row is
 `certify.from_counts.certify_row` (pure math).
 """
 from __future__ import annotations
@@ -11,10 +13,11 @@ import math
 import os
 
 from certifynet.certify.dsrs.family import check_k
-from certifynet.errors import SIGMA_MAX, CertifyNetError
+from certifynet.errors import SIGMA_MAX, CertifyNetError, warn
+from certifynet.records.integrity import CHECK_COLUMN, check_completion, file_digester, verify_row, verify_settings
 from certifynet.records.lock import writer_active
 from certifynet.records.rowlog import read_rows
-from certifynet.records.sidecar import CHECK_COLUMN, read_meta, row_check, verify_settings
+from certifynet.records.sidecar import read_meta
 
 _WANT = {"int": "an integer", "num": "a finite number", "opt_str": "a string or null"}
 
@@ -114,29 +117,26 @@ def _check_q_and_pilot(r: dict, lineno: int, n: int, meta: dict, where: str) -> 
             _row_int(r, "pilot_count_q", lineno, where, 0, _row_int(r, "pilot_n_q", lineno, where, 0))
 
 
-def validate_counts_rows(header: list[str], rows: list[dict], meta: dict, where: str) -> None:
+def validate_counts_rows(header: list[str], rows: list[dict], meta: dict, where: str) -> str | None:
     """Every row against its sidecar: integer fields, 0 ≤ count ≤ n, n = N (≤ N under ISS), n0 = N0, the Q and
-    pilot counts alike, and the `check` digest that binds the row to the sidecar's settings."""
-    settings = verify_settings(meta, f"sidecar '{where}.meta.json'")
-    has_check = CHECK_COLUMN in header
-    if settings and not has_check:
+    pilot counts alike, the `check` digest that binds the row to the sidecar's settings, then the completion
+    record over all rows in order. Returns the warning for an incomplete file (`integrity.check_completion`)."""
+    sidecar = f"sidecar '{where}.meta.json'"
+    digester = file_digester(meta, sidecar)  # no digests, or the wrong key: refused
+    settings = verify_settings(meta, sidecar, digester)
+    if CHECK_COLUMN not in header:
         raise CertifyNetError(f"'{where}' lacks its '{CHECK_COLUMN}' column (the sidecar records a digest)")
-    if has_check and not settings:
-        raise CertifyNetError(f"sidecar '{where}.meta.json' lacks the digest its rows are checked against "
-                              f"(was its 'integrity' entry removed?)")
     for lineno, r in enumerate(rows, start=2):
         n = _check_p_counts(r, lineno, meta, where)
         _check_q_and_pilot(r, lineno, n, meta, where)
-        if has_check and settings:
-            values = [r[c] for c in header if c != CHECK_COLUMN]
-            if r[CHECK_COLUMN] != row_check(settings, values):
-                raise CertifyNetError(f"{where} line {lineno} (idx {r['idx']}) was edited after sampling: its "
-                                      f"'{CHECK_COLUMN}' digest does not match its values and the sidecar's settings")
+        verify_row(r, header, settings, f"{where} line {lineno} (idx {r['idx']})", digester)
+    return check_completion(meta, [r[CHECK_COLUMN] for r in rows], where, digester)
 
 
 def read_counts(path: str) -> tuple[dict, list[str], list[dict]]:
     """(sidecar, header, rows) of a counts file, refused with a one-line error unless every check passes:
-    not being written, a valid sidecar, matching columns, no incomplete row, every row valid (see above)."""
+    not being written, a valid sidecar, matching columns, no incomplete row, every row valid and the digests
+    matching (see above). An incomplete file is read with a warning that says so."""
     if not os.path.isfile(path):
         raise CertifyNetError(f"counts file '{path}' not found")
     holder = writer_active(path)
@@ -149,5 +149,7 @@ def read_counts(path: str) -> tuple[dict, list[str], list[dict]]:
     header, rows = read_rows(path, sep=",")
     if meta["columns"] != header:
         raise CertifyNetError(f"'{path}' does not match its sidecar (columns differ); was it edited?")
-    validate_counts_rows(header, rows, meta, path)
+    incomplete = validate_counts_rows(header, rows, meta, path)
+    if incomplete:
+        warn(incomplete)
     return meta, header, rows

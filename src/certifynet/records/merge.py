@@ -6,6 +6,8 @@ The expected index set is rebuilt from each input's sidecar: the full (unsharded
 stored. Missing indices are an error unless `allow_missing`: nothing is written and the inputs are never
 touched, so rerunning the failed shard (it resumes) and merging again loses nothing. Duplicate rows that
 agree on every column but `time` are dropped with a warning; conflicting duplicates are an error.
+Counts files (inputs with digests, `records.integrity`) are verified first (settings, row checks, each
+shard's completion record), and the merged file gets its own completion record over its rows.
 """
 from __future__ import annotations
 
@@ -22,13 +24,14 @@ from certifynet.errors import CertifyNetError
 from certifynet.errors import warn as _warn
 from certifynet.paths import check_output_file
 from certifynet.records.files import atomic_write
+from certifynet.records.integrity import CHECK_COLUMN, completion_record, file_digester, verify_counts_digests
 from certifynet.records.lock import writer_active
 from certifynet.records.rowlog import read_rows
 from certifynet.records.selection import select_indices
 from certifynet.records.sidecar import VOLATILE_META, meta_conflict, meta_path, read_meta
 
 # Also ignored when comparing inputs: bookkeeping of earlier merges (so merged files can be merged again).
-MERGE_IGNORE = VOLATILE_META | {"merged_from", "missing"}
+MERGE_IGNORE = VOLATILE_META | {"merged_from", "missing", "complete"}
 # Columns that may differ between two computations of the same row.
 TIMING_COLUMNS = {"time"}
 # Receives each warning: a message, or a CertifyNetError whose fields name arguments (default: errors.warn).
@@ -153,7 +156,7 @@ def merge_files(out: str, inputs, allow_missing: bool = False, force: bool = Fal
                               "or choose another OUT", "force")
     sep = _sniff_sep(paths[0])
     report = MergeReport(out, paths)
-    header, by_idx, file_idx = _collect_rows(paths, sep, report, warn)
+    header, by_idx, file_idx = _collect_rows(paths, sep, report, warn, metas)
     expected = _check_coverage(paths, metas, file_idx, set(by_idx), report, warn)
     if report.missing and not allow_missing:
         raise CertifyNetError(f"{len(report.missing)} of {len(expected)} inputs missing "
@@ -163,7 +166,11 @@ def merge_files(out: str, inputs, allow_missing: bool = False, force: bool = Fal
         warn(CertifyNetError(f"writing {out} without {len(report.missing)} inputs ({{allow_missing}})",
                              "allow_missing"))
     meta = _merged_meta(metas, paths, header, expected, report.missing)
-    _write(out, sep, header, [by_idx[i] for i in sorted(by_idx)], meta)
+    rows = [by_idx[i] for i in sorted(by_idx)]
+    if "integrity" in meta:  # a counts file: its own completion record, over the merged rows in order
+        meta["complete"] = completion_record(meta, [r[CHECK_COLUMN] for r in rows],
+                                             file_digester(meta, f"sidecar '{paths[0]}.meta.json'"))
+    _write(out, sep, header, rows, meta)
     report.rows = len(by_idx)
     return report
 
@@ -190,12 +197,22 @@ def _row_idx(path: str, row: dict, lineno: int) -> int:
         raise CertifyNetError(f"'{path}' line {lineno}: idx '{row['idx']}' is not an integer") from None
 
 
-def _collect_rows(paths: list[str], sep: str, report: MergeReport, warn: Warn):
-    """(header, {idx: row}, {path: its idx set}) over all inputs; duplicates that agree on every column but
-    TIMING_COLUMNS are kept once (counted in report.duplicates), conflicting ones are an error."""
+def _verify_digests(path: str, meta: dict, header: list[str], rows: list[dict]) -> None:
+    """An input that is a counts file (digests, or kind counts) must pass every digest check, so a tampered shard
+    is refused instead of blessed by the merge's completion record (its incomplete-file warning is moot)."""
+    if "integrity" in meta or meta.get("kind") == "counts":
+        verify_counts_digests(meta, header, rows, path)
+
+
+def _collect_rows(paths: list[str], sep: str, report: MergeReport, warn: Warn, metas=None):
+    """(header, {idx: row}, {path: its idx set}) over all inputs, each input's digests checked first when
+    `metas` are given; duplicates that agree on every column but TIMING_COLUMNS are kept once (counted in
+    report.duplicates), conflicting ones are an error."""
     header, by_idx, origin, file_idx = None, {}, {}, {}
-    for p in paths:
+    for k, p in enumerate(paths):
         cols, rows = read_rows(p, sep)
+        if metas is not None:
+            _verify_digests(p, metas[k], cols, rows)
         if header is None:
             header = cols
             if "idx" not in header:
@@ -224,7 +241,7 @@ def _collect_rows(paths: list[str], sep: str, report: MergeReport, warn: Warn):
 
 def _merged_meta(metas: list[dict], paths: list[str], header: list[str], expected: set[int], missing) -> dict:
     """The first input's sidecar without its shard, with the merge's bookkeeping (inputs, indices, missing)."""
-    meta = {k: v for k, v in metas[0].items() if k not in ("shard", "missing")}
+    meta = {k: v for k, v in metas[0].items() if k not in ("shard", "missing", "complete")}
     for k in ("start", "end"):  # volatile: may legitimately differ between inputs
         if len({json.dumps(m.get(k)) for m in metas}) > 1:
             meta[k] = None

@@ -2,7 +2,9 @@
 
 A log is a delimited text file with a header line and a JSON sidecar (`records.sidecar`). Each row is
 written and flushed at once; what follows the last complete line after a crash (half a row, NUL bytes)
-is incomplete and is cut off when the log is resumed.
+is incomplete and is cut off when the log is resumed. A counts file (`integrity=True`) gets its digests
+and, when a clean close finds every input of its selection written, its completion record
+(`records.integrity`); appending to a completed file first removes the record.
 """
 from __future__ import annotations
 
@@ -14,9 +16,17 @@ import os
 from certifynet._version import __version__
 from certifynet.errors import CertifyNetError, warn
 from certifynet.paths import check_output_file
+from certifynet.records.integrity import (
+    CHECK_COLUMN,
+    VOLATILE_META,
+    Digester,
+    completion_record,
+    row_check,
+    settings_integrity,
+)
 from certifynet.records.lock import WriterLock
-from certifynet.records.sidecar import (CHECK_COLUMN, VOLATILE_META, meta_conflict, meta_path, read_meta, row_check,
-                                        settings_integrity, write_meta)
+from certifynet.records.selection import select_indices
+from certifynet.records.sidecar import meta_conflict, meta_path, read_meta, write_meta
 
 
 # ---------------------------------------------------------------- reading
@@ -92,12 +102,32 @@ def read_rows(path: str, sep: str | None = None, allow_torn: bool = False) -> tu
 
 
 # ---------------------------------------------------------------- writing
+def _keyed(integrity: dict) -> str:
+    key_id = integrity.get("key_id")
+    return f"with the key {key_id}" if key_id else "without a key"
+
+
+def _selection_written(meta: dict, done: set) -> bool:
+    """Every index of the run's selection (n_inputs, start, end, skip, max, shard) is in `done`; False when the
+    sidecar cannot tell (no n_inputs)."""
+    if meta.get("n_inputs") is None:
+        return False
+    try:
+        wanted = select_indices(int(meta["n_inputs"]), meta.get("start") or 0, meta.get("end"),
+                                meta.get("skip") or 1, meta.get("max"), tuple(meta.get("shard") or (0, 1)))
+    except (CertifyNetError, TypeError, ValueError):
+        return False
+    return set(wanted) <= done
+
+
 class RowLog:
     """Append rows (dicts) to a delimited file, flushing each; single-writer, resume-aware (`records` doc).
 
     `done` holds the keys already in the file: the `idx` column (or the first column, e.g. a training
-    log's `epoch`). `integrity=True` adds the `check` column and the sidecar's settings digest (counts files).
-    `sidecar`: the metadata file when it is not `<path>.meta.json` (a training run's `log.meta.json`).
+    log's `epoch`). `integrity=True` (counts files) adds the `check` column, the sidecar's settings digest
+    (keyed when `$CERTIFYNET_KEY_FILE` is set) and, on a clean close with the selection written, the
+    completion record. `sidecar`: the metadata file when it is not `<path>.meta.json` (a training run's
+    `log.meta.json`).
     """
 
     def __init__(self, path: str, columns, meta: dict, sep: str = "\t", integrity: bool = False,
@@ -105,14 +135,17 @@ class RowLog:
         check_output_file(path)
         self.sidecar = sidecar or meta_path(path)
         self.path, self.sep, self.integrity = path, sep, integrity
+        self.digester = Digester.from_env() if integrity else None  # a bad key file: refused before any file
         self.columns = list(columns) + ([CHECK_COLUMN] if integrity else [])
         self.key = "idx" if "idx" in self.columns else self.columns[0]
         meta = {**meta, "columns": self.columns, "version": __version__,
                 "created": datetime.datetime.now().isoformat(timespec="seconds")}
         meta.pop("integrity", None)
+        meta.pop("complete", None)
         if integrity:
-            meta["integrity"] = settings_integrity(meta)
+            meta["integrity"] = settings_integrity(meta, self.digester)
         self.meta, self.done, self.written, self._f = meta, set(), 0, None
+        self._drop_completion = False
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         self._lock = WriterLock(path).acquire(path)
         try:
@@ -137,10 +170,16 @@ class RowLog:
         if old.get("kind") != kind:
             raise CertifyNetError(f"'{self.path}' is a {old.get('kind') or 'file of unknown kind'}, not a {kind}; "
                                   f"give another output path")
-        key = meta_conflict(old, self.meta, VOLATILE_META | {"integrity"})
+        key = meta_conflict(old, self.meta, VOLATILE_META | {"integrity", "complete"})
         if key:
             raise CertifyNetError(f"'{self.path}' exists and was made with a different {key} "
                                   f"({old.get(key)!r} vs {self.meta.get(key)!r}); use another output path or delete it")
+        if self.integrity:
+            was, now = old.get("integrity") or {}, self.meta["integrity"]
+            if (was.get("scheme", "sha256"), was.get("key_id")) != (now["scheme"], now.get("key_id")):
+                raise CertifyNetError(f"'{self.path}' was written {_keyed(was)}, this run would write {_keyed(now)} "
+                                      f"($CERTIFYNET_KEY_FILE differs); resume it with the key it was started with")
+        self._drop_completion = "complete" in old
 
     def _open_existing(self) -> None:
         """Resume a log of ours with the same settings; refuse anything else untouched.
@@ -174,7 +213,12 @@ class RowLog:
             raise CertifyNetError(f"internal error: idx {idx} written twice to '{self.path}'")
         values = [_format(row.get(c, "")) for c in self.columns if c != CHECK_COLUMN]
         if self.integrity:
-            values.append(row_check(self.meta["integrity"]["sha256"], values))
+            values.append(row_check(self.meta["integrity"]["sha256"], values, self.digester))
+        if self._drop_completion:  # rows follow the completed ones: the old record no longer describes the file
+            old = read_meta(self.path, True, self.sidecar)
+            old.pop("complete", None)
+            write_meta(self.path, old, self.sidecar)
+            self._drop_completion = False
         self._write_line(values)
         self.done.add(idx)
         self.written += 1
@@ -184,11 +228,23 @@ class RowLog:
             return
         self._f.close()
         self._f = None
-        if failed and not self.done:  # nothing but a header: leave no file behind
-            for p in (self.path, self.sidecar):
-                if os.path.exists(p):
-                    os.unlink(p)
-        self._lock.release()
+        try:
+            if failed and not self.done:  # nothing but a header: leave no file behind
+                for p in (self.path, self.sidecar):
+                    if os.path.exists(p):
+                        os.unlink(p)
+            elif not failed and self.integrity and _selection_written(self.meta, self.done):
+                self._record_completion()
+        finally:
+            self._lock.release()
+
+    def _record_completion(self) -> None:
+        """Add the completion record (row count, digest over the rows in order) to the sidecar on disk."""
+        with open(self.path, "rb") as f:
+            _, rows, _, _ = parse_log(self.path, f.read(), self.sep)
+        meta = read_meta(self.path, True, self.sidecar)
+        meta["complete"] = completion_record(meta, [r[CHECK_COLUMN] for r in rows], self.digester)
+        write_meta(self.path, meta, self.sidecar)
 
     def __enter__(self) -> RowLog:
         return self

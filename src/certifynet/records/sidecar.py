@@ -1,25 +1,26 @@
-"""The JSON sidecar `<file>.meta.json` of a log or counts file, and its tamper evidence.
+"""The JSON sidecar `<file>.meta.json` of a log or counts file: reading, writing, comparing.
 
 The sidecar names what produced the file (model, σ, k, N, α, seed, ...). For counts files it also records
-`integrity`: a SHA-256 of its settings and one short digest per field (`settings_integrity`), and every row
-carries `check` = SHA-256(settings digest, row) truncated to 16 hex digits (`row_check`). An edited field or
-row is detected and named (`verify_settings`). It guards against accidents, not against a forger.
+`integrity` (the settings digest and per-field digests) and, once the run has written every input of its
+selection, `complete` (row count and a digest over the rows in order): `records.integrity`, whose names
+`settings_integrity`, `verify_settings` and `row_check` are also importable from here.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 
 from certifynet.errors import CertifyNetError
 from certifynet.paths import SIDECAR_SUFFIX
 from certifynet.records.files import atomic_write
-
-# Metadata keys that may differ between a run and its resumption (or between shards of one run).
-VOLATILE_META = {"created", "version", "command", "shard", "start", "end", "indices"}
-# Not covered by the settings digest: volatile keys, merge bookkeeping and the digest itself.
-INTEGRITY_IGNORE = VOLATILE_META | {"merged_from", "missing", "integrity"}
-CHECK_COLUMN = "check"
+from certifynet.records.integrity import (  # noqa: F401 (re-exported: their historical home)
+    CHECK_COLUMN,
+    INTEGRITY_IGNORE,
+    VOLATILE_META,
+    row_check,
+    settings_integrity,
+    verify_settings,
+)
 
 
 def meta_path(path: str) -> str:
@@ -54,45 +55,3 @@ def meta_conflict(a: dict, b: dict, ignore=VOLATILE_META) -> str | None:
         if a.get(key) != b.get(key):
             return key
     return None
-
-
-# ---------------------------------------------------------------- tamper evidence
-def _digest(text: str, length: int = 64) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:length]
-
-
-def _canonical(value) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=True)
-
-
-def settings_integrity(meta: dict) -> dict:
-    """{'sha256': digest of all settings, 'fields': {key: 12-hex digest of key=value}} over the keys of
-    `meta` outside INTEGRITY_IGNORE (the same for every shard and for a merge of them)."""
-    settings = {k: v for k, v in meta.items() if k not in INTEGRITY_IGNORE}
-    return {"sha256": _digest(_canonical(settings)),
-            "fields": {k: _digest(f"{k}={_canonical(v)}", 12) for k, v in settings.items()}}
-
-
-def verify_settings(meta: dict, where: str) -> str | None:
-    """The settings digest of a sidecar after checking it against its fields; None for files written before
-    digests existed. A mismatch is an error naming the edited (or added/removed) field."""
-    recorded = meta.get("integrity")
-    if recorded is None:
-        return None
-    if not (isinstance(recorded, dict) and isinstance(recorded.get("fields"), dict)):
-        raise CertifyNetError(f"{where}: its 'integrity' entry was edited (expected the digests certifynet wrote)")
-    now = settings_integrity(meta)
-    fields = recorded["fields"]
-    for key in sorted(set(fields) | set(now["fields"])):
-        if fields.get(key) != now["fields"].get(key):
-            change = "added" if key not in fields else "removed" if key not in now["fields"] else "changed"
-            raise CertifyNetError(f"{where} was edited after the run: field '{key}' was {change} "
-                                  f"(it no longer matches the digest recorded with the data)")
-    if recorded.get("sha256") != now["sha256"]:
-        raise CertifyNetError(f"{where}: its settings digest was edited")
-    return now["sha256"]
-
-
-def row_check(settings_sha256: str, values) -> str:
-    """check = first 16 hex digits of SHA-256(settings digest, the row's fields as written)."""
-    return _digest("\x1f".join([settings_sha256, *values]), 16)

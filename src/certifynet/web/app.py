@@ -1,26 +1,26 @@
-"""The Flask app: models page (list, upload), certify form, jobs with live progress, results and downloads.
+"""The Flask app: models page (list, upload, delete), certify form (several methods at once, a quick answer),
+jobs with live progress, results, comparisons and downloads, and a small JSON API.
 
 `create_app` builds the shared `WebState` (kept in ``app.extensions["certifynet"]``) and registers one
-blueprint per area (`certifynet.web.views`), plus the app-wide rules: form posts from other sites are
-refused, and every error is one line on a page, never a traceback.
-Requests never sample: a job is handed to `JobManager`, whose worker process runs the CLI stages. Every bad
-form value comes back as a one-line message on the form (HTTP 400).
+blueprint per area (`certifynet.web.views`), plus the app-wide rules (`security`: Host allowlist, optional
+token, no cross-site posts, no framing) and every error as one line on a page, never a traceback.
+Requests never sample: a job is handed to `JobManager`, whose worker processes run the CLI stages.
 """
 from __future__ import annotations
 
 import dataclasses
 import os
 import threading
-from urllib.parse import urlsplit
 
 from flask import Flask, current_app, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from certifynet.errors import CertifyNetError
-from certifynet.web import forms
+from certifynet.web import security
 from certifynet.web.catalog import Catalog
 from certifynet.web.gallery import Gallery
 from certifynet.web.jobs import JobManager
+from certifynet.web.plan import METHODS
 from certifynet.web.views import BLUEPRINTS
 from certifynet.web.views.certify import certify_page
 from certifynet.web.views.common import error_page, fmt_num, state
@@ -36,45 +36,49 @@ class WebState:
     catalog: Catalog
     gallery: Gallery
     jobs: JobManager
+    listen: str = "127.0.0.1"       # where the server listens (a banner warns beyond loopback)
+    public: bool = False
+    token: bool = False
 
 
 def create_app(root: str = ".", model_dirs=("models", "results"), data_dir: str = "data",
                results_dir: str = "results", upload_dir: str | None = None, max_upload_mb: float = 200,
-               queue_size: int = 8, workers: int = 1, threads: int | None = None, start_jobs: bool = True) -> Flask:
+               queue_size: int = 8, workers: int = 1, threads: int | None = None, start_jobs: bool = True,
+               token: str | None = None, allowed_hosts=(), listen: str = "127.0.0.1") -> Flask:
     """The app. Paths are relative to `root`, where jobs run the CLI (so the commands shown work from there):
     checkpoints are listed from `model_dirs` and the upload folder (default <results>/web/uploads), jobs
-    live in <results>/web/<id>/, gallery images come from `data_dir`."""
+    live in <results>/web/<id>/, gallery images come from `data_dir`. One app per results folder: a second
+    one is refused (`lock.ServerLock`) until the first is shut down (`jobs.shutdown()`)."""
     if max_upload_mb <= 0:
         raise CertifyNetError(f"{{max_upload_mb}} must be > 0, got {max_upload_mb:g}", "max_upload_mb")
+    if token is not None and len(token) < 8:
+        raise CertifyNetError("{token} must have at least 8 characters", "token")
     root = os.path.abspath(root)
     web_dir = os.path.join(results_dir, "web")
     upload_dir = upload_dir or os.path.join(web_dir, "uploads")
     threads = threads or max(1, (os.cpu_count() or 2) // 2)
+    jobs = JobManager(root, web_dir, queue_size, workers, threads, start=start_jobs)
     web_state = WebState(root=root, data_dir=data_dir, upload_dir=os.path.join(root, upload_dir),
-                         max_upload_mb=max_upload_mb, catalog=Catalog(root, model_dirs, upload_dir),
-                         gallery=Gallery(os.path.join(root, data_dir)),
-                         jobs=JobManager(root, web_dir, queue_size, workers, threads, start=start_jobs))
+                         max_upload_mb=max_upload_mb,
+                         catalog=Catalog(root, model_dirs, upload_dir, os.path.join(web_dir, "models.json")),
+                         gallery=Gallery(os.path.join(root, data_dir)), jobs=jobs, listen=listen,
+                         public=not security.is_loopback(listen), token=bool(token))
     app = Flask(__name__)
     app.config.update(MAX_CONTENT_LENGTH=int(max_upload_mb * 2 ** 20), MAX_FORM_MEMORY_SIZE=8 * 2 ** 20,
-                      DEBUG=False, TESTING=False, PROPAGATE_EXCEPTIONS=False)
+                      DEBUG=False, TESTING=False, PROPAGATE_EXCEPTIONS=False, CERTIFYNET_TOKEN=token,
+                      CERTIFYNET_ALLOWED_HOSTS={h.lower().strip("[]") for h in allowed_hosts})
     app.extensions["certifynet"] = web_state
     app.jinja_env.filters["num"] = fmt_num
-    app.jinja_env.globals.update(methods=forms.METHODS)
-    app.before_request(same_origin_posts_only)
+    app.jinja_env.globals.update(methods=METHODS)
+    app.context_processor(lambda: {"web": app.extensions["certifynet"]})
+    app.before_request(security.check_request)
+    app.after_request(security.add_headers)
     for blueprint in BLUEPRINTS:
         app.register_blueprint(blueprint)
     app.register_error_handler(RequestEntityTooLarge, too_large)
     app.register_error_handler(CertifyNetError, user_error)
     app.register_error_handler(Exception, any_error)
     return app
-
-
-def same_origin_posts_only():
-    """Refuse form posts from other sites (a page elsewhere cannot start jobs or upload through the browser)."""
-    origin = request.headers.get("Origin")
-    if request.method == "POST" and origin and urlsplit(origin).netloc != request.host:
-        return error_page(f"refused a form posted from another site ({origin[:80]})", 403)
-    return None
 
 
 # -------------------------------------------------------------------- errors: one line, never a traceback

@@ -4,14 +4,18 @@ A file is described by `load_checkpoint` (weights_only, the CLI's one loader) or
 `load_denoiser`; a diffusion model (a diffusers folder, or an OpenAI `.pt`) by `load_diffusion_denoiser`; the
 description (arch, dataset, training σ and k, parameter count, SHA-256, source layout) is cached per (path, size,
 mtime), so listing the page costs a directory walk, not a hash or a load.
+A file whose architecture cannot be told from its keys is described with the architecture (and dataset) the
+user gave for it on the models page (`<results>/web/models.json`); its commands then pass `--arch`/`--dataset`.
 """
 from __future__ import annotations
 
+import json
 import os
 import threading
 from dataclasses import asdict, dataclass
 
 from certifynet.errors import CertifyNetError
+from certifynet.records import atomic_write
 from certifynet.web.jobs import JOB_ID
 
 CHECKPOINT_SUFFIXES = (".pth", ".pth.tar")
@@ -38,6 +42,7 @@ class ModelEntry:
     layout: str = ""
     error: str = ""
     uploaded: bool = False
+    arch_given: bool = False   # described with an architecture the user gave (models.json)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -59,14 +64,15 @@ def describe_diffusion(abspath: str, shown: str) -> dict:
                 source=d.get("preset") or "diffusers", layout=d["layout"])
 
 
-def describe_checkpoint(abspath: str, shown: str) -> dict:
-    """Fields of a ModelEntry for the file (or diffusers folder) at `abspath` (errors name it as `shown`)."""
+def describe_checkpoint(abspath: str, shown: str, arch: str | None = None, dataset: str | None = None) -> dict:
+    """Fields of a ModelEntry for the file (or diffusers folder) at `abspath` (errors name it as `shown`);
+    `arch`/`dataset` as the CLI's --arch/--dataset."""
     from certifynet.denoise.diffusion import is_diffusion_source
     from certifynet.models import file_sha256, load_checkpoint
     if is_diffusion_source(abspath):
         return describe_diffusion(abspath, shown)
     try:
-        ck = load_checkpoint(abspath)
+        ck = load_checkpoint(abspath, arch=arch, dataset=dataset)
         return dict(kind="classifier", sha256=ck.sha256, arch=ck.arch, dataset=ck.dataset, sigma=ck.sigma, k=ck.k,
                     params=_param_count(ck.model), source=ck.source, layout=ck.layout)
     except CertifyNetError as e:
@@ -85,12 +91,35 @@ def describe_checkpoint(abspath: str, shown: str) -> dict:
 class Catalog:
     """Checkpoints under `model_dirs` (relative to `root`), the upload folder among them."""
 
-    def __init__(self, root: str, model_dirs, upload_dir: str):
+    def __init__(self, root: str, model_dirs, upload_dir: str, given_path: str | None = None):
         self.root = os.path.abspath(root)
         self.model_dirs = [os.path.join(self.root, d) for d in model_dirs]
         self.upload_dir = os.path.join(self.root, upload_dir)
-        self._cache = {}     # abspath -> ((size, mtime_ns), fields)
+        self.given_path = os.path.join(self.root, given_path) if given_path else None
+        self._cache = {}     # abspath -> ((size, mtime_ns, given), fields)
         self._lock = threading.Lock()
+
+    # ---- architectures given by the user for files that do not say
+    def given(self) -> dict:
+        """{relative path: {"arch": ..., "dataset": ...}} from models.json."""
+        if not self.given_path:
+            return {}
+        try:
+            with open(self.given_path) as f:
+                out = json.load(f)
+            return out if isinstance(out, dict) else {}
+        except (OSError, ValueError):
+            return {}
+
+    def give(self, rel: str, arch: str, dataset: str) -> ModelEntry:
+        """Describe the file `rel` as `arch` on `dataset` (checked by loading it so), and remember that."""
+        abspath = os.path.join(self.root, rel)
+        fields = describe_checkpoint(abspath, rel, arch, dataset)
+        if fields["kind"] != "classifier":
+            raise CertifyNetError(fields.get("error") or f"'{rel}' is not a classifier checkpoint")
+        given = {**self.given(), rel: {"arch": arch, "dataset": dataset}}
+        atomic_write(self.given_path, lambda f: json.dump(given, f, indent=1))
+        return self.entry(abspath)
 
     def rel(self, abspath: str) -> str:
         return os.path.relpath(abspath, self.root)
@@ -118,21 +147,24 @@ class Catalog:
     def entry(self, abspath: str) -> ModelEntry:
         """The (cached) description of one file."""
         st = os.stat(abspath)
-        key = (st.st_size, st.st_mtime_ns)
+        given = self.given().get(self.rel(abspath)) or {}
+        key = (st.st_size, st.st_mtime_ns, given.get("arch"), given.get("dataset"))
         with self._lock:
             hit = self._cache.get(abspath)
         if hit is None or hit[0] != key:
-            hit = (key, describe_checkpoint(abspath, self.rel(abspath)))
+            hit = (key, describe_checkpoint(abspath, self.rel(abspath), given.get("arch"), given.get("dataset")))
             with self._lock:
                 self._cache[abspath] = hit
         uploaded = os.path.dirname(abspath) == self.upload_dir
-        return ModelEntry(path=self.rel(abspath), size=st.st_size, uploaded=uploaded, **hit[1])
+        return ModelEntry(path=self.rel(abspath), size=st.st_size, uploaded=uploaded,
+                          arch_given=bool(given) and hit[1]["kind"] == "classifier", **hit[1])
 
     def remember(self, abspath: str, fields: dict) -> None:
         """Cache a description computed elsewhere (the upload check already loaded the file)."""
         st = os.stat(abspath)
+        given = self.given().get(self.rel(abspath)) or {}
         with self._lock:
-            self._cache[abspath] = ((st.st_size, st.st_mtime_ns), fields)
+            self._cache[abspath] = ((st.st_size, st.st_mtime_ns, given.get("arch"), given.get("dataset")), fields)
 
     def entries(self) -> list:
         out = []

@@ -1,24 +1,21 @@
-"""The certify form: parse and check every field into a `SamplingConfig` (the CLI's defaults and checks),
-then the job's stages.
+"""The certify form: parse and check every field into the group's settings (the CLI's defaults and checks, one
+`SamplingConfig` per stage, see `plan`) and the input (a gallery image, an upload, a drawing or a batch).
 
-A bad value raises CertifyNetError with one line, before any file exists. `job_stages` gives the stages the
-job's worker runs (each from its stored configuration) and `cli_argv` the same stages as the CLI commands the
-job page shows: both come from one configuration per stage (`SamplingConfig.to_argv`).
+A bad value raises CertifyNetError with one line, before any file exists. The JSON API (`views.api`) reads
+the same fields through the same functions, from a form or a JSON object.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
-import shlex
 from dataclasses import dataclass, field
 
 from certifynet.data import dataset_info
 from certifynet.errors import CertifyNetError
 from certifynet.noise import check_k
 from certifynet.sampling.config import SamplingConfig
+from certifynet.web.plan import GroupSettings, Source, check_group, check_methods
 
-METHODS = {"np": "NP (Cohen et al.)", "dsrs": "DSRS", "iss-np": "ISS-NP", "iss-dsrs": "ISS-DSRS"}
 Q_DISTS = ("truncated", "rescaled")
 ISS_MODES = ("absolute", "relative")
 INPUT_KINDS = ("gallery", "upload", "draw", "batch")
@@ -31,16 +28,17 @@ def cli_defaults() -> dict:
     d = SamplingConfig()
     keys = ("N0", "N", "alpha", "batch", "seed", "k", "q_percentile", "iss_decline", "iss_n0", "select")
     out = {k: getattr(d, k) for k in keys}
-    out.update(sigma=0.25, method=d.method, q_dist="truncated", iss="absolute", q_sigma="")
+    out.update(sigma=0.25, method=d.method, q_dist="truncated", iss="absolute", q_sigma="", radii=[0.25, 0.5])
     return out
 
 
 def field_text(form, name: str) -> str:
-    """A form field, stripped ('' when absent)."""
-    return (form.get(name) or "").strip()
+    """A form field, stripped ('' when absent); a JSON number is read as its text."""
+    value = form.get(name)
+    return "" if value is None else str(value).strip()
 
 
-def _number(form, name: str, cast, default=None, what: str | None = None):
+def parse_number(form, name: str, cast, default=None, what: str | None = None):
     """Field `name` as an int or float; errors name the argument `name` (the page shows its CLI flag) or, for
     fields that are no CLI argument, `what`."""
     text = field_text(form, name)
@@ -69,42 +67,58 @@ def _choice(form, name: str, choices, default=None, what: str | None = None) -> 
     return value
 
 
-# The settings are a `SamplingConfig` (with `method`): app.py reads .method/.sigma/.N/.select and
-# passes_per_input(), and stores dataclasses.asdict() of it in the job.
-Settings = SamplingConfig
+def field_list(form, name: str) -> list:
+    """All values of a repeated field (checkboxes), stripped, empties dropped; a JSON list works too."""
+    values = form.getlist(name) if hasattr(form, "getlist") else form.get(name) or []
+    if isinstance(values, str):
+        values = values.replace(",", " ").split()
+    return [str(v).strip() for v in values if str(v).strip()]
 
 
-def parse_settings(form, dim: int) -> SamplingConfig:
-    """The smoothing settings of the form as a `SamplingConfig` in which exactly the options the job's sample.py
-    command gives are set, checked by `SamplingConfig.validate` (so the form accepts what the command line
-    accepts). Its `method` is certify.py's."""
+def parse_radii(form) -> list:
+    """Sequential's radii: numbers separated by spaces or commas."""
+    from certifynet.certify.sequential import check_radii
+    text = field_text(form, "radii") or " ".join(map(str, cli_defaults()["radii"]))
+    try:
+        radii = [float(t) for t in text.replace(",", " ").split()]
+    except ValueError:
+        raise CertifyNetError(f"{{radii}} must be numbers separated by spaces, got '{text[:40]}'", "radii") from None
+    return check_radii(radii)
+
+
+def parse_settings(form, dim: int) -> GroupSettings:
+    """The smoothing settings of the form for its methods (several at once: a group on shared counts), each
+    stage's options checked as its command checks them (`plan.check_group`), so the form accepts what the
+    command line accepts. The `method` field (one method) is accepted as well as `methods`."""
     d = cli_defaults()
-    method = _choice(form, "method", tuple(METHODS), d["method"], what="method")
-    v = {"sigma": _number(form, "sigma", float), "k": _number(form, "k", int, d["k"]),
-         "N0": _number(form, "N0", int, d["N0"]), "N": _number(form, "N", int, d["N"]),
-         "alpha": _number(form, "alpha", float, d["alpha"]), "batch": _number(form, "batch", int, d["batch"]),
-         "seed": _number(form, "seed", int, d["seed"]), "select": _choice(form, "select", ("n0", "label"), d["select"])}
-    iss, dsrs = method.startswith("iss"), method.endswith("dsrs")
-    keep = ["sigma", "N", "alpha", "batch", "seed"] + (["k"] if v["k"] else [])
-    keep += ["select"] if v["select"] != "n0" else ([] if iss else ["N0"])  # ISS: the pilot picks the class
-    if dsrs:
-        keep.append("q_dist")
+    methods = check_methods(field_list(form, "methods") or [field_text(form, "method") or "np"])
+    v = {"sigma": parse_number(form, "sigma", float), "k": parse_number(form, "k", int, d["k"]),
+         "N": parse_number(form, "N", int, d["N"]), "alpha": parse_number(form, "alpha", float, d["alpha"]),
+         "batch": parse_number(form, "batch", int, d["batch"]), "seed": parse_number(form, "seed", int, d["seed"]),
+         "select": _choice(form, "select", ("n0", "label"), d["select"])}
+    if any(not m.startswith("iss") for m in methods):
+        v["N0"] = parse_number(form, "N0", int, d["N0"])
+    if any(m.endswith("dsrs") for m in methods):
         v["q_dist"] = _choice(form, "q_dist", Q_DISTS, d["q_dist"])
         if v["q_dist"] == "truncated":
             v["q_percentile"] = field_text(form, "q_percentile") or d["q_percentile"]
-            keep.append("q_percentile")
         elif field_text(form, "q_sigma"):
-            v["q_sigma"] = _number(form, "q_sigma", float)
-            keep.append("q_sigma")
-    if iss:
+            v["q_sigma"] = parse_number(form, "q_sigma", float)
+    if any(m.startswith("iss") for m in methods):
         v.update(iss=_choice(form, "iss", ISS_MODES, d["iss"]),
-                 iss_decline=_number(form, "iss_decline", float, d["iss_decline"]),
-                 iss_n0=_number(form, "iss_n0", int, min(d["iss_n0"], v["N"])))  # the pilot cannot exceed N
-        keep += ["iss", "iss_decline", "iss_n0"]
-    settings = SamplingConfig.from_explicit({"method": method, **{k: v[k] for k in keep}})
-    dataclasses.replace(settings, model="-").validate("sample")
-    check_k(dim, settings.k)
+                 iss_decline=parse_number(form, "iss_decline", float, d["iss_decline"]),
+                 iss_n0=parse_number(form, "iss_n0", int, iss_pilot_default(v["N"])))
+    if "sequential" in methods:
+        v["radii"] = parse_radii(form)
+    settings = GroupSettings(methods, v)
+    check_group(settings)
+    check_k(dim, settings.values["k"])
     return settings
+
+
+def iss_pilot_default(n: int) -> int:
+    """The ISS pilot when the form leaves it empty: the CLI's default, but never more than N."""
+    return min(cli_defaults()["iss_n0"], n)
 
 
 @dataclass
@@ -125,7 +139,7 @@ def parse_label(form, num_classes: int) -> int:
     text = field_text(form, "label")
     if not text:
         return -1
-    label = _number(form, "label", int, what="true label")
+    label = parse_number(form, "label", int, what="true label")
     if not 0 <= label < num_classes:
         raise CertifyNetError(f"true label must be a class in [0, {num_classes - 1}] (or empty: unknown), got {label}")
     return label
@@ -145,11 +159,11 @@ def parse_input(form, files, model_dataset: str, gallery) -> InputChoice:
         if kind == "gallery":
             if not field_text(form, "idx"):
                 raise CertifyNetError("pick a test image from the gallery")
-            idx = _number(form, "idx", int, what="gallery image")
+            idx = parse_number(form, "idx", int, what="gallery image")
             if not 0 <= idx < size:
                 raise CertifyNetError(f"gallery image {idx} is not in the {dataset} test set (0 to {size - 1})")
             return InputChoice("gallery", dataset, idx=idx, label=gallery.item(dataset, idx)[1])
-        count = _number(form, "count", int, 100, what="number of test images")
+        count = parse_number(form, "count", int, 100, what="number of test images")
         if not 1 <= count <= size:
             raise CertifyNetError(f"number of test images must be in [1, {size}], got {count}")
         return InputChoice("batch", dataset, count=count)
@@ -171,51 +185,16 @@ def parse_input(form, files, model_dataset: str, gallery) -> InputChoice:
     return InputChoice("draw", model_dataset, label=label, array=array, suffix=suffix, note=note)
 
 
-def _stage_configs(model: str, denoiser: str | None, settings: SamplingConfig, choice: InputChoice, job_dir: str,
-                   data_dir: str) -> dict:
-    """{stage: what it runs}: sample.py's and certify.py --counts's `SamplingConfig` (only the options their
-    commands give are set), and for a batch analyze.py's (logs, out); paths relative to the app's root."""
-    counts, log = os.path.join(job_dir, "counts.csv"), os.path.join(job_dir, "certify.tsv")
-    sample = {"model": model, "dataset": choice.dataset, **({"denoiser": denoiser} if denoiser else {})}
+def input_source(model, denoiser, choice: InputChoice, job_dir: str, data_dir: str) -> Source:
+    """sample.py's input options for the choice: a dataset selection, or the job's stored image file."""
+    opts = {}
     if choice.kind in ("gallery", "batch"):
         if data_dir != "data":
-            sample["data_dir"] = data_dir
-        if choice.kind == "gallery":
-            sample.update(start=choice.idx, max=1)
-        else:
-            sample["max"] = choice.count
+            opts["data_dir"] = data_dir
+        opts.update({"start": choice.idx, "max": 1} if choice.kind == "gallery" else {"max": choice.count})
     else:
-        sample["image"] = os.path.join(job_dir, "input" + choice.suffix)
+        opts["image"] = os.path.join(job_dir, "input" + choice.suffix)
         if choice.label >= 0:
-            sample["image_label"] = choice.label
-    noise = {k: v for k, v in settings.explicit().items() if k != "method"}
-    stages = {"sample": SamplingConfig.from_explicit({**sample, **noise, "out": counts}),
-              "certify": SamplingConfig.from_explicit({"counts": counts, "method": settings.method,
-                                                       "alpha": settings.alpha, "out": log})}
-    if choice.kind == "batch":
-        stages["analyze"] = ([log], os.path.join(job_dir, "analysis"))
-    return stages
-
-
-def job_stages(model: str, denoiser: str | None, settings: SamplingConfig, choice: InputChoice, job_dir: str,
-               data_dir: str) -> dict:
-    """What the job's worker runs, JSON-able: {"sample"/"certify": {"options": the options given}, and for a
-    batch "analyze": {"logs": [...], "out": folder}}; `cli_argv` spells the same stages as commands."""
-    out = {}
-    for stage, what in _stage_configs(model, denoiser, settings, choice, job_dir, data_dir).items():
-        out[stage] = {"logs": what[0], "out": what[1]} if stage == "analyze" else {"options": what.explicit()}
-    return out
-
-
-def cli_argv(model: str, denoiser: str | None, settings: SamplingConfig, choice: InputChoice, job_dir: str,
-             data_dir: str) -> dict:
-    """{stage: argv} for sample.py, certify.py --counts and (batches) analyze.py; paths relative to the root."""
-    out = {}
-    for stage, what in _stage_configs(model, denoiser, settings, choice, job_dir, data_dir).items():
-        out[stage] = [*what[0], "--out", what[1]] if stage == "analyze" else what.to_argv()
-    return out
-
-
-def command_lines(argv: dict) -> str:
-    """The job as shell commands, one per stage (run from the app's root folder)."""
-    return "\n".join(f"python scripts/{stage}.py {shlex.join(args)}" for stage, args in argv.items())
+            opts["image_label"] = choice.label
+    return Source(model.path, choice.dataset, denoiser.path if denoiser else None,
+                  arch=model.arch if getattr(model, "arch_given", False) else None, options=opts)

@@ -1,7 +1,6 @@
 """Test images for the gallery: which datasets are present under --data-dir, loaded once and cached."""
 from __future__ import annotations
 
-import functools
 import os
 import threading
 
@@ -22,6 +21,7 @@ class Gallery:
         self.data_dir = data_dir
         self._lock = threading.Lock()
         self._sets = {}
+        self._items = {}
 
     def datasets_for(self, model_dataset: str) -> list:
         """Datasets whose test images the model can certify and that lie under data_dir."""
@@ -38,8 +38,10 @@ class Gallery:
     def size(self, name: str) -> int:
         return len(self.test_set(name))
 
-    @functools.lru_cache(maxsize=4096)
     def item(self, name: str, idx: int):
-        """(image tensor, label) of test image idx."""
-        x, y = self.test_set(name)[idx]
-        return x, int(y)
+        """(image tensor, label) of test image idx (kept once read)."""
+        key = (name, idx)
+        if key not in self._items:
+            x, y = self.test_set(name)[idx]
+            self._items[key] = (x, int(y))
+        return self._items[key]

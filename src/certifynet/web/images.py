@@ -123,13 +123,14 @@ def convert_drawing(data_url: str, dataset: str):
     return a, ".png", note
 
 
-def save_input(array: np.ndarray, path: str) -> None:
-    """Write a converted input: uint8 → lossless PNG, float → .npy (exactly what `--image` reads back)."""
-    if path.endswith(".npy"):
-        np.save(path, array, allow_pickle=False)
+def save_input(array: np.ndarray, f, suffix: str) -> None:
+    """Write a converted input to the binary file f: uint8 → lossless PNG, float → .npy (exactly what `--image`
+    reads back)."""
+    if suffix == ".npy":
+        np.save(f, array, allow_pickle=False)
         return
     from PIL import Image
-    Image.fromarray(array, "L" if array.ndim == 2 else "RGB").save(path, format="PNG")
+    Image.fromarray(array, "L" if array.ndim == 2 else "RGB").save(f, format="PNG")
 
 
 def png_bytes(x) -> bytes:

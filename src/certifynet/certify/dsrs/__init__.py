@@ -24,9 +24,9 @@ Entry points: `dsrs_intervals` (counts → box), `dsrs_radius` (box → radius),
 """
 from __future__ import annotations
 
-from certifynet.certify.dsrs.family import (_check_dk, _check_percentile, check_k, pooled_np_fallback_needed,
-                                            radial_quantile, sigma_prime, truncation_beta, truncation_percentile,
-                                            truncation_radius)
+from certifynet.certify.dsrs.family import (_check_dk, _check_percentile, check_k, pooled_np_alpha,
+                                            pooled_np_fallback_needed, radial_quantile, sigma_prime, truncation_beta,
+                                            truncation_percentile, truncation_radius)
 from certifynet.certify.dsrs.generalized_np import _gauss_level, generalized_np_radius
 from certifynet.certify.dsrs.quadrature import _radial
 from certifynet.certify.dsrs.rescaled import _resc_feasible, _resc_margin, _Rescaled
@@ -36,8 +36,8 @@ from certifynet.certify.neyman_pearson import cp_interval, cp_lower
 from certifynet.errors import CertifyNetError, check_sigma
 
 __all__ = ["generalized_np_radius", "dsrs_radius", "dsrs_intervals", "dsrs_certify", "check_k", "sigma_prime",
-           "truncation_percentile", "pooled_np_fallback_needed", "radial_quantile", "truncation_beta",
-           "truncation_radius"]
+           "truncation_percentile", "pooled_np_fallback_needed", "pooled_np_alpha", "radial_quantile",
+           "truncation_beta", "truncation_radius"]
 
 
 def dsrs_intervals(count_p, n_p, count_q, n_q, alpha):
@@ -119,12 +119,13 @@ def dsrs_certify(count_p, n_p, count_q, n_q, sigma, d, k, q_mode, q_param, alpha
 
     For q_mode 'truncated', q_param may be a number p_T, or 'x' / 'x+' to apply the heuristic to the P
     interval. Under 'x+', when P̄_A ≥ 1 − 1e-8 the second run must have sampled P again. Its counts are then
-    pooled, count_p + count_q over n_p + n_q, and certified by plain NP with the one-sided bound at α.
+    pooled, count_p + count_q over n_p + n_q, and certified by plain NP with the one-sided bound at α/4
+    (`pooled_np_alpha`: the branch is chosen from the same P counts, and α/4 keeps x+ at α overall).
     """
     pl, pu, ql, qu = dsrs_intervals(count_p, n_p, count_q, n_q, alpha)
     if q_mode == "truncated" and isinstance(q_param, str):
         if q_param == "x+" and pooled_np_fallback_needed(pu):
-            pooled = float(cp_lower(count_p + count_q, n_p + n_q, alpha))
+            pooled = float(cp_lower(count_p + count_q, n_p + n_q, pooled_np_alpha(alpha)))
             return generalized_np_radius(pooled, sigma, d, k)
         q_param = truncation_percentile(pl, q_param)
     return dsrs_radius(pl, pu, ql, qu, sigma, d, k, q_mode, q_param)

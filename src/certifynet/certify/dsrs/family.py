@@ -115,3 +115,22 @@ def truncation_percentile(p_lower, heuristic="x", clamp=False):
 def pooled_np_fallback_needed(p_upper):
     """Heuristic x+: the second run samples P again (pooled NP) when P̄_A ≥ 1 − 1e-8."""
     return float(p_upper) >= 1.0 - _X_PLUS_ONE
+
+
+def pooled_np_alpha(alpha):
+    """Heuristic x+: the level of the pooled NP bound, α/4, so that x+ is sound at α overall.
+
+    The first P run's count c picks the branch: A = {P̄(c) ≥ 1 − 1e-8} (P̄ one-sided at α/4, the upper end of
+    the DSRS P interval). On A the second run samples P again and the certificate is NP on the pooled
+    p̲ = CP_lower(c + c', 2n; α_pool); on Aᶜ it is DSRS on the box [P̲, P̄] × [Q̲, Q̄], each interval two-sided
+    at α/2 (tails α/4). The reported certificate can be false only on
+        E = (A ∩ G) ∪ (Aᶜ ∩ (L ∪ U ∪ H)),   G = {pooled p̲ > p_A},  L = {P̲ > p_A},  U = {P̄ < p_A},
+    H = {q_A ∉ [Q̲, Q̄]} (L, U with the exact bounds; the computed ones lie outside them). A and L are both
+    upper sets of c (P̄ and P̲ increase with c), so one contains the other:
+    * A ⊆ L: P(A ∩ G) + P(Aᶜ ∩ L) ≤ P(A) + P(Aᶜ ∩ L) = P(L) ≤ α/4;
+    * L ⊆ A: Aᶜ ∩ L = ∅, and P(A ∩ G) ≤ P(G) ≤ α_pool = α/4 (c + c' ~ Bin(2n, p_A)).
+    With P(U) ≤ α/4 and P(H | c) ≤ α/2 (the Q draws are fresh, whatever law c chose for Q), P(E) ≤ α.
+    The reference pools at α, and α/2 is not enough either: computed exactly at n = 5,000 and α = 0.001,
+    the worst case of P(E) is 1.55α and 1.16α (tests/test_accounting.py); at α/4 it is ≤ α.
+    """
+    return float(alpha) / 4.0

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from flask import Response, current_app, render_template
+from flask import Response, current_app, jsonify, render_template, request
 
 if TYPE_CHECKING:
     from certifynet.web.app import WebState
@@ -15,6 +15,9 @@ def state() -> WebState:
 
 
 def error_page(message: str, status: int):
+    """The one-line error as a page (status `status`), or as {"error": ...} under /api/."""
+    if request.path.startswith("/api/"):
+        return jsonify(error=message), status
     return render_template("error.html", error=message, status=status), status
 
 
