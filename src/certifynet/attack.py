@@ -56,10 +56,10 @@ from scipy.stats import binom
 
 from certifynet.certify import cp_upper, predict_from_counts
 from certifynet.certify.outcome import ABSTAIN, is_correct
-from certifynet.denoise.diffusion.denoiser import diffusion_noise_stream
 from certifynet.errors import CertifyNetError
 from certifynet.noise import Noise
 from certifynet.sampling.engine import Sampler
+from certifynet.sampling.inputs import diffusion_noise_stream
 from certifynet.sampling.streams import STREAM_ATTACK, STREAM_ATTACK_PREDICT, input_generator
 from certifynet.training.losses import smoothed_pgd_path, smoothed_soft_nll
 
