@@ -42,10 +42,10 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
-from certifynet.data import dataset_info  # noqa: E402
-from certifynet.models import get_architecture  # noqa: E402
-from certifynet.noise import GaussianNoise  # noqa: E402
-from certifynet.sampling import STREAM_P, STREAM_SELECT, Sampler, input_generator, resolve_device  # noqa: E402
+from certifynet.data import dataset_info
+from certifynet.models import get_architecture
+from certifynet.noise import GaussianNoise
+from certifynet.sampling import STREAM_P, STREAM_SELECT, Sampler, input_generator, resolve_device
 
 SIGMA = 0.25
 N_CERTIFY = 100_000  # seconds per input are quoted for Cohen's N0 = 100 + N = 100,000

@@ -13,6 +13,7 @@ from certifynet.errors import CertifyNetError
 from certifynet.models import get_architecture
 from certifynet.records import read_rows
 from certifynet.sampling import SamplingConfig, Smooth
+
 from helpers import untrained_lenet
 
 SMALL = ["--sigma", "0.25", "--N0", "10", "--N", "60", "--batch", "30", "--max", "3"]

@@ -125,12 +125,13 @@ def test_gpu_check_records_a_broken_piece_and_goes_on(tmp_path):
 def test_flops_per_pass_equals_torch_flop_counter():
     """bench_sampler's hook count of convolution/linear FLOPs equals torch.utils.flop_counter's."""
     from torch.utils.flop_counter import FlopCounterMode
+
     from certifynet.denoise import DenoisedClassifier, get_denoiser
     flops_per_pass = load_benchmark("bench_sampler").flops_per_pass
-    for model, shape in ((get_architecture("lenet", "mnist5k"), (1, 28, 28)),
+    lenet = get_architecture("lenet", "mnist5k")
+    for model, shape in ((lenet, (1, 28, 28)),
                          (get_architecture("cifar_resnet20", "cifar10"), (3, 32, 32)),
-                         (DenoisedClassifier(get_denoiser("drunet_small", 1), get_architecture("lenet", "mnist5k"), 0.5),
-                          (1, 28, 28))):
+                         (DenoisedClassifier(get_denoiser("drunet_small", 1), lenet, 0.5), (1, 28, 28))):
         meta = copy.deepcopy(model).to("meta")
         with FlopCounterMode(display=False) as counter, torch.no_grad():
             meta(torch.empty(2, *shape, device="meta"))

@@ -8,7 +8,6 @@ from certifynet.cli.diffusion_flags import add_diffusion_args
 from certifynet.sampling.config import CHOICES, SamplingConfig
 
 
-
 def per_input_parser(prog: str, doc: str, out_help: str) -> CliParser:
     """The parser shared by sample.py / certify.py / predict.py / attack.py: model, data, inputs, noise, --out."""
     p = CliParser(prog=prog, description=doc)

@@ -13,9 +13,9 @@ from certifynet.certify.from_counts import certify_row, check_method
 from certifynet.certify.methods import counts_kind
 from certifynet.denoise.diffusion.options import DIFFUSION_FIELDS
 from certifynet.errors import CertifyNetError, check_alpha, refuse
-from certifynet.records.merge import to_ranges
 from certifynet.paths import check_output_file
 from certifynet.records import RowLog, parse_shard, read_counts, select_rows, shard_part, shard_path
+from certifynet.records.merge import to_ranges
 from certifynet.sampling.config import SamplingConfig
 from certifynet.sampling.rows import nothing_to_do, run_rows
 
