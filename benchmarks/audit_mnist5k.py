@@ -5,7 +5,7 @@ For each σ: train a LeNet with the quickstart recipe (10 epochs; skipped when i
 the first --digits test digits with NP (N draws) and DSRS (N/2 from P, N/2 from a truncated Q, heuristic x+),
 then audit each log with `attack.py`: at ε = R (soundness: violations within α_c + α_p plus binomial slack),
 and at ε = s·R for each --scales s > 1, i.e. certificates whose radii are deliberately inflated by s (power).
-Every command is printed before it runs; the table at the end is what the README quotes.
+Every command is printed before it runs; the table at the end is what docs/benchmarks.md quotes.
 
   python benchmarks/audit_mnist5k.py                       # 200 digits, σ = 0.25 and 0.5 (~1–2 h on 2 cores)
   python benchmarks/audit_mnist5k.py --digits 20 --N 2000  # a quick look
@@ -59,7 +59,8 @@ def main(argv=None):
         model = os.path.join(model_dir, "checkpoint.pth")
         common = ["--model", model, "--sigma", s, "--max", a.digits, "--batch", 1000, "--N0", 100]
         logs = {}
-        for method, extra, n in (("np", [], a.N), ("dsrs", ["--q-dist", "truncated", "--q-percentile", "x+"], a.N // 2)):
+        dsrs_flags = ["--q-dist", "truncated", "--q-percentile", "x+"]
+        for method, extra, n in (("np", [], a.N), ("dsrs", dsrs_flags, a.N // 2)):
             counts = os.path.join(a.out, f"counts_{method}_{s:g}.csv")
             run("sample", *common, "--N", n, *extra, "--out", counts)
             logs[method] = os.path.join(a.out, f"{method}_{s:g}.tsv")

@@ -20,8 +20,8 @@ import os
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
-from certifynet.analysis import plot_gain, read_logs, summarize, write_tables  # noqa: E402
-from certifynet.cli import certify, sample, train  # noqa: E402
+from certifynet.analysis import plot_gain, read_logs, summarize, write_tables
+from certifynet.cli import certify, sample, train
 
 # Li et al. 2022 (DSRS), the paper's MNIST results (quoted in tests/data/reference/README.md): certified
 # accuracy %, envelope over σ ∈ {0.25, 0.5, 1.0}, NP → DSRS, MNIST consistency-trained; N = 100,000 for NP

@@ -19,11 +19,11 @@ import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
-from certifynet.analysis import read_logs, summarize  # noqa: E402
-from certifynet.certify.iss import dsrs_expected_radius_fn, iss_dsrs_oracle_size, iss_headroom  # noqa: E402
-from certifynet.cli import certify, sample, train  # noqa: E402
-from certifynet.models import file_sha256  # noqa: E402
-from certifynet.records import read_meta, read_rows  # noqa: E402
+from certifynet.analysis import read_logs, summarize
+from certifynet.certify.iss import dsrs_expected_radius_fn, iss_dsrs_oracle_size, iss_headroom
+from certifynet.cli import certify, sample, train
+from certifynet.models import file_sha256
+from certifynet.records import read_meta, read_rows
 
 
 def run(mod, argv):
@@ -126,7 +126,8 @@ def print_headroom(np_counts, a):
           f"{sum(v >= 0.999 for v in p_hat) / len(p_hat):.0%} have p̂ ≥ 0.999):")
     print(f"  oracle n*(p̂), no pilot: {base / head.pop('oracle'):.2f}x")
     for n0, (free, paid) in head.items():
-        print(f"  n0={n0:<5} E[n_ISS] {free:>8,.0f}: free pilot {base / free:.2f}x, paying the pilot {base / paid:.2f}x")
+        print(f"  n0={n0:<5} E[n_ISS] {free:>8,.0f}: free pilot {base / free:.2f}x, "
+              f"paying the pilot {base / paid:.2f}x")
 
 
 if __name__ == "__main__":

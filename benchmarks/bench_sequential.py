@@ -29,13 +29,13 @@ from scipy.stats import binom
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "src"))
-from certifynet.analysis import read_logs, summarize  # noqa: E402
 from certifynet.certify.group_sequential import GroupSequentialCertifier  # noqa: E402
 from certifynet.certify.gs_boundaries import calibrated_design, first_true  # noqa: E402
 from certifynet.certify.iss import IssPlanner  # noqa: E402
 from certifynet.certify.neyman_pearson import cp_lower, np_radius  # noqa: E402
-from certifynet.certify.sequential import SequentialCertifier  # noqa: E402
+from certifynet.certify.sequential import SequentialCertifier, radius_threshold  # noqa: E402
 from certifynet.cli import certify, sample, train  # noqa: E402
+from certifynet.records import read_rows  # noqa: E402
 
 from bench_iss import check_np_counts, run  # noqa: E402  (benchmarks/, the script's folder)
 from reference_data import cohen_cifar10_population  # noqa: E402
@@ -60,6 +60,7 @@ def main(argv=None):
     p.add_argument("--radii", type=float, nargs="+", default=[0.25, 0.5, 0.75, 1.0])
     p.add_argument("--alpha", type=float, default=0.001)
     p.add_argument("--batch", type=int, default=500)
+    p.add_argument("--iss", action="store_true", help="also run ISS-NP on mnist5k (CPU-heavy: ~30k passes per digit)")
     p.add_argument("--iss-n0", type=int, default=2000)
     p.add_argument("--iss-decline", type=float, default=0.05)
     p.add_argument("--epochs", type=int, default=10)
@@ -78,6 +79,16 @@ def main(argv=None):
         cifar_simulation(a)
 
 
+def sequential_runs(a):
+    """(label, certify.py flags) of the sequential rules compared on mnist5k, the CLI default last."""
+    return [("CS rule (confidence sequence)", ["--sequential-rule", "cs"]),
+            ("calibrated, no futility", ["--futility", "none"]),
+            (f"calibrated + futility 'upper' γ={a.futility:g}",
+             ["--futility", "upper", "--futility-level", a.futility]),
+            (f"calibrated + futility 'projected' γ={a.projected_futility:g} (default)",
+             [] if a.projected_futility == 0.001 else ["--futility-level", a.projected_futility])]
+
+
 def bench_sigma(a, sigma, model, np_counts):
     out = os.path.join(a.out, f"sigma_{sigma:g}")
     os.makedirs(out, exist_ok=True)
@@ -89,52 +100,100 @@ def bench_sigma(a, sigma, model, np_counts):
         model = os.path.join(mdir, "checkpoint.pth")
     common = ["--model", model, "--sigma", sigma, "--max", a.digits, "--batch", a.batch, "--alpha", a.alpha]
     radii = [float(r) for r in a.radii]
-    runs = []  # (label, log), cheapest first so that partial results come early
-    for label, rs in [("sequential, all radii", radii)] + [(f"sequential r={r:g} only", [r]) for r in radii]:
-        log = os.path.join(out, "sequential_" + ("all" if len(rs) > 1 else f"r{rs[0]:g}") + ".tsv")
-        run(certify, [*common, "--N0", N0, "--N", a.N, "--sequential", "--radii", *rs, "--out", log, "--label", label])
-        runs.append((label, log))
-    for label, method, extra, counts in (
-            (f"ISS-NP ε={a.iss_decline} n0={a.iss_n0}", "iss-np",
-             ["--N", a.N, "--iss", "absolute", "--iss-decline", a.iss_decline, "--iss-n0", a.iss_n0], None),
-            (f"NP N={a.N}", "np", ["--N0", N0, "--N", a.N], np_counts)):
-        if counts:
-            check_np_counts(counts, model, SimpleNamespace(sigma=sigma, N=a.N, alpha=a.alpha, digits=a.digits))
-        else:
-            counts = os.path.join(out, f"counts_{method.replace('-', '_')}.csv")
-            run(sample, [*common, *extra, "--out", counts])
-        log = os.path.join(out, f"{method}.tsv")
-        run(certify, ["--counts", counts, "--method", method, "--alpha", a.alpha, "--out", log, "--label", label])
-        runs.append((label, log))
-    df = summarize(read_logs([log for _, log in runs]), radii).set_index("log")
-    passes = {label: df.loc[label, "samples/input"] for label, _ in runs}
-    acc = {label: [df.loc[label, f"r={r:g}"] for r in radii] for label, _ in runs}
-    print(f"\nmnist5k, Gaussian LeNet σ={sigma:g}, {a.digits} digits, α={a.alpha}, N={a.N:,} "
-          f"(sequential: cap N, batches 32 → {a.batch})")
-    print_tables(radii, passes, acc, f"NP N={a.N}", runs[-2][0], [r[0] for r in runs[:len(radii) + 1]],
-                 {label: df.loc[label, "sec/input"] for label, _ in runs})
+    fixed = f"NP N={a.N:,}"
+    logs, estimates = {}, {}
+    if np_counts:
+        check_np_counts(np_counts, model, SimpleNamespace(sigma=sigma, N=a.N, alpha=a.alpha, digits=a.digits))
+    else:
+        np_counts = os.path.join(out, "counts_np.csv")
+        run(sample, [*common, "--N0", N0, "--N", a.N, "--out", np_counts])
+    logs[fixed] = os.path.join(out, "np.tsv")
+    run(certify, ["--counts", np_counts, "--method", "np", "--alpha", a.alpha, "--out", logs[fixed], "--label", fixed])
+    if a.iss:
+        label, counts = f"ISS-NP ε={a.iss_decline} n0={a.iss_n0}", os.path.join(out, "counts_iss_np.csv")
+        run(sample, [*common, "--N", a.N, "--iss", "absolute", "--iss-decline", a.iss_decline, "--iss-n0", a.iss_n0,
+                     "--out", counts])
+        logs[label] = os.path.join(out, "iss-np.tsv")
+        run(certify, ["--counts", counts, "--method", "iss-np", "--alpha", a.alpha, "--out", logs[label], "--label",
+                      label])
+    for i, (label, flags) in enumerate(sequential_runs(a)):
+        argv = [*common, "--N0", N0, "--N", a.N, "--sequential", "--radii", *radii, *flags]
+        estimates[label] = estimate_of(argv)
+        logs[label] = os.path.join(out, f"sequential_{i}.tsv")
+        run(certify, [*argv, "--out", logs[label], "--label", label])
+    rows = {label: read_rows(log)[1] for label, log in logs.items()}
+    p_hat = np.array([int(r["count"]) / int(r["n"]) for r in read_rows(np_counts)[1]])
+    print(f"\nmnist5k, Gaussian LeNet σ={sigma:g}, {a.digits} digits, α={a.alpha}, N={a.N:,} (sequential: cap N, "
+          f"batches 32 → {a.batch}; N0={N0} selection draws in every passes column)")
+    thresholds = [radius_threshold(r, sigma) for r in radii]
+    print_mnist_rules(rows, radii, fixed, oracle_draws(p_hat, thresholds, a.alpha, a.N, within_cap=True))
+    seq = [label for label, _ in sequential_runs(a)]
+    print_dominance(rows, seq, p_hat, thresholds, a.N)
+    print_estimates(rows, estimates, fixed, a.N + N0)
 
 
-def print_tables(radii, passes, acc, fixed, iss, seq_runs, seconds=None):
-    """The run table (passes, certified accuracy, [seconds per input, as logged: machine-dependent]) and the
-    per-radius table of pass ratios."""
+def estimate_of(argv):
+    """certify.py --estimate for this argv, from the library (what it would print), as an Estimate."""
+    from certifynet.cli import parse
+    from certifynet.sampling.config import SamplingConfig
+    from certifynet.sampling.estimate import estimate_run
+    return estimate_run(SamplingConfig.from_namespace(parse(certify.build_parser(), [str(v) for v in argv])))
+
+
+def _draws(rows, column="samples"):
+    return np.array([float(r[column]) for r in rows])
+
+
+def _accuracy(rows, radii):
+    radius, correct = _draws(rows, "radius"), _draws(rows, "correct").astype(bool)
+    return [float(np.mean(correct & (radius >= r))) for r in radii]
+
+
+def print_mnist_rules(rows, radii, fixed, oracle):
+    """Passes per input (mean, median), fixed ÷ run, sequential draws ÷ the oracle's, certified accuracy."""
     cols = " | ".join(f"r={r:g}" for r in radii)
-    sec_head, sec_rule = (" | s/input", "---:|") if seconds else ("", "")
-    print(f"\n| run | passes/input | {cols} | fixed ÷ run{sec_head} |\n|:---|---:|" + "---:|" * len(radii)
-          + f"---:|{sec_rule}")
-    for label in (fixed, iss, seq_runs[0]):
-        secs = f" | {seconds[label]:.2f}" if seconds else ""
-        print(f"| {label} | {passes[label]:,.0f} | " + " | ".join(f"{v:.3f}" for v in acc[label])
-              + f" | {passes[fixed] / passes[label]:.1f}×{secs} |")
-    print("\n| radius | cert. acc. fixed / ISS / sequential | passes: sequential (this radius only) | "
-          "fixed ÷ sequential | ISS ÷ sequential |\n|---:|:---:|---:|---:|---:|")
-    for i, r in enumerate(radii):
-        one = seq_runs[1 + i]
-        print(f"| {r:g} | {acc[fixed][i]:.3f} / {acc[iss][i]:.3f} / {acc[one][-1 if len(acc[one]) == 1 else i]:.3f} "
-              f"| {passes[one]:,.0f} | {passes[fixed] / passes[one]:.1f}× | {passes[iss] / passes[one]:.1f}× |")
-    every = seq_runs[0]
-    print(f"| all {len(radii)} at once | see above | {passes[every]:,.0f} | {passes[fixed] / passes[every]:.1f}× "
-          f"| {passes[iss] / passes[every]:.1f}× |")
+    print(f"\n| run | passes/input | median | fixed ÷ run | draws ÷ oracle | {cols} |\n|:---|---:|---:|---:|---:|"
+          + "---:|" * len(radii))
+    base = _draws(rows[fixed]).mean()
+    for label, rs in rows.items():
+        passes = _draws(rs)
+        ratio = f"{_draws(rs, 'n').mean() / oracle.mean():.2f}×" if "n0" in rs[0] and "pilot" not in label else "—"
+        print(f"| {label} | {passes.mean():,.0f} | {np.median(passes):,.0f} | {base / passes.mean():.1f}× | {ratio} | "
+              + " | ".join(f"{v:.3f}" for v in _accuracy(rs, radii)) + " |")
+    print(f"| oracle: fixed n knowing p_A (p̂ of the fixed-N run), power ½ at the hardest radius certifiable within "
+          f"the cap | {oracle.mean() + N0:,.0f} | {np.median(oracle) + N0:,.0f} | {base / (oracle.mean() + N0):.1f}× | "
+          f"1.00× | " + " | ".join("—" for _ in radii) + " |")
+
+
+def print_dominance(rows, seq, p_hat, thresholds, n_max):
+    """Sequential draws per input class (from the fixed-N run's p̂): every calibrated rule against the CS rule on
+    the same draws; 'max excess' is the largest (calibrated − CS) over the inputs, ≤ 0 when it never costs more."""
+    th = np.asarray(thresholds)
+    near = np.min(np.abs(p_hat[:, None] - th[None, :]), axis=1) <= 0.01
+    groups = {"all hits (p̂ = 1)": p_hat == 1.0, "near a threshold (|p̂ − θ_r| ≤ 0.01)": near & (p_hat < 1.0),
+              "below every threshold (p̂ < θ_min)": (p_hat < th.min()) & ~near,
+              "the others": (p_hat < 1.0) & ~near & (p_hat >= th.min()), "all": np.ones(p_hat.size, dtype=bool)}
+    cs = _draws(rows[seq[0]], "n")
+    print("\nSequential draws per input by input class, the same draws for every rule (mean draws; max excess over "
+          "the CS rule):\n\n| inputs | count | " + " | ".join(seq) + " |\n|:---|---:|" + "---:|" * len(seq))
+    for name, mask in groups.items():
+        cells = []
+        for label in seq:
+            n = _draws(rows[label], "n")
+            excess = f"; max excess {np.max(n[mask] - cs[mask]):+,.0f}" if label != seq[0] and mask.any() else ""
+            cells.append(f"{n[mask].mean():,.0f}{excess}" if mask.any() else "—")
+        print(f"| {name} | {int(mask.sum())} | " + " | ".join(cells) + " |")
+
+
+def print_estimates(rows, estimates, fixed, fixed_passes):
+    """certify.py --estimate (pilot) against the passes the run then spent."""
+    print("\nEstimate (certify.py --estimate, pilot of ≤ 16 inputs) against the run:\n\n"
+          "| run | projected passes/input | spent | projected ÷ spent |\n|:---|---:|---:|---:|")
+    print(f"| {fixed} | {fixed_passes:,.0f} (exact) | {_draws(rows[fixed]).mean():,.0f} | "
+          f"{fixed_passes / _draws(rows[fixed]).mean():.2f} |")
+    for label, est in estimates.items():
+        spent = _draws(rows[label]).mean()
+        print(f"| {label} | {est.passes_per_input:,.0f} | {spent:,.0f} | {est.passes_per_input / spent:.2f} |")
 
 
 def cifar_simulation(a, sigma=0.5, seed=7):
@@ -157,39 +216,37 @@ def cifar_simulation(a, sigma=0.5, seed=7):
     count = rng.binomial(n_iss, p_top)
     passes[iss] = a.iss_n0 + float(n_iss.mean())
     acc[iss] = accuracy(np.where(n_iss > 0, np_radius(cp_lower(count, np.maximum(n_iss, 1), a.alpha), sigma), 0.0))
-    seq_runs = []
-    for label, rs in [("sequential, all radii", radii)] + [(f"sequential r={r:g} only", [r]) for r in radii]:
-        cert = SequentialCertifier(rs, sigma, a.alpha, a.N, a.batch)
-        state = run_on_table(cert, table)
-        passes[label] = N0 + float(state.draws.mean())
-        radius = cert.certified_radius(state)
-        acc[label] = [float(np.mean(correct & (radius >= r))) for r in rs]
-        seq_runs.append(label)
     print(f"\nSimulated: Cohen's published CIFAR-10 σ=0.5 p_A distribution, {a.cifar_sim} inputs, α={a.alpha}, "
-          f"N={a.N:,} (ĉ_A taken as correct where Cohen's was); the confidence-sequence (CS) rule")
-    print_tables(radii, passes, acc, fixed, iss, seq_runs)
+          f"N={a.N:,} (ĉ_A taken as correct where Cohen's was). {iss}: {passes[iss]:,.0f} passes per input "
+          f"({passes[fixed] / passes[iss]:.1f}× fewer than fixed N), certified accuracy "
+          + "/".join(f"{v:.3f}" for v in acc[iss]) + " (fixed N: " + "/".join(f"{v:.3f}" for v in acc[fixed]) + ").")
     rules = rule_comparison(p_top, correct, table, radii, sigma, a.alpha, a.N, a.batch, a.futility,
                             a.projected_futility)
     power_near_threshold(rules, radii[1], sigma, a.alpha, a.N, a.batch, rng)
 
 
-def oracle_draws(p_top, thresholds, alpha, n_max):
+def oracle_draws(p_top, thresholds, alpha, n_max, within_cap=False):
     """Draws of an oracle that knows p_A: for the hardest radius r* with θ_r* < p_A (none: 0 draws), the fixed
     n at which one-sided Clopper–Pearson at α certifies r* with probability ½ (n_max where no n ≤ n_max does).
-    n is found by bisection on n ≥ 1 (the power P_{p_A}(S_n ≥ b_n), b_n = min{s : P_θ(S_n ≥ s) ≤ α}, is
-    nearly monotone in n)."""
+    With `within_cap`, r* is the hardest such radius that some n ≤ n_max certifies with probability ½ (none: 0
+    draws): the oracle does not pay the cap for a radius out of reach (mnist5k at σ = 0.25, where p̂ = 1 puts
+    r = 4σ below p_A). n is found by bisection on n ≥ 1 (the power P_{p_A}(S_n ≥ b_n), b_n = min{s : P_θ(S_n ≥
+    s) ≤ α}, is nearly monotone in n)."""
     n_all = np.arange(1, n_max + 1)
     cost = np.zeros(p_top.size)
-    hardest = np.sum(p_top[:, None] > np.asarray(thresholds)[None, :], axis=1) - 1
-    for i, theta in enumerate(thresholds):
-        rows = np.flatnonzero(hardest == i)
+    done = np.zeros(p_top.size, dtype=bool)
+    for i in range(len(thresholds) - 1, -1, -1):  # hardest radius first
+        theta = thresholds[i]
+        rows = np.flatnonzero(~done & (p_top > theta))
         if not rows.size:
             continue
         b = first_true(lambda s, th=theta: binom.sf(s - 1, n_all, th) <= alpha, np.zeros_like(n_all), n_all)
         p = p_top[rows]
         n = first_true(lambda k, b=b, p=p: binom.sf(b[k - 1] - 1, k, p) >= 0.5, np.ones(p.size, np.int64),
                        np.full(p.size, n_max))
-        cost[rows] = np.minimum(n, n_max)
+        fits = n <= n_max if within_cap else np.ones(rows.size, dtype=bool)
+        cost[rows[fits]] = np.minimum(n[fits], n_max)
+        done[rows[fits]] = True
     return cost
 
 
@@ -207,11 +264,12 @@ def rule_comparison(p_top, correct, table, radii, sigma, alpha, n_max, batch, fu
     rules = {"CS rule: Beta(1, 0.1) mixture, Ville": SequentialCertifier(radii, sigma, alpha, n_max, batch),
              "calibrated mixture boundary + closure": GroupSequentialCertifier(radii, sigma, alpha, n_max, batch,
                                                                                boundary="mixture"),
-             "calibrated CP ∪ CS boundary + closure (default)": default,
+             "calibrated CP ∪ CS boundary + closure, no futility": default,
              f"the same + futility 'upper', γ={futility:g}": GroupSequentialCertifier(
                  radii, sigma, alpha, n_max, batch, futility=futility),
-             f"the same + futility 'projected', γ={projected:g}": GroupSequentialCertifier(
-                 radii, sigma, alpha, n_max, batch, futility=projected, futility_rule="projected")}
+             f"the same + futility 'projected', γ={projected:g}" + (" (CLI default)" if projected == 0.001 else ""):
+                 GroupSequentialCertifier(radii, sigma, alpha, n_max, batch, futility=projected,
+                                          futility_rule="projected")}
     rows = {f"fixed N={n_max:,}": (np.full(p_top.size, float(n_max)),
                                    accuracy(np_radius(cp_lower(table.sum(axis=1), n_max, alpha), sigma)))}
     for label, cert in rules.items():
@@ -230,6 +288,10 @@ def rule_comparison(p_top, correct, table, radii, sigma, alpha, n_max, batch, fu
     print(f"\nCalibrated levels λ* (certify) per radius: {default.params()['levels']}; refute: "
           f"{default.params()['refute_levels']}; calibration {seconds:.1f} s for {len(radii)} radii "
           f"({default.schedule.size} checks; this machine, uncached).")
+    within = oracle_draws(p_top, default.thresholds, alpha, n_max, within_cap=True)
+    print(f"\nThe oracle aiming only at radii it can certify within the cap (as on mnist5k): {within.mean():,.0f} "
+          f"draws; the rules ÷ that: " + ", ".join(f"{rows[k][0].mean() / within.mean():.2f}×" for k in rows
+                                                   if k in rules) + ".")
     if (n_max, alpha, batch, tuple(radii)) == (100_000, 0.001, 500, (0.25, 0.5, 0.75, 1.0)):
         print(f"The review's oracle at these settings: {REFERENCE_ORACLE:,} draws (its own population draw); the "
               "futility rows ÷ that: " + ", ".join(f"{rows[k][0].mean() / REFERENCE_ORACLE:.2f}×" for k in rows

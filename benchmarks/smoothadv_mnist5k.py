@@ -18,7 +18,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from audit_mnist5k import run  # noqa: E402  (prints each command, then runs it)
+from audit_mnist5k import run  # prints each command, then runs it
 
 GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
 
@@ -68,8 +68,8 @@ def main(argv=None):
             "empirical": [sum(int(r[f"correct@{e:g}"]) for r in emp) / len(emp) for e in GRID],
             "certified": [sum(int(r["correct"]) and float(r["radius"]) >= e for r in cert) / len(cert) for e in GRID],
             "acr": sum(float(r["radius"]) * int(r["correct"]) for r in cert) / len(cert)}
-    print(f"\nmnist5k LeNet σ={s:g}, first {a.digits} test digits; attack m={a.m}, T={a.steps}, PREDICT n={a.predict_N}; "
-          f"NP certificates at N={a.N}, α=0.001\n")
+    print(f"\nmnist5k LeNet σ={s:g}, first {a.digits} test digits; attack m={a.m}, T={a.steps}, "
+          f"PREDICT n={a.predict_N}; NP certificates at N={a.N}, α=0.001\n")
     print("| model | " + " | ".join(f"empirical ε={e:g}" for e in GRID) + " | "
           + " | ".join(f"certified r={e:g}" for e in GRID) + " | ACR |")
     print("|:---|" + "---:|" * (2 * len(GRID) + 1))

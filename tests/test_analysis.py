@@ -15,6 +15,7 @@ import pytest
 from certifynet import analysis
 from certifynet.cli.analyze import main
 from certifynet.errors import CertifyNetError, CertifyNetWarning
+
 from helpers import reference_file
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -20,6 +20,7 @@ from certifynet.records import read_rows
 from certifynet.sampling import Sampler
 from certifynet.training import loop
 from certifynet.training.losses import _noisy_logits, smoothed_soft_nll
+
 from helpers import LinearBinary, load_benchmark, untrained_lenet
 
 ALPHA = 0.001

@@ -1,5 +1,6 @@
 """Benchmarks stay runnable: bench_iss end to end at toy size (timings are printed, never asserted)."""
 import os
+import re
 import subprocess
 import sys
 
@@ -63,9 +64,12 @@ def test_bench_sequential_smoke(tmp_path):
             "--out", str(tmp_path / "bench")]
     r = subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-1500:]
-    for fragment in ("| NP N=400 | 500 |", "ISS-NP ε=0.05 n0=100", "sequential, all radii", "| all 4 at once |",
-                     "Simulated: Cohen's published CIFAR-10", "fixed ÷ sequential"):
+    for fragment in ("| NP N=400 | 500 |", "ISS-NP ε=0.05 n0=100", "| CS rule (confidence sequence) |",
+                     "| calibrated + futility 'projected' γ=0.001 (default) |", "| all | 2 |", "projected ÷ spent",
+                     "Simulated: Cohen's published CIFAR-10", "futility 'projected', γ=0.001 (CLI default)"):
         assert fragment in r.stdout, r.stdout[-1500:]
+    excess = [int(v.replace(",", "")) for v in re.findall(r"max excess ([+-][\d,]+)", r.stdout)]
+    assert excess and max(excess) <= 0, excess  # the calibrated rules never draw more than the CS rule
     # every stage resumes: the same command again samples nothing and prints the same mnist5k tables
     r2 = subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert r2.returncode == 0 and "resuming: 2 of 2" in r2.stderr

@@ -17,8 +17,14 @@ import torch.nn.functional as F
 
 from certifynet import models as M
 from certifynet.errors import CertifyNetError
-from certifynet.models import (NORMALIZATION, get_architecture, load_checkpoint, parse_normalization,
-                               resolve_normalization, save_checkpoint)
+from certifynet.models import (
+    NORMALIZATION,
+    get_architecture,
+    load_checkpoint,
+    parse_normalization,
+    resolve_normalization,
+    save_checkpoint,
+)
 from certifynet.models.layouts import infer_arch
 
 SHAPES = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32), "imagenet": (3, 224, 224)}

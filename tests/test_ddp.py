@@ -15,8 +15,7 @@ import torch.multiprocessing as mp
 from certifynet.errors import CertifyNetError
 from certifynet.models import get_architecture, load_checkpoint
 from certifynet.noise import GeneralizedGaussianNoise
-from certifynet.training import ddp
-from certifynet.training import LossSpec
+from certifynet.training import LossSpec, ddp
 from certifynet.training.schedule import k_at
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -6,8 +6,19 @@ import torch
 import torch.nn as nn
 
 from certifynet.denoise import (
-    DENOISER_PRESETS, DenoisedClassifier, DnCNN, DRUNet, build_denoiser_from_config, classification_loss,
-    denoiser_config, freeze, get_denoiser, l1_loss, load_denoiser_state_dict, mse_loss, stability_loss,
+    DENOISER_PRESETS,
+    DenoisedClassifier,
+    DnCNN,
+    DRUNet,
+    build_denoiser_from_config,
+    classification_loss,
+    denoiser_config,
+    freeze,
+    get_denoiser,
+    l1_loss,
+    load_denoiser_state_dict,
+    mse_loss,
+    stability_loss,
 )
 from certifynet.errors import CertifyNetError
 

@@ -8,9 +8,18 @@ import torch
 
 from certifynet.cli.train_denoiser import main as train_main
 from certifynet.data import get_dataset
-from certifynet.denoise import (DenoisedClassifier, DnCNN, freeze, get_denoiser, load_denoiser, save_denoiser)
-from certifynet.denoise.train import (TrainOptions, _load_classifier, draw_sigmas, eval_sigma, read_options_file,
-                                      resolve_options, sigma_spec, train_denoiser, train_epoch)
+from certifynet.denoise import DenoisedClassifier, DnCNN, freeze, get_denoiser, load_denoiser, save_denoiser
+from certifynet.denoise.train import (
+    TrainOptions,
+    _load_classifier,
+    draw_sigmas,
+    eval_sigma,
+    read_options_file,
+    resolve_options,
+    sigma_spec,
+    train_denoiser,
+    train_epoch,
+)
 from certifynet.errors import CertifyNetError
 from certifynet.models import get_architecture, load_checkpoint, save_checkpoint
 from certifynet.records import read_meta, read_rows
@@ -193,7 +202,8 @@ def test_kair_bare_drunet_state_dict(tmp_path):
     net = get_denoiser("drunet", 1, channels=(8, 16, 24, 32), nb=2)
     torch.save(net.state_dict(), str(tmp_path / "drunet_gray.pth"))
     den = load_denoiser(str(tmp_path / "drunet_gray.pth"))
-    assert den.source == "kair" and den.config == {"name": "drunet", "in_channels": 1, "channels": [8, 16, 24, 32], "nb": 2}
+    assert den.source == "kair"
+    assert den.config == {"name": "drunet", "in_channels": 1, "channels": [8, 16, 24, 32], "nb": 2}
     assert _same_outputs(den.model, net)
 
 

@@ -6,15 +6,26 @@ import pytest
 from scipy.special import betaincinv, gammaincinv, lambertw
 from scipy.stats import binom, norm
 
-from certifynet.certify.dsrs import (check_k, dsrs_certify, dsrs_intervals, dsrs_radius, generalized_np_radius,
-                                     pooled_np_fallback_needed, radial_quantile, sigma_prime, truncation_beta,
-                                     truncation_percentile, truncation_radius)
+from certifynet.certify.dsrs import (
+    check_k,
+    dsrs_certify,
+    dsrs_intervals,
+    dsrs_radius,
+    generalized_np_radius,
+    pooled_np_fallback_needed,
+    radial_quantile,
+    sigma_prime,
+    truncation_beta,
+    truncation_percentile,
+    truncation_radius,
+)
 from certifynet.certify.dsrs import quadrature as quad
 from certifynet.certify.dsrs.generalized_np import _gauss_level
-from certifynet.certify.dsrs.rescaled import _Rescaled, _resc_margin
+from certifynet.certify.dsrs.rescaled import _resc_margin, _Rescaled
 from certifynet.certify.dsrs.truncated import _trunc_shifted
 from certifynet.certify.neyman_pearson import cp_lower
 from certifynet.errors import CertifyNetError
+
 from helpers import reference_rows
 
 SETTINGS = [(784, 380), (3072, 1530), (150528, 75260)]
@@ -273,12 +284,14 @@ def test_quadrature_error_estimates_cover_reference(d, k):
         lev = _gauss_level(rr, rng.uniform(0.6, 0.9999)) + rng.normal()
         beta = truncation_beta(rng.uniform(0.3, 0.95), d, k)
         lam1, mu2 = math.exp(lev) * rng.uniform(0.5, 2), math.exp(lev) * rng.uniform(-0.9, 0.9)
-        fns = [lambda R: R.integrate(quad._origin_eval(R, rt, quad._const(lev)))[0],
-               lambda R: R.integrate(quad._ball_eval(R, rt, lev))[0],
-               lambda R: R.integrate(quad._origin_eval(R, rt, quad._const(lev)), bounds=(0, beta))[0],
-               lambda R: _trunc_shifted(R, rt, beta, lev + 1.0, lev - 1.0),
-               lambda R: _Rescaled(R, 0.8).masses(rt, lam1, mu2),
-               lambda R: _Rescaled(R, 0.8).shifted(rt, lam1, mu2)]
+        # the loop's values are bound as defaults: each lambda is used within its own iteration
+        fns = [lambda R, rt=rt, lev=lev: R.integrate(quad._origin_eval(R, rt, quad._const(lev)))[0],
+               lambda R, rt=rt, lev=lev: R.integrate(quad._ball_eval(R, rt, lev))[0],
+               lambda R, rt=rt, lev=lev, beta=beta: R.integrate(quad._origin_eval(R, rt, quad._const(lev)),
+                                                                bounds=(0, beta))[0],
+               lambda R, rt=rt, lev=lev, beta=beta: _trunc_shifted(R, rt, beta, lev + 1.0, lev - 1.0),
+               lambda R, rt=rt, lam1=lam1, mu2=mu2: _Rescaled(R, 0.8).masses(rt, lam1, mu2),
+               lambda R, rt=rt, lam1=lam1, mu2=mu2: _Rescaled(R, 0.8).shifted(rt, lam1, mu2)]
         for fn in fns:
             a, b, c = (np.atleast_1d(fn(R)) for R in (coarse, fine, ref))
             est = np.maximum(quad._QUAD_FLOOR, 2 * np.abs(b - a))

@@ -12,8 +12,14 @@ from scipy.stats import binom
 from certifynet.certify import crossing as crossing_mod
 from certifynet.certify.crossing import crossing_probability, lower_crossing_probability
 from certifynet.certify.group_sequential import GroupSequentialCertifier
-from certifynet.certify.gs_boundaries import (calibrated_design, cp_lower_boundary, cp_upper_boundary, cs_boundaries,
-                                              futility_boundary, verify_design)
+from certifynet.certify.gs_boundaries import (
+    calibrated_design,
+    cp_lower_boundary,
+    cp_upper_boundary,
+    cs_boundaries,
+    futility_boundary,
+    verify_design,
+)
 from certifynet.certify.sequential import SequentialCertifier, batch_schedule, confidence_sequence, simulate
 from certifynet.errors import CertifyNetError
 
@@ -138,10 +144,10 @@ class UncalibratedCP(GroupSequentialCertifier):
         return dataclasses.replace(d, upper=cp_upper_boundary(self.checks, theta, self.alpha))
 
 
-def _false_certificates(cls, m=6000, alpha=0.05, seed=3):
+def _false_certificates(cls, m=6000, alpha=0.05, seed=3, **kw):
     """Inputs of the linear classifier sitting exactly at a threshold of the grid (p_A = θ_r, the hardest
     case: a C at r claims p_A > θ_r), drawn in equal numbers per radius. Returns (false-C count, m)."""
-    cert = cls(RADII, SIGMA, alpha, 10_000, 256)
+    cert = cls(RADII, SIGMA, alpha, 10_000, 256, **kw)
     rng = np.random.default_rng(seed)
     p = cert.thresholds[rng.integers(0, len(RADII), m)]
     state = simulate(cert, p, rng)
@@ -154,6 +160,10 @@ def test_soundness_at_the_thresholds_and_uncalibrated_control_fails():
     alpha = 0.05
     count, m = _false_certificates(GroupSequentialCertifier, alpha=alpha)
     assert binom.sf(count - 1, m, alpha) >= 1e-3, count
+    # the CLI's default, futility "projected" at γ = 0.001, on the same draws (simulate draws for every input at
+    # every check): a futility stop never certifies, so it can only remove false Cs
+    default, _ = _false_certificates(GroupSequentialCertifier, alpha=alpha, futility=0.001, futility_rule="projected")
+    assert binom.sf(default - 1, m, alpha) >= 1e-3 and default <= count, (default, count)
     bad, _ = _false_certificates(UncalibratedCP, alpha=alpha)
     print(f"false-C: calibrated {count}/{m}, uncalibrated {bad}/{m}, expected ≤ {alpha * m:.0f}")
     assert binom.sf(bad - 1, m, alpha) < 1e-3, bad  # the same test catches the uncalibrated rule

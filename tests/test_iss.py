@@ -6,10 +6,10 @@ import pytest
 from scipy.stats import norm
 
 from certifynet.certify import iss
-from certifynet.certify.iss import (IssPlanner, expected_radius, iss_certify, iss_dsrs_budget,
-                                    iss_sample_size)
+from certifynet.certify.iss import IssPlanner, expected_radius, iss_certify, iss_dsrs_budget, iss_sample_size
 from certifynet.certify.neyman_pearson import certify_from_counts, cp_interval, cp_lower, np_radius
 from certifynet.errors import CertifyNetError
+
 from helpers import cohen_cifar10_population, reference_rows
 
 

@@ -5,8 +5,16 @@ import pytest
 import torch
 from scipy.stats import binom, norm
 
-from certifynet.certify import (ABSTAIN, certify_from_counts, cp_interval, cp_lower, np_radius, predict_from_counts,
-                                predict_pvalue, top_two)
+from certifynet.certify import (
+    ABSTAIN,
+    certify_from_counts,
+    cp_interval,
+    cp_lower,
+    np_radius,
+    predict_from_counts,
+    predict_pvalue,
+    top_two,
+)
 from certifynet.errors import CertifyNetError
 from certifynet.noise import GaussianNoise
 from certifynet.sampling import Sampler, Smooth, input_generator

@@ -150,7 +150,8 @@ def test_list_continuation_rule():
     assert _continued(prose) == [("certifynet.certify.cp_lower", "np_radius"),
                                  ("certifynet.certify.cp_lower", "dsrs_radius"),
                                  ("certifynet.certify.cp_lower", "iss_sample_size"),
-                                 ("certifynet.certify.iss", "iss_sample_size"), ("certifynet.certify.iss", "IssPlanner")]
+                                 ("certifynet.certify.iss", "iss_sample_size"),
+                                 ("certifynet.certify.iss", "IssPlanner")]
     assert _namespace("certifynet.certify.cp_lower") == "certifynet.certify"
     assert _namespace("certifynet.certify.iss") == "certifynet.certify.iss"
 

@@ -18,6 +18,7 @@ from certifynet.errors import CertifyNetError, CertifyNetWarning
 from certifynet.models import get_architecture
 from certifynet.paths import project_root, safe_filename
 from certifynet.records import RowLog, WriterLock, read_rows, writer_active
+
 from helpers import untrained_lenet
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -11,10 +11,10 @@ import torch
 from scipy import stats
 
 from certifynet.certify.dsrs import truncation_beta
-from certifynet.errors import CertifyNetError
 from certifynet.cli import parse
 from certifynet.cli import sample as sample_cli
 from certifynet.cli.base import per_input_parser
+from certifynet.errors import CertifyNetError
 from certifynet.models import get_architecture, save_checkpoint
 from certifynet.noise import GaussianNoise, GeneralizedGaussianNoise, make_noise, sigma_prime
 from certifynet.records import read_rows
@@ -123,7 +123,8 @@ def _recorded_counts(monkeypatch):
     return seen
 
 
-@pytest.mark.parametrize("noise", [GaussianNoise(0.25), GeneralizedGaussianNoise(0.25, 380, 784)], ids=["gauss", "k380"])
+@pytest.mark.parametrize("noise", [GaussianNoise(0.25), GeneralizedGaussianNoise(0.25, 380, 784)],
+                         ids=["gauss", "k380"])
 def test_smooth_radius_equals_certify_py_on_the_same_counts(noise, monkeypatch):
     """Smooth.certify's radius is certify.py's (`certify_row` on the same counts, σ/d/k of the same noise). For the
     generalized Gaussian (k=380) it is the generalized NP radius, not σΦ⁻¹(p̲_A) (which is larger: the control)."""
@@ -425,7 +426,8 @@ def _homogeneous(a, b):
 def test_cuda_counts_agree_in_distribution_with_cpu():
     """Same model and input: CUDA and CPU counts (different RNGs) are one multinomial; σ × 1.3 is rejected."""
     model, x, n = lenet(1).eval(), torch.rand(MNIST, generator=torch.Generator().manual_seed(2)), 200_000
-    cpu = Sampler(model, 10, batch=2000, device="cpu").counts_np(x, GaussianNoise(0.5), n, input_generator(0, 0, 1, "cpu"))
+    cpu = Sampler(model, 10, batch=2000, device="cpu").counts_np(x, GaussianNoise(0.5), n,
+                                                                 input_generator(0, 0, 1, "cpu"))
     dev = Sampler(model, 10, batch=2000, device="cuda")
     gpu = dev.counts_np(x, GaussianNoise(0.5), n, input_generator(0, 0, 1, "cuda"))
     assert (cpu > 0).sum() >= 3 and _homogeneous(cpu, gpu) > 1e-3, (cpu, gpu)

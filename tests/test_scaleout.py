@@ -395,6 +395,7 @@ def trained_model(tmp_path_factory):
     """LeNet trained for one epoch on mnist5k with σ = 0.25 noise (a few seconds on CPU)."""
     import torch
     import torch.nn.functional as F
+
     from certifynet.data import get_dataset
     from certifynet.models import get_architecture, save_checkpoint
     torch.manual_seed(0)

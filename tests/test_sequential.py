@@ -13,16 +13,22 @@ from scipy.stats import norm
 
 from certifynet.certify.dsrs import generalized_np_radius
 from certifynet.certify.neyman_pearson import cp_lower, cp_upper, np_radius
-from certifynet.certify.sequential import (DEFAULT_PRIOR, SequentialCertifier, batch_schedule, confidence_sequence,
-                                           log_mixture_ratio, radius_threshold, simulate)
+from certifynet.certify.sequential import (
+    DEFAULT_PRIOR,
+    SequentialCertifier,
+    batch_schedule,
+    confidence_sequence,
+    log_mixture_ratio,
+    radius_threshold,
+    simulate,
+)
 from certifynet.cli import analyze as analyze_cli
 from certifynet.cli import certify as certify_cli
 from certifynet.errors import CertifyNetError
-from certifynet.sampling import InputSampler, SamplingConfig, certify_sequential, sequential_certifier
 from certifynet.records import read_rows
+from certifynet.sampling import InputSampler, SamplingConfig, certify_sequential, sequential_certifier
 
 from helpers import LinearBinary, cohen_cifar10_population, untrained_lenet
-
 
 # ----------------------------------------------------------------------------------- confidence sequence
 
@@ -31,7 +37,7 @@ def test_bounds_match_roots_of_the_mixture_and_round_outward():
     for s, t in ((0, 10), (3, 10), (10, 10), (950, 1000), (999, 1000), (1000, 1000), (99_990, 100_000)):
         lo, up = confidence_sequence(s, t, alpha)
 
-        def g(p):
+        def g(p, s=s, t=t):
             return float(log_mixture_ratio(s, t, p)) - math.log(1 / alpha)
 
         if s > 0:
@@ -280,3 +286,68 @@ def test_efficiency_on_cohen_cifar10_distribution():
         for r in rs:
             assert abs(np.mean(correct & (radius >= r)) - np.mean(correct & (r_full >= r))) <= 0.01, (rs, r)
         assert ratio >= (10.0 if len(rs) == 1 else 5.0), (rs, ratio)
+
+
+# ------------------------------------------------------------------ the rules behind certify.py --sequential
+
+def test_default_rule_is_calibrated_and_sidecar_refuses_another_rule_on_resume(ckpt, tmp_path, capsys):
+    """The default is the calibrated group-sequential rule with futility 'projected' at γ = 0.001; its sidecar
+    records the rule, levels, futility and schedule, and a resume with another rule or futility is refused."""
+    out = str(tmp_path / "gs.tsv")
+    argv = ["--model", ckpt, *SMALL, "--sequential", "--radii", "0.25", "0.5", "--out", out]
+    assert certify_cli.main(argv) == 0
+    meta = json.load(open(out + ".meta.json"))
+    assert meta["sequential_rule"] == "group-sequential" and meta["futility"] == 0.001
+    assert meta["futility_rule"] == "projected" and len(meta["levels"]) == 2 and len(meta["refute_levels"]) == 2
+    assert all(0 < lv <= 0.01 for lv in meta["levels"]) and max(meta["crossing_at_threshold"]) <= 0.01
+    assert meta["schedule"] == [[32, 1], [64, 4], [12, 1]] and meta["checks"] == 6  # N = 300, batch 64
+    for extra, asked in ((["--sequential-rule", "cs"], "the confidence sequence (--sequential-rule cs)"),
+                         (["--futility", "none"], "the calibrated rule without futility"),
+                         (["--futility", "upper"], "the calibrated rule, futility upper γ=0.001"),
+                         (["--futility-level", "0.01"], "the calibrated rule, futility projected γ=0.01")):
+        capsys.readouterr()
+        assert certify_cli.main([*argv, *extra]) == 2
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert err.startswith("error:") and "made with the calibrated rule, futility projected γ=0.001" in err, err
+        assert f"this run asks for {asked}" in err, err
+    # the confidence sequence's sidecar is the one it always had (no rule key: old logs stay resumable)
+    cs = str(tmp_path / "cs.tsv")
+    assert certify_cli.main([*argv[:-1], cs, "--sequential-rule", "cs"]) == 0
+    meta_cs = json.load(open(cs + ".meta.json"))
+    assert "sequential_rule" not in meta_cs and "levels" not in meta_cs and meta_cs["cs_prior"] == [1.0, 0.1]
+
+
+def test_calibrated_rule_never_draws_more_than_the_cs_rule_through_the_cli(ckpt, tmp_path):
+    """The same digits, the same draws ((seed, idx, stream) streams, one schedule): every input costs the calibrated
+    rule (with and without futility) at most what it costs the CS rule, and no certificate of the CS rule is lost
+    without futility."""
+    base = ["--model", ckpt, "--sigma", "0.25", "--N0", "20", "--N", "3000", "--batch", "256", "--max", "12",
+            "--alpha", "0.01", "--sequential", "--radii", "0.1", "0.25", "0.5", "--no-progress"]
+    rows = {}
+    for name, extra in (("cs", ["--sequential-rule", "cs"]), ("gs", ["--futility", "none"]), ("default", [])):
+        out = str(tmp_path / f"{name}.tsv")
+        assert certify_cli.main([*base, *extra, "--out", out]) == 0
+        rows[name] = read_rows(out)[1]
+    cs = np.array([int(r["n"]) for r in rows["cs"]])
+    for name in ("gs", "default"):
+        n = np.array([int(r["n"]) for r in rows[name]])
+        assert np.all(n <= cs), (name, n, cs)
+        assert [r["predict"] for r in rows[name]] == [r["predict"] for r in rows["cs"]]
+    assert cs.sum() > np.array([int(r["n"]) for r in rows["default"]]).sum()  # the test has bite: it saves draws
+    assert all(float(g["radius"]) >= float(c["radius"]) for g, c in zip(rows["gs"], rows["cs"]))
+
+
+def test_row_withholds_a_certificate_when_the_prediction_abstains():
+    """A radius with θ_r close to ½ can be crossed by the calibrated boundary while the confidence sequence's L ≤ ½:
+    the row then abstains and the C is withheld (U), so that every claim of a row needs L > ½ (docs/sequential.md)."""
+    from certifynet.certify.group_sequential import GroupSequentialCertifier
+    from certifynet.sampling.sequential import row_decisions
+    cert = GroupSequentialCertifier([0.01, 0.5], 1.0, 0.001, 10_000, 256)
+    b = int(cert.certify_at[0, 0])                      # the certifying boundary at the first check (32 draws)
+    state = cert.update(cert.start(1), np.array([b]), 32)
+    assert cert.decisions(state)[0, 0] == 2 and state.lower[0] <= 0.5
+    codes, radius, predicts = row_decisions(cert, state, float(state.lower[0]))
+    assert not predicts and radius == 0.0 and codes[0] == 0
+    state = cert.update(cert.start(1), np.array([32]), 32)   # all hits: L > ½, the C stands
+    codes, radius, predicts = row_decisions(cert, state, float(state.lower[0]))
+    assert predicts and codes[0] == 2 and radius == float(cert.radii[codes == 2].max())

@@ -2,8 +2,6 @@
 import csv
 import json
 import os
-
-from certifynet.paths import default_path
 import struct
 import subprocess
 import sys
@@ -16,6 +14,7 @@ from certifynet.cli import train as cli_train
 from certifynet.cli import train_smoothmix as cli_smoothmix
 from certifynet.data import get_dataset
 from certifynet.models import get_architecture, load_checkpoint, save_checkpoint
+from certifynet.paths import default_path
 from certifynet.training import LOG_COLUMNS, LossSpec, TrainConfig, config, loop, split_batch
 from certifynet.training import data as train_data
 from certifynet.training.schedule import k_at

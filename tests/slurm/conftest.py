@@ -11,7 +11,6 @@ import sys
 import time
 
 import pytest
-
 from slurm_cluster import CLUSTER_SH, Cluster, unavailable_reason
 
 

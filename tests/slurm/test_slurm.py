@@ -13,9 +13,9 @@ import time
 from types import SimpleNamespace
 
 import pytest
+from slurm_cluster import ACTIVE, ROOT, n_rows, python_env
 
 from certifynet.records import read_meta, read_rows, shard_path
-from slurm_cluster import ACTIVE, ROOT, n_rows, python_env
 
 pytestmark = pytest.mark.e2e   # every test here runs scripts as subprocesses
 
@@ -100,11 +100,13 @@ def pipeline(slurm, tmp_path_factory):
     """The whole chain through submit_pipeline.sh; task 1 is requeued (preempted) after its first row. The
     unsharded reference run is computed while the array runs."""
     import torch
+
     from certifynet.cli import certify
     folder = str(tmp_path_factory.mktemp("pipeline"))
     t0 = time.time()
     ids, env = submit_pipeline(slurm, folder, DATASET="mnist5k", ARCH="lenet", OUTDIR=f"{folder}/model", EPOCHS=1,
-                               TRAIN_BATCH=100, LR=0.05, TRAIN_EXTRA="--train-subset 2000 --test-subset 200 --no-progress")
+                               TRAIN_BATCH=100, LR=0.05,
+                               TRAIN_EXTRA="--train-subset 2000 --test-subset 200 --no-progress")
     train, array, merge = ids["train"], ids["certify"], ids["merge"]
     assert slurm.wait(train, timeout=300, what="the train job") == {train: "COMPLETED"}, text(
         f"{folder}/logs/cn-train_{train}.out")
@@ -230,8 +232,9 @@ def test_submit_pipeline_options_become_sbatch_options(tmp_path):
     fake.write_text('#!/bin/bash\necho "$* SHARDS=${SHARDS:-unset}" >> "$SBATCH_LOG"\n'
                     'echo "$((100 + $(wc -l < "$SBATCH_LOG")))"\n')
     fake.chmod(0o755)
-    env = {**os.environ, "PATH": f"{fake.parent}{os.pathsep}{os.environ['PATH']}", "SBATCH_LOG": str(tmp_path / "calls"),
-           "SHARDS": "4", "OUT": str(tmp_path / "res" / "x.tsv"), "LOGS": str(tmp_path / "logs"), "ANALYSIS": "",
+    env = {**os.environ, "PATH": f"{fake.parent}{os.pathsep}{os.environ['PATH']}",
+           "SBATCH_LOG": str(tmp_path / "calls"), "SHARDS": "4", "OUT": str(tmp_path / "res" / "x.tsv"),
+           "LOGS": str(tmp_path / "logs"), "ANALYSIS": "",
            **RESOURCES}
     script = os.path.join(SLURM_DIR, "submit_pipeline.sh")
     r = subprocess.run(["bash", script], env=env, capture_output=True, text=True, cwd=tmp_path)

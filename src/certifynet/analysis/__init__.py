@@ -19,14 +19,40 @@ from __future__ import annotations
 
 from certifynet.analysis.empirical import certified_vs_empirical, plot_certified_vs_empirical, read_empirical_curve
 from certifynet.analysis.logs import REQUIRED_COLUMNS, CertifyLog, parse_time, read_log, read_logs
-from certifynet.analysis.metrics import (DEFAULT_RADII, PA_QUANTILES, certified_accuracy, check_radii, envelope,
-                                         envelope_group, hp_correction, mean_samples, pa_lower, pa_lower_quantiles,
-                                         samples_per_input, summarize)
-from certifynet.analysis.plots import (METHOD_STYLES, SIGMA_COLOURS, certified_accuracy_figure, pa_lower_figure,
-                                       plot_certified_accuracy, plot_cost, plot_gain, plot_pa_lower)
+from certifynet.analysis.metrics import (
+                                         DEFAULT_RADII,
+                                         PA_QUANTILES,
+                                         certified_accuracy,
+                                         check_radii,
+                                         envelope,
+                                         envelope_group,
+                                         hp_correction,
+                                         mean_samples,
+                                         pa_lower,
+                                         pa_lower_quantiles,
+                                         samples_per_input,
+                                         summarize,
+)
+from certifynet.analysis.plots import (
+                                         METHOD_STYLES,
+                                         SIGMA_COLOURS,
+                                         certified_accuracy_figure,
+                                         pa_lower_figure,
+                                         plot_certified_accuracy,
+                                         plot_cost,
+                                         plot_gain,
+                                         plot_pa_lower,
+)
 from certifynet.analysis.report import summarize_runs, write_outputs, write_report
-from certifynet.analysis.tables import (METRICS, best_mask, comparable_groups, tex_escape, to_latex, to_markdown,
-                                        write_tables)
+from certifynet.analysis.tables import (
+                                         METRICS,
+                                         best_mask,
+                                         comparable_groups,
+                                         tex_escape,
+                                         to_latex,
+                                         to_markdown,
+                                         write_tables,
+)
 
 __all__ = [
     # logs

@@ -37,10 +37,23 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from certifynet.certify.gs_boundaries import (DEFAULT_FAMILY, FAMILIES, Design, calibrated_design, futility_boundary,
-                                              projected_futility_boundary)
-from certifynet.certify.sequential import (DECIDED_CODES, DEFAULT_PRIOR, FIRST_BATCH, batch_schedule, check_radii,
-                                           confidence_sequence, radius_threshold)
+from certifynet.certify.gs_boundaries import (
+    DEFAULT_FAMILY,
+    FAMILIES,
+    Design,
+    calibrated_design,
+    futility_boundary,
+    projected_futility_boundary,
+)
+from certifynet.certify.sequential import (
+    DECIDED_CODES,
+    DEFAULT_PRIOR,
+    FIRST_BATCH,
+    batch_schedule,
+    check_radii,
+    confidence_sequence,
+    radius_threshold,
+)
 from certifynet.errors import CertifyNetError, check_alpha, check_sigma
 
 RULE = "group-sequential"

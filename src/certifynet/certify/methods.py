@@ -34,7 +34,8 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("iss-dsrs", "ISS-DSRS", ("iss-dsrs",), "--iss ... --q-dist ...",
            "Chen et al. 2022 with Li et al. 2022", "docs/iss_dsrs.md"),
     Method("sequential", "Sequential", (), "certify.py --model ... --sequential --radii ...",
-           "anytime-valid confidence sequences at fixed radii (this toolkit)", "docs/sequential.md"),
+           "group-sequential tests calibrated exactly per radius, or an anytime-valid confidence sequence (this "
+           "toolkit)", "docs/sequential.md"),
 )}
 
 # The methods that certify a stored counts file (certify.py --counts --method ...).

@@ -11,7 +11,11 @@ sidecar; --start/--end/--skip/--max/--shard select rows of the file.
 
 Writes a tab-separated log whose first columns are Cohen's `idx label predict radius correct time`,
 then `pA_lower n samples method` (and the P/Q interval ends for DSRS); abstain is predict = −1, radius 0.
---sequential --radii R… (with --model): anytime-valid sequential NP at fixed radii, docs/sequential.md.
+--sequential --radii R… (with --model): sequential NP at fixed radii, each input sampled until the decision at
+every radius is settled (default rule: calibrated group-sequential; --sequential-rule cs: the anytime-valid
+confidence sequence), docs/sequential.md.
+--estimate (with --model): a short pilot on this device projects the forward passes and the wall time of the
+run, and with --time-limit the shards that fit and the sbatch command; nothing is written (docs/scaleout.md).
 """
 from __future__ import annotations
 
@@ -20,9 +24,10 @@ import sys
 from certifynet.certify.methods import COUNTS_METHODS
 from certifynet.cli import one_line_errors, parse
 from certifynet.cli.base import per_input_parser
+from certifynet.cli.sample import add_estimate_args, print_estimate
 from certifynet.paths import shown
 from certifynet.sampling.certify_stage import run_certify
-from certifynet.sampling.config import SamplingConfig
+from certifynet.sampling.config import CHOICES, SamplingConfig
 
 
 def build_parser():
@@ -36,15 +41,30 @@ def build_parser():
     p.add_argument("--label", default=d.label, help="display label for analyze.py (any text; kept in the sidecar)")
     g = p.add_argument_group("sequential certification at fixed radii (docs/sequential.md)")
     g.add_argument("--sequential", action="store_true",
-                   help="sample until the decision at every --radii is sure (anytime-valid at α); --N is the cap")
+                   help="sample until the decision at every --radii is sure (valid at α); --N is the cap")
     g.add_argument("--radii", nargs="+", type=float, default=d.radii, metavar="R",
                    help="radii to decide (with --sequential)")
+    g.add_argument("--sequential-rule", default=d.sequential_rule, choices=CHOICES["sequential_rule"],
+                   help="gs: group-sequential test calibrated exactly for the batch schedule, α and radii (fewest "
+                        "draws); cs: confidence sequence (anytime-valid pA_lower, any data-dependent stop)")
+    g.add_argument("--futility", default=d.futility, choices=CHOICES["futility"],
+                   help="gs: give up at r (N: not certifiable within the cap) when the Clopper–Pearson upper bound "
+                        "at --futility-level is below θ_r (upper), or when even at that rate the path would miss "
+                        "every later boundary (projected); never costs validity, only a little power")
+    g.add_argument("--futility-level", type=float, default=d.futility_level, metavar="γ",
+                   help="level γ of the futility rule")
+    add_estimate_args(p, d)
     return p
 
 
 @one_line_errors
 def main(argv=None):
     args = parse(build_parser(), argv)
-    out = run_certify(SamplingConfig.from_namespace(args), command=" ".join(sys.argv))
+    config = SamplingConfig.from_namespace(args)
+    if config.counts:  # validated against the counts file; the options of sampling runs are refused here
+        config.check_sequential_and_estimate("certify")
+    if config.estimate:
+        return print_estimate(config, "certify")
+    out = run_certify(config, command=" ".join(sys.argv))
     if out:
         print(f"log: {shown(out)}")

@@ -171,11 +171,13 @@ def summarize(demo: Demo, a, seq_label: str):
           f"(ISS saves more at the usual N=100,000: benchmarks/bench_iss.py)")
     print(f"sequential at the fixed radii {', '.join(f'{r:g}' for r in RADII[1:])}: {passes[seq_label]:.0f} forward "
           f"passes per input, capped at N0 + N = {100 + n} (benchmarks/bench_sequential.py)")
-    print(f"\nplots: {a.out}/certified_accuracy.png (.pdf); tables: {a.out}/table.md/.tex/.csv; report: {a.out}/report.md")
+    print(f"\nplots: {a.out}/certified_accuracy.png (.pdf); tables: {a.out}/table.md/.tex/.csv; "
+          f"report: {a.out}/report.md")
 
 
 def sequential_stage(demo: Demo, a, common):
-    """Sequential NP at the demo's radii: stop each digit once every radius is decided (anytime-valid, α)."""
+    """Sequential NP at the demo's radii: stop each digit once every radius is decided (certify.py's default rule:
+    the calibrated group-sequential test, valid at α; futility 'projected' at γ = 0.001)."""
     label = f"Sequential σ={a.sigma} cap N={a.N}"
     log = demo.path("sequential.tsv")
     demo.run("certify", [*common, "--N0", 100, "--N", a.N, "--sequential", "--radii", *RADII[1:], "--out", log,

@@ -140,7 +140,7 @@ def get_architecture(arch: str, dataset: str, normalization=None) -> nn.Sequenti
     return nn.Sequential(NormalizeLayer(mean, std), ctor(num_classes=info.num_classes))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def arch_keys(arch: str) -> frozenset[str]:
     """The state_dict keys of `arch`'s net (built on the meta device: no memory, no init cost)."""
     with torch.device("meta"):

@@ -41,10 +41,26 @@ from certifynet.records.files import atomic_write
 from certifynet.records.integrity import KEY_ENV, Digester, load_key
 from certifynet.records.lock import WriterLock, writer_active
 from certifynet.records.rowlog import RowLog, parse_log, read_rows
-from certifynet.records.selection import (check_selection, parse_shard, select_indices, select_rows, shard_part,
-                                          shard_path)
-from certifynet.records.sidecar import (CHECK_COLUMN, INTEGRITY_IGNORE, VOLATILE_META, meta_conflict, meta_path,
-                                        read_meta, row_check, settings_integrity, verify_settings, write_meta)
+from certifynet.records.selection import (
+                                          check_selection,
+                                          parse_shard,
+                                          select_indices,
+                                          select_rows,
+                                          shard_part,
+                                          shard_path,
+)
+from certifynet.records.sidecar import (
+                                          CHECK_COLUMN,
+                                          INTEGRITY_IGNORE,
+                                          VOLATILE_META,
+                                          meta_conflict,
+                                          meta_path,
+                                          read_meta,
+                                          row_check,
+                                          settings_integrity,
+                                          verify_settings,
+                                          write_meta,
+)
 
 __all__ = [
     "CHECK_COLUMN", "INTEGRITY_IGNORE", "KEY_ENV", "Digester", "RowLog", "VOLATILE_META", "WriterLock",

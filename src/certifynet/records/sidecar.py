@@ -32,7 +32,8 @@ def read_meta(path: str, required: bool = True, sidecar: str | None = None) -> d
     mp = sidecar or meta_path(path)
     if not os.path.isfile(mp):
         if required:
-            raise CertifyNetError(f"metadata sidecar '{mp}' not found (it is written next to every counts file and log)")
+            raise CertifyNetError(f"metadata sidecar '{mp}' not found "
+                                  "(it is written next to every counts file and log)")
         return {}
     try:
         with open(mp, encoding="utf-8") as f:

@@ -28,13 +28,17 @@ from certifynet.sampling.device import parse_device
 MODES = ("sample", "certify", "predict", "attack")
 DEFAULT_OUT = {"sample": "results/counts.csv", "predict": "results/predict.tsv"}  # under the project root
 CHOICES = {"split": ("train", "test"), "dist": ("gaussian", "general_gaussian"), "select": ("n0", "label"),
-           "q_dist": ("none", "truncated", "rescaled"), "iss": ("absolute", "relative")}
+           "q_dist": ("none", "truncated", "rescaled"), "iss": ("absolute", "relative"),
+           "sequential_rule": ("gs", "cs"), "futility": ("none", "upper", "projected")}
 # attack.py's own defaults: PREDICT at x+δ with fewer draws; σ, k and P are adopted from the audited log.
 ATTACK_DEFAULTS = {"N": 10_000, "k": None, "dist": None}
 # Flags without a value: the spelling that sets the field away from its default.
 SWITCHES = {"amp": "--amp", "cuda_graph": "--cuda-graph", "sequential": "--sequential",
             "optimize": "--no-optimize", "channels_last": "--no-channels-last", "progress": "--no-progress",
-            "diffusion_continuous": "--diffusion-continuous", "diffusion_no_clip": "--diffusion-no-clip"}
+            "diffusion_continuous": "--diffusion-continuous", "diffusion_no_clip": "--diffusion-no-clip",
+            "estimate": "--estimate"}
+# The sequential options (certify.py --sequential): the rule, and the calibrated rule's futility stop.
+SEQUENTIAL_OPTIONS = ("sequential_rule", "futility", "futility_level")
 # What PREDICT (predict.py, and attack.py at x+δ) does not use: it counts N draws of P and tests the top two.
 NOT_FOR_PREDICT = ("N0", "select", "q_dist", "q_sigma", "q_percentile", "iss", "iss_decline", "iss_n0")
 WHY_NOT = {"predict": "to predict.py (PREDICT counts N draws of P and tests the top two classes)",
@@ -105,6 +109,11 @@ class SamplingConfig:
     label: str | None = None             # certify.py: display label for analyze.py
     sequential: bool = False             # certify.py --sequential --radii R ...
     radii: list[float] | None = None
+    sequential_rule: str = "gs"          # gs: calibrated group-sequential | cs: confidence sequence (anytime-valid)
+    futility: str = "projected"          # gs: give up at r when certifying r looks hopeless: none | upper | projected
+    futility_level: float = 0.001        # gs: γ of the futility rule (free for validity: it never certifies)
+    estimate: bool = False               # sample.py/certify.py: a pilot's projected cost; nothing is written
+    time_limit: str | None = None        # with estimate: one task's time limit (SLURM --time) → shards that fit
     out: str | None = None
     given: tuple[str, ...] = ()          # the options set explicitly (refusals of what does not apply)
 
@@ -189,6 +198,7 @@ class SamplingConfig:
                 self._check_class_selection(given)
         self._check_image(given)
         self._check_diffusion(given)
+        self.check_sequential_and_estimate(mode)
 
     def diffusion_options(self) -> DiffusionOptions:
         """The diffusion denoiser's options (checked), from this configuration's diffusion fields."""
@@ -282,6 +292,75 @@ class SamplingConfig:
                 raise CertifyNetError("{select} label needs the image's {image_label}", "select", "image_label")
         else:
             refuse(given, ["image_label"], "without {image}", "image")
+
+
+    def check_sequential_and_estimate(self, mode: str) -> None:
+        """The sequential rule's options and {estimate}/{time_limit} (part of `validate`; certify.py --counts, which
+        validates against its counts file instead, checks these alone)."""
+        given = set(self.explicit())
+        self._check_sequential_options(given)
+        self._check_estimate(given, mode)
+
+    def _check_sequential_options(self, given: set) -> None:
+        """The sequential rule's options apply with {sequential} only; futility with the calibrated rule only."""
+        if not self.sequential:
+            refuse(given, SEQUENTIAL_OPTIONS, "without {sequential}", "sequential")
+        if self.sequential_rule == "cs":
+            refuse(given, ["futility", "futility_level"], "with {sequential_rule} cs (the confidence sequence's "
+                   "own stops are its futility rule)", "sequential_rule")
+        if self.futility == "none":
+            refuse(given, ["futility_level"], "with {futility} none", "futility")
+        g = self.futility_level
+        if not (isinstance(g, (int, float)) and 0.0 < g < 1.0):
+            raise CertifyNetError(f"{{futility_level}} must be in (0, 1), got {g}", "futility_level")
+
+    def _check_estimate(self, given: set, mode: str) -> None:
+        """{estimate} for sample.py and certify.py (sampling with a model); {time_limit} only with it."""
+        if self.estimate and mode not in ("sample", "certify"):
+            raise CertifyNetError(f"{{estimate}} is not available to {mode}", "estimate")
+        if self.estimate and self.counts:
+            raise CertifyNetError("{estimate} projects the cost of sampling: give {model}, not {counts} (certifying "
+                                  "a counts file samples nothing)", "estimate", "model", "counts")
+        if not self.estimate:
+            refuse(given, ["time_limit"], "without {estimate}", "estimate")
+        elif self.time_limit is not None:
+            parse_time_limit(self.time_limit)
+
+
+def parse_time_limit(text) -> float:
+    """Seconds of a SLURM --time value: M, M:S, H:M:S, D-H, D-H:M or D-H:M:S (e.g. 04:00:00, 1-12:00:00)."""
+    bad = CertifyNetError(f"{{time_limit}} must be a SLURM time such as 04:00:00, 90:00 or 1-12:00:00, got "
+                          f"{text!r}", "time_limit")
+    days, dash, rest = str(text).strip().rpartition("-")
+    parts = rest.split(":")
+    if dash and not days:
+        raise bad
+    try:
+        d = int(days) if days else 0
+        nums = [int(v) for v in parts]
+    except ValueError:
+        raise bad from None
+    if not 1 <= len(nums) <= 3 or d < 0 or any(v < 0 for v in nums):
+        raise bad
+    if days:                  # D-H, D-H:M, D-H:M:S
+        h, m, s = (nums + [0, 0])[:3]
+    elif len(nums) == 3:      # H:M:S
+        h, m, s = nums
+    else:                     # M, M:S
+        h, m, s = 0, nums[0], (nums + [0])[1]
+    seconds = float(((d * 24 + h) * 60 + m) * 60 + s)
+    if seconds <= 0:
+        raise bad
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    """A duration as SLURM's D-HH:MM:SS (HH:MM:SS under a day), rounded up to the second."""
+    total = math.ceil(max(0.0, seconds))
+    d, rest = divmod(total, 86400)
+    h, rest = divmod(rest, 3600)
+    m, s = divmod(rest, 60)
+    return (f"{d}-" if d else "") + f"{h:02d}:{m:02d}:{s:02d}"
 
 
 def parse_percentile(text) -> str | float:

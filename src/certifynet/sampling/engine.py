@@ -82,7 +82,8 @@ class _ModuleWatch:
 
 
 def _module_for(model, device, channels_last):
-    """`model` itself if it is on `device`, in eval mode and (channels_last) NHWC already; else a converted deep copy."""
+    """`model` itself if it is on `device`, in eval mode and (channels_last) NHWC already; else a converted
+    deep copy."""
     tensors = list(itertools.chain(model.parameters(), model.buffers()))
     ready = (all(t.device == device for t in tensors) and not any(m.training for m in model.modules())
              and not (channels_last and any(t.dim() == 4 and not t.is_contiguous(memory_format=torch.channels_last)

@@ -17,7 +17,7 @@ from certifynet.sampling.certify_stage import log_columns, log_meta
 from certifynet.sampling.config import DEFAULT_OUT, SamplingConfig
 from certifynet.sampling.rows import nothing_to_do, run_rows
 from certifynet.sampling.run import item, open_run
-from certifynet.sampling.sequential import certify_sequential, sequential_certifier
+from certifynet.sampling.sequential import certify_sequential, sequential_certifier, sequential_params
 
 PREDICT_COLUMNS = ["idx", "label", "predict", "correct", "time", "count1", "count2", "pvalue"]
 SEQUENTIAL_COLUMNS = ["idx", "label", "predict", "radius", "correct", "time", "pA_lower", "pA_upper", "n0", "n",
@@ -107,15 +107,43 @@ def check_sequential(config: SamplingConfig) -> None:
     batch_schedule(c.N, c.batch)
 
 
+def _rule_of(params: dict) -> str:
+    """The rule a sequential sidecar records, in words (no `sequential_rule`: the confidence sequence)."""
+    if params.get("sequential_rule") is None:
+        return "the confidence sequence (--sequential-rule cs)"
+    futility = params.get("futility")
+    return (f"the calibrated rule, futility {params.get('futility_rule')} γ={futility:g}" if futility
+            else "the calibrated rule without futility")
+
+
+def check_same_rule(out: str, params: dict) -> None:
+    """A resumed sequential log must have been made by the same rule (the sidecar check would name only the first
+    differing key); its levels, schedule and the rest are compared by `RowLog` as usual."""
+    import os
+
+    from certifynet.records.sidecar import read_meta
+    if not (os.path.isfile(out) and os.path.getsize(out) > 0):
+        return
+    old = read_meta(out, required=False)
+    if old.get("method") == "sequential" and _rule_of(old) != _rule_of(params):
+        raise CertifyNetError(f"'{out}' was made with {_rule_of(old)}, this run asks for {_rule_of(params)}; use "
+                              f"another output path, or the same rule to resume it")
+
+
 def run_sequential(config: SamplingConfig, command: str | None = None) -> str | None:
-    """certify.py --sequential --radii R ...: anytime-valid sequential NP at fixed radii (docs/sequential.md)."""
+    """certify.py --sequential --radii R ...: sequential NP at fixed radii, by the calibrated group-sequential rule
+    (default) or the confidence sequence (`sequential_rule` cs); docs/sequential.md. The sidecar records the
+    rule, its calibrated levels, futility and schedule, so that a resume with other ones is refused."""
     check_sequential(config)
     run = open_run(config, "certify", default_path("results/certify_sequential.tsv"), command)
     if nothing_to_do(run.indices, run.shard):
         return None
     certifier = sequential_certifier(run.sampler, config.radii)
-    sidecar = {**log_meta(run.meta, "np", config, run.meta["command"]), "method": "sequential", **certifier.params()}
+    params = sequential_params(certifier)
+    check_same_rule(run.out, params)
+    sidecar = {**log_meta(run.meta, "np", config, run.meta["command"]), "method": "sequential", **params}
     with RowLog(run.out, SEQUENTIAL_COLUMNS, sidecar) as log:
         run_rows(log, run.indices, lambda idx: certify_sequential(run.sampler, certifier, idx, *item(run.data, idx)),
-                 "certify sequential", config.progress, run.sampler.prefetcher(run.data, item))
+                 "certify sequential", config.progress,
+                 run.sampler.prefetcher(run.data, item))
     return run.out

@@ -16,8 +16,7 @@ import torch
 from torch import nn
 
 from certifynet.training.config import TrainConfig, resolve_entropy, resolve_method
-from certifynet.training.losses import (NoiseFn, Stats, consistency_loss, gaussian_loss, smoothadv_loss,
-                                        smoothmix_loss)
+from certifynet.training.losses import NoiseFn, Stats, consistency_loss, gaussian_loss, smoothadv_loss, smoothmix_loss
 from certifynet.training.schedule import smoothmix_warmup_weight
 
 

@@ -24,9 +24,18 @@ Entry points: `dsrs_intervals` (counts → box), `dsrs_radius` (box → radius),
 """
 from __future__ import annotations
 
-from certifynet.certify.dsrs.family import (_check_dk, _check_percentile, check_k, pooled_np_alpha,
-                                            pooled_np_fallback_needed, radial_quantile, sigma_prime, truncation_beta,
-                                            truncation_percentile, truncation_radius)
+from certifynet.certify.dsrs.family import (
+    _check_dk,
+    _check_percentile,
+    check_k,
+    pooled_np_alpha,
+    pooled_np_fallback_needed,
+    radial_quantile,
+    sigma_prime,
+    truncation_beta,
+    truncation_percentile,
+    truncation_radius,
+)
 from certifynet.certify.dsrs.generalized_np import _gauss_level, generalized_np_radius
 from certifynet.certify.dsrs.quadrature import _radial
 from certifynet.certify.dsrs.rescaled import _resc_feasible, _resc_margin, _Rescaled
@@ -75,8 +84,8 @@ def dsrs_radius(p_lower, p_upper, q_lower, q_upper, sigma, d, k, q_mode, q_param
 
     q_mode 'truncated': q_param = p_T ∈ (0, 1], Q = P restricted to ‖δ‖ ≤ T. q_mode 'rescaled':
     q_param = σ_Q ∈ (0, σ), Q from the same family and k. Step 1 picks the worst corner of the box
-    [P̲, P̄] × [Q̲, Q̄] (dsrs.md), step 2 fits the multipliers, and the check is the dual bound of
-    `duality`. Radii are searched to 2e-5, and the certified (lower) end is returned.
+    [P̲, P̄] × [Q̲, Q̄] (`duality._step1`, after Li et al. 2022), step 2 fits the multipliers, and the
+    check is the dual bound of `duality`. Radii are searched to 2e-5, and the certified (lower) end is returned.
     If no classifier can have P- and Q-masses in the box, the joint confidence event has failed, and the NP
     radius is returned. p_T = 1 means Q = P, which gives NP at max(P̲, Q̲).
     """

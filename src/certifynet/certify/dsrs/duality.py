@@ -12,7 +12,8 @@ from __future__ import annotations
 
 
 def _step1(pl, pu, ql, qu, q_ideal, p_ideal_fn):
-    """Step 1 of dsrs.md, using both ends of both intervals. Returns one of
+    """Step 1 of the DSRS dual (Li et al. 2022): choose (p₁, q₁) from both ends of both intervals.
+    Returns one of
     ('np', P̲)      : plain NP at P̲ (λ₂ = 0), when Q̲ ≤ q_ideal < Q̄;
     ('qnp', Q̲)     : the Q-NP set {p(x − x₀) ≤ K·q(x)} at Q̲ (λ₁ = 0), when its P-mass p_ideal ∈ [P̲, P̄];
     ('pq', p₁, q₁) : the corner (P̲, Q̄), (P̲, Q̲) or (P̄, Q̲) for the two-multiplier fit.

@@ -41,7 +41,7 @@ _QUAD_FLOOR = 1e-12  # error floor of a certified mass: dropped tails (2e-15) pl
 _LEVEL_CLIP = 1e6    # |log-level| beyond which a shell is saturated (I is exactly 0 or 1)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _gl(m):
     return roots_legendre(m)
 
