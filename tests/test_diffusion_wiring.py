@@ -189,3 +189,25 @@ def test_web_catalog_lists_diffusion_models(tmp_path, lenet):
     assert "openai_heads" in entries["models/openai.pt"].error
     assert entries["models/flat"].arch == "diffusion" and entries["models/flat"].params > 0
     assert Catalog(str(tmp_path), ["models"], "uploads").find("models/flat", "denoiser") is not None
+
+
+def test_web_warm_worker_keeps_diffusion_options(lenet, flat, monkeypatch):
+    """The web's warm worker memoizes load_smoothing_model: it passes the diffusion options on, and keys on them
+    (and on the files inside a diffusers folder), so K-step and one-shot runs never share a model."""
+    import certifynet.sampling.run as run_module
+    from certifynet.denoise.diffusion import DiffusionOptions
+    from certifynet.sampling.engine import Sampler
+    from certifynet.web import warm
+    monkeypatch.setattr(run_module, "load_smoothing_model", run_module.load_smoothing_model)
+    monkeypatch.setattr(Sampler, "_traced_model", Sampler._traced_model)
+    warm.install_memos()
+    load = run_module.load_smoothing_model
+    two = DiffusionOptions(diffusion_steps=2)
+    first, _, meta = load(lenet, denoiser_path=flat, sigma=0.5, quiet=True, diffusion_options=two)
+    assert meta["diffusion"]["steps"] == 2
+    assert load(lenet, denoiser_path=flat, sigma=0.5, quiet=True, diffusion_options=two)[0] is first
+    one, _, meta = load(lenet, denoiser_path=flat, sigma=0.5, quiet=True, diffusion_options=DiffusionOptions())
+    assert one is not first and meta["diffusion"]["steps"] == 1
+    weights = os.path.join(flat, "scheduler_config.json")
+    os.utime(weights, ns=(os.stat(weights).st_atime_ns, os.stat(weights).st_mtime_ns + 10**9))
+    assert load(lenet, denoiser_path=flat, sigma=0.5, quiet=True, diffusion_options=two)[0] is not first
