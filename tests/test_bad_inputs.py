@@ -199,7 +199,7 @@ CASES = [
     ("merge", ["{W}/m.tsv", "{W}/c.np.tsv", "{W}/c.csv"], "disagree on"),
     ("analyze", ["{W}/header_only.tsv"], "no data rows"),
     ("analyze", [C], "missing column(s) idx, label, predict, radius"),
-    ("analyze", ["{W}/c.np.tsv", "--out", "{W}/plain.txt"], "not a directory"),
+    ("analyze", ["{W}/c.np.tsv", "--out", "{W}/plain.txt"], "is a file, not a folder"),
 ]
 
 

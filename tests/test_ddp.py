@@ -6,6 +6,8 @@ import os
 import struct
 import subprocess
 import sys
+import types
+import weakref
 
 import pytest
 import torch
@@ -25,7 +27,8 @@ TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"
 #   still alive, when the other rank has not finished yet: "terminate called without an active exception" in the
 #   rank that tears down first. Measured here with torch 2.14 and one rank 1.5 s behind the other: 7 of 30 runs
 #   aborted with the DDP module alive, 0 of 30 with it deleted first (a barrier first: 1 of 10). Load makes
-#   the ranks finish apart; alone they finish together. The worker deletes its DDP module before ddp.cleanup().
+#   the ranks finish apart; alone they finish together. The worker deletes its DDP module before ddp.cleanup();
+#   run_training clears a failed run's traceback frames first (ddp.release), since they hold the module.
 # - A TCP port found free and released (the old free_port()) can be taken before rank 0 binds it; two runs that
 #   share a port then fail (seen: both runs of a pair raising or timing out). The spawned ranks meet through a
 #   file in the test's own folder; torchrun runs --standalone (its agent binds port 0 itself).
@@ -140,6 +143,47 @@ def test_ddp_gradient_equals_single_process_gradient(tmp_path):
             for name in single:
                 torch.testing.assert_close(got[name], single[name], rtol=1e-5, atol=1e-5, msg=f"{case} {name}")
             assert any(single[n].abs().sum() > 0 for n in single)
+
+
+# ---------------------------------------------------------------- a failed run lets go of DDP before the group
+
+def _failing_train(cfg, info):
+    """A run that fails mid-epoch with its DDP module in a local, as `loop.train` can (a diverged loss, Ctrl-C)."""
+    model = ddp.wrap_model(_model(), info)
+    model(torch.zeros(2, 1, 28, 28)).sum().backward()
+    _failing_train.made.append(weakref.ref(model))
+    raise CertifyNetError("failed mid-epoch")
+
+
+def _release_worker(rank, world, store, out_dir):
+    from certifynet.training import loop
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    _failing_train.made = []
+    alive, real_cleanup = [], ddp.cleanup
+
+    def cleanup():
+        alive.extend(r() is not None for r in _failing_train.made)
+        real_cleanup()
+
+    ddp.cleanup, loop.train = cleanup, _failing_train
+    try:
+        loop.run_training(types.SimpleNamespace(device="cpu"))
+    except CertifyNetError as e:
+        refused = str(e)
+    with open(os.path.join(out_dir, f"alive{rank}.json"), "w") as f:
+        json.dump({"alive": alive, "refused": refused, "group": dist.is_initialized()}, f)
+
+
+@pytest.mark.e2e
+def test_a_failed_run_drops_its_ddp_module_before_the_group_goes(tmp_path):
+    """The error's traceback held the DDP module (the frames of train and of the epoch) while run_training tore
+    the gloo group down; with a rank behind, that could abort the process. run_training releases it first."""
+    mp.spawn(_release_worker, args=(2, str(tmp_path / "rendezvous"), str(tmp_path)), nprocs=2, join=True)
+    for rank in range(2):
+        got = json.loads((tmp_path / f"alive{rank}.json").read_text())
+        assert got == {"alive": [False], "refused": "failed mid-epoch", "group": False}
 
 
 # ---------------------------------------------------------------- torchrun end to end

@@ -1,4 +1,5 @@
 """The quickstart runs end to end at toy size and writes every table, plot and report."""
+import json
 import os
 
 from certifynet.cli import quickstart
@@ -16,6 +17,15 @@ def test_quickstart_smoke(tmp_path, capsys):
         assert os.path.getsize(os.path.join(out, name)) > 0, name
     assert "audit: " in text  # the audit of the NP log (attack stage)
     assert os.path.getsize(os.path.join(out, "attack", "certified_vs_empirical.png")) > 0
+    # the folder is the quickstart's: its marker lists what it wrote (what --fresh may delete, and only that)
+    marker = json.load(open(os.path.join(out, ".certifynet.json")))
+    assert marker["kind"] == "quickstart" and {"lenet_gaussian", "counts_np.csv", "table.md", "attack"} <= set(
+        marker["files"]) and sorted(marker["files"]) == sorted(set(os.listdir(out)) - {".certifynet.json"})
+    counts = open(os.path.join(out, "counts_np.csv"), "rb").read()
+    # the same command again resumes every stage: nothing is refused, nothing recomputed
+    assert quickstart.main(["--out", out, "--digits", "3", "--epochs", "1", "--N", "200", "--skip-denoiser"]) == 0
+    assert "nothing to do" in capsys.readouterr().out
+    assert open(os.path.join(out, "counts_np.csv"), "rb").read() == counts
 
 
 def test_denoised_smoothing_stage_commands(tmp_path, capsys):

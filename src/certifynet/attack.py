@@ -325,6 +325,13 @@ def _chunk(config, opts):
     return max(1, config.batch // opts.m)
 
 
+def _check_size(config, opts) -> None:
+    """m noisy copies of batch // m inputs per attack step must fit (bounds.check_batch_memory), before any work."""
+    from certifynet.bounds import check_batch_memory, input_dim
+    check_batch_memory(_chunk(config, opts) * opts.m, input_dim(config.dataset), ("m", "batch"),
+                       "noisy copies (m per input)")
+
+
 def _attack_meta(config, opts, attacker):
     return {"attack": {"algorithm": "smoothadv_pgd_l2", "m": attacker.m, "steps": attacker.steps,
                        "restarts": attacker.restarts, "step_size": "2*eps/steps", "batch_inputs": _chunk(config, opts)},
@@ -336,9 +343,11 @@ def run_audit(config, opts: AttackOptions, command: str | None = None):
     attacked input into config.out (default <log>.audit.tsv / <counts>.<method>.audit.tsv) and its summary into
     <out>.summary.json. Returns (out, AuditSummary), or (None, None) when this shard selects nothing."""
     from certifynet.models import file_sha256
-    from certifynet.records import RowLog, atomic_write, read_rows
+    from certifynet.records import RowLog, read_rows
+    from certifynet.records.guard import write_beside
     from certifynet.sampling.rows import nothing_to_do, run_batches
     from certifynet.sampling.run import open_run
+    _check_size(config, opts)
     src_rows, src, alpha_cert = _audit_source(opts, config.alpha)
     path = opts.log or opts.counts
     items = certified_targets(src_rows, opts.eps_scale)
@@ -373,7 +382,7 @@ def run_audit(config, opts: AttackOptions, command: str | None = None):
     _, rows = read_rows(out)
     summary = AuditSummary(len(rows), sum(int(r["violation"]) for r in rows), alpha_cert, config.alpha, opts.level,
                            rows=audited_rows(src_rows, config.start, config.end))
-    atomic_write(out + ".summary.json", lambda f: json.dump(summary.as_dict(), f, indent=1, sort_keys=True))
+    write_beside(out, ".summary.json", lambda f: json.dump(summary.as_dict(), f, indent=1, sort_keys=True))
     return out, summary
 
 
@@ -388,6 +397,7 @@ def run_attack_curve(config, opts: AttackOptions, command: str | None = None):
     from certifynet.records import RowLog, read_rows
     from certifynet.sampling.rows import nothing_to_do, run_batches
     from certifynet.sampling.run import item, open_run
+    _check_size(config, opts)
     config.k = 0 if config.k is None else config.k
     config.dist = config.dist or "gaussian"
     run = open_run(config, "attack", default_path("results/attack_curve.tsv"), command)

@@ -65,30 +65,40 @@ def _first_existing_parent(folder: str) -> str:
     return folder
 
 
-def check_output_folder(folder: str, what: str = "output folder") -> str:
-    """Refuse a folder that is a file, lies under a file, or cannot be created/written. Creates nothing."""
+def check_output_folder(folder: str, what: str = "output folder", name: str | None = None) -> str:
+    """Refuse a folder that is a file, lies under a file, or cannot be created/written. Creates nothing.
+    `name`: the argument that gave the folder, named in the error as the field `{name}` (`what` may place it,
+    e.g. "the folder of {out}"); without it, `what` describes the folder."""
     folder = os.path.abspath(folder or ".")
+    fields = (name,) if name else ()
+    if name and f"{{{name}}}" not in what:
+        what = f"{{{name}}}"
     if os.path.exists(folder) and not os.path.isdir(folder):
-        raise CertifyNetError(f"{what} '{shown(folder)}' is a file, not a folder")
+        raise CertifyNetError(f"{what} '{shown(folder)}' is a file, not a folder", *fields)
     base = _first_existing_parent(folder)
     if not os.path.isdir(base):
-        raise CertifyNetError(f"cannot create {what} '{shown(folder)}': '{shown(base)}' is a file, not a folder")
+        raise CertifyNetError(f"cannot create {what} '{shown(folder)}': '{shown(base)}' is a file, not a folder",
+                              *fields)
     if not os.access(base, os.W_OK | os.X_OK):
-        raise CertifyNetError(f"cannot write to '{shown(base)}' (permission denied); choose another {what}")
+        raise CertifyNetError(f"cannot write to '{shown(base)}' (permission denied); choose another {what}", *fields)
     return folder
 
 
-def check_output_file(path: str, flag: str = "--out") -> str:
+def check_output_file(path: str, name: str | None = "out", what: str | None = None) -> str:
     """Refuse an output path that names a folder, a sidecar or lock file of ours, or lies where nothing can be
-    written (under a regular file, in a read-only folder). Creates nothing; returns the path."""
+    written (under a regular file, in a read-only folder). Creates nothing; returns the path. The errors name
+    the argument `name` as a field (`{out}`: --out on the command line), or use `what` (e.g. a positional's
+    metavar) as it is."""
+    fields = () if what else (name,)
+    arg = what or f"{{{name}}}"
     if not path or path.endswith(os.sep):
-        raise CertifyNetError(f"{flag} '{path}' names a folder; give a file name")
+        raise CertifyNetError(f"{arg} '{path}' names a folder; give a file name", *fields)
     if os.path.isdir(path):
-        raise CertifyNetError(f"{flag} '{path}' is a folder; give a file name inside it")
+        raise CertifyNetError(f"{arg} '{path}' is a folder; give a file name inside it", *fields)
     if path.endswith((SIDECAR_SUFFIX, LOCK_SUFFIX)):
-        raise CertifyNetError(f"{flag} '{path}' names a sidecar/lock file, which certifynet writes itself; "
-                              f"give the data file's name")
-    check_output_folder(os.path.dirname(os.path.abspath(path)), f"the folder of {flag}")
+        raise CertifyNetError(f"{arg} '{path}' names a sidecar/lock file, which certifynet writes itself; "
+                              f"give the data file's name", *fields)
+    check_output_folder(os.path.dirname(os.path.abspath(path)), f"the folder of {arg}", *fields)
     if os.path.exists(path) and not os.access(path, os.W_OK):
-        raise CertifyNetError(f"{flag} '{path}' exists and is read-only")
+        raise CertifyNetError(f"{arg} '{path}' exists and is read-only", *fields)
     return path

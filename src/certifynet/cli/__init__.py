@@ -13,6 +13,11 @@ import warnings
 from certifynet.errors import CertifyNetError, CertifyNetWarning, refuse  # noqa: F401 (refuse: for cli.train)
 
 
+def one_line(text: str) -> str:
+    """A message as one line: line breaks a value brought in (a path, a label) are shown escaped."""
+    return str(text).replace("\r", "\\r").replace("\n", "\\n")
+
+
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
     """Keeps the description's line breaks and shows every option's default."""
 
@@ -26,7 +31,7 @@ class CliParser(argparse.ArgumentParser):
         super().__init__(*args, **kw)
 
     def error(self, message):
-        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
+        print(f"error: {one_line(message)} (see {self.prog} --help)", file=sys.stderr)
         raise SystemExit(2)
 
 
@@ -73,14 +78,14 @@ def one_line_errors(main):
             with console_diagnostics():
                 rc = main(argv)
         except CertifyNetError as e:
-            print(f"error: {e.render(cli=True)}", file=sys.stderr)
+            print(f"error: {one_line(e.render(cli=True))}", file=sys.stderr)
             return 2
         except FileNotFoundError as e:
-            print(f"error: file not found: {e.filename or e}", file=sys.stderr)
+            print(f"error: file not found: {one_line(e.filename or e)}", file=sys.stderr)
             return 2
         except OSError as e:
             where = f" '{e.filename}'" if e.filename else ""
-            print(f"error: cannot access{where}: {e.strerror or e}", file=sys.stderr)
+            print(f"error: {one_line(f'cannot access{where}: {e.strerror or e}')}", file=sys.stderr)
             return 2
         except KeyboardInterrupt:
             print("error: interrupted", file=sys.stderr)
@@ -103,7 +108,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
     if issubclass(category, CertifyNetWarning):
         inner = message.args[0] if isinstance(message, Warning) and message.args else message  # warn(CertifyNetError)
         text = inner.render(cli=True) if isinstance(inner, CertifyNetError) else str(message)
-        print(f"warning: {text}", file=stream)
+        print(f"warning: {one_line(text)}", file=stream)
     else:
         stream.write(warnings.formatwarning(message, category, filename, lineno, line))
 

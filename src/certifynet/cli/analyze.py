@@ -7,6 +7,7 @@ import argparse
 import sys
 
 from certifynet import analysis
+from certifynet.analysis.report import check_output, claim_output
 from certifynet.cli import CliParser, one_line_errors
 from certifynet.errors import CertifyNetError, check_alpha
 from certifynet.records import read_meta
@@ -26,7 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--radii", nargs="+", type=float, default=list(analysis.DEFAULT_RADII), metavar="R",
                    help="radius grid for certified accuracy")
     p.add_argument("--out", metavar="DIR", help="write table.md/.tex/.csv, certified_accuracy.png/.pdf, "
-                                                "pA_lower.png/.pdf, report.md here")
+                                                "pA_lower.png/.pdf, report.md here (a new or empty folder, or an "
+                                                "earlier analysis of the same logs)")
+    p.add_argument("--force", action="store_true", help="replace an analysis of other logs in --out")
     p.add_argument("--title", help="title of the plots, LaTeX caption and report")
     p.add_argument("--envelope", action="store_true",
                    help="also the envelope over σ: per (dataset, method) and radius, the max certified accuracy "
@@ -60,7 +63,12 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.alpha is not None:
         check_alpha(args.alpha)
-    logs = analysis.read_logs(_certify_logs(args.logs), args.label)
+    paths = _certify_logs(args.logs)
+    if args.out:  # before anything is read: a folder that is not an analysis of these logs
+        check_output(args.out, paths, args.force)
+    elif args.force:
+        raise CertifyNetError("{force} does not apply without {out}", "force", "out")
+    logs = analysis.read_logs(paths, args.label)
     versus = [analysis.certified_vs_empirical(log, args.empirical) for log in logs] if args.empirical else None
     opts = dict(hp_rho=args.hp_rho, alpha=args.alpha)
     summary = analysis.summarize(logs, args.radii, baseline=args.baseline, **opts)
@@ -70,9 +78,13 @@ def main(argv=None):
         print("\nEnvelope over σ (max certified accuracy over the logs of each dataset and method):\n")
         print(analysis.to_markdown(env, bold_best=False), end="")
     if args.out:
-        out = analysis.write_outputs(args.out, logs, summary, env, title=args.title, baseline=args.baseline, **opts)
-        print(f"wrote tables, plots and report.md to {out}", file=sys.stderr)
-    if versus is not None:
+        with claim_output(args.out, paths, args.force):  # held for the --empirical figure too
+            out = analysis.write_outputs(args.out, logs, summary, env, title=args.title, baseline=args.baseline,
+                                         **opts)
+            print(f"wrote tables, plots and report.md to {out}", file=sys.stderr)
+            if versus is not None:
+                _empirical(logs, versus, args)
+    elif versus is not None:
         _empirical(logs, versus, args)
     return 0
 

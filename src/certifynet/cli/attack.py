@@ -52,7 +52,7 @@ def build_parser():
     return p
 
 
-def _check_args(args):
+def check_args(args):
     check_alpha(args.alpha)
     if not 0 < args.level < 1:
         raise CertifyNetError(f"--level must be in (0, 1), got {args.level}")
@@ -106,6 +106,6 @@ def _curve(args, config):
 @one_line_errors
 def main(argv=None):
     args = parse(build_parser(), argv)
-    audit = _check_args(args)
+    audit = check_args(args)
     (_audit if audit else _curve)(args, SamplingConfig.from_namespace(args))
     return 0

@@ -6,26 +6,37 @@ ISS-NP, ISS-DSRS, sequential at fixed radii) → attack the certificates (audit,
 denoised smoothing (a clean classifier alone, behind a stability-trained DRUNet and behind a small diffusion
 model of our own, at σ = 0.5 and 1.0) → tables and plots. Everything is written under --out (default
 results/quickstart/).
+
+Every flag, and every stage's command, is checked before anything is written or deleted (`check_flags`). The
+folder is then held for the whole run (`records.guard.claim_folder`): a folder that is not a quickstart's is
+refused untouched, a quickstart of other settings is refused naming them, and --fresh deletes only what
+earlier quickstarts wrote into it (the entries its marker lists).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import time
 
 import torch
 
-from certifynet.cli import CliParser, one_line_errors
+from certifynet.cli import CliParser, one_line_errors, parse_strict
+from certifynet.errors import MAX_SAMPLES, CertifyNetError, check_sigma
 from certifynet.paths import default_path, safe_filename
+from certifynet.records.guard import FolderClaim, check_folder, claim_folder
 
 RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
+MIN_N = 200  # ISS-DSRS runs a pilot of 100 draws within N/2
 
 
 class Demo:
-    """Runs stages, echoing each command and timing it."""
+    """Runs stages, echoing each command and timing it. With `checking`, nothing runs: each stage's command is
+    only parsed and checked as that script would check it (`check_stage`)."""
 
-    def __init__(self, out: str, fast: bool):
+    def __init__(self, out: str, fast: bool, checking: bool = False, claim: FolderClaim | None = None):
         self.out, self.fast, self.t0, self.logs, self.labels = out, fast, time.time(), [], []
+        self.checking, self.claim = checking, claim
 
     def path(self, *parts):
         return os.path.join(self.out, *parts)
@@ -33,9 +44,16 @@ class Demo:
     def run(self, script: str, argv):
         import importlib
         argv = [str(a) for a in argv]
+        if self.checking:
+            check_stage(script, argv)
+            return
         print(f"\n$ python scripts/{script}.py {' '.join(shlex.quote(a) for a in argv)}", flush=True)
         t = time.time()
-        rc = importlib.import_module(f"certifynet.cli.{script}").main(argv)
+        try:
+            rc = importlib.import_module(f"certifynet.cli.{script}").main(argv)
+        finally:
+            if self.claim is not None:
+                self.claim.record()  # what this stage wrote is the quickstart's (--fresh deletes it)
         if rc:
             raise SystemExit(rc)
         print(f"  [{time.time() - t:.1f}s, total {time.time() - self.t0:.0f}s]", flush=True)
@@ -48,8 +66,9 @@ class Demo:
         self.table([log], [label])
         return log
 
-    @staticmethod
-    def table(logs, labels):
+    def table(self, logs, labels):
+        if self.checking:
+            return
         from certifynet.analysis import read_logs, summarize, to_markdown
         df = summarize(read_logs(logs, labels), RADII)
         keep = [c for c in df.columns if c.startswith("r=") or c in ("log", "ACR", "abstain", "samples/input")]
@@ -78,7 +97,9 @@ def build_parser():
     p.add_argument("--skip-denoiser", action="store_true", help="leave out the denoised-smoothing stage")
     p.add_argument("--skip-diffusion", action="store_true",
                    help="in the denoised-smoothing stage, leave out the diffusion model (DRUNet only)")
-    p.add_argument("--fresh", action="store_true", help="delete earlier quickstart outputs first")
+    p.add_argument("--fresh", action="store_true",
+                   help="delete what earlier quickstarts wrote into --out first (nothing else), also when their "
+                        "settings differ")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars in the stages")
     return p
 
@@ -86,7 +107,14 @@ def build_parser():
 @one_line_errors
 def main(argv=None):
     a = build_parser().parse_args(argv)
-    demo = open_demo(a)
+    check_flags(a)
+    with open_demo(a) as demo:
+        run_demo(demo, a)
+    print(f"quickstart finished in {time.time() - demo.t0:.0f}s")
+
+
+def run_demo(demo: Demo, a) -> None:
+    """Every stage, in order (with `demo.checking`, every stage's command is only checked)."""
     ckpt = train_and_test(demo, a)
     common = ["--model", ckpt, "--sigma", a.sigma, "--max", a.digits, "--batch", 500]
     certify_every_method(demo, a, common)
@@ -94,23 +122,85 @@ def main(argv=None):
     attack_certificates(demo, a, ckpt)
     if not a.skip_denoiser:
         denoised_smoothing(demo, a)
+    if demo.checking:
+        return
     summarize(demo, a, seq_label)
     where_methods_differ(demo, a)
-    print(f"quickstart finished in {time.time() - demo.t0:.0f}s")
 
 
-def open_demo(a) -> Demo:
-    """Settings of the whole demo (progress, --fresh, threads) and its output folder."""
-    if not a.progress:
-        os.environ["CERTIFYNET_NO_PROGRESS"] = "1"
-    if a.fresh and os.path.isdir(a.out):
-        import shutil
-        shutil.rmtree(a.out)
-    os.makedirs(a.out, exist_ok=True)
-    torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
-    print(f"Certify-Net quickstart on mnist5k (4,000 train / 1,000 test real MNIST digits), σ={a.sigma}; "
-          f"outputs in {a.out}/")
-    return Demo(a.out, fast=True)
+def settings(a) -> dict:
+    """What makes two quickstarts the same run (its folder's marker records them)."""
+    return {"sigma": a.sigma, "digits": a.digits, "epochs": a.epochs, "N": a.N, "denoiser_sigma": a.denoiser_sigma}
+
+
+def check_flags(a) -> None:
+    """Every flag, the output folder and every stage's command, before anything is written or deleted."""
+    check_sigma(a.sigma)
+    for s in a.denoiser_sigma:
+        check_sigma(s, "denoiser_sigma")
+    for name, low in (("digits", 1), ("epochs", 0)):
+        if getattr(a, name) < low:
+            raise CertifyNetError(f"{{{name}}} must be >= {low}, got {getattr(a, name)}", name)
+    if not MIN_N <= a.N <= MAX_SAMPLES:
+        raise CertifyNetError(f"{{N}} must be in [{MIN_N}, {MAX_SAMPLES:.0e}] (the ISS-DSRS stage runs a pilot of "
+                              f"100 draws within N/2), got {a.N}", "N")
+    check_folder(a.out, "quickstart", settings(a), name="out", force=a.fresh, force_name="fresh")
+    run_demo(Demo(a.out, fast=True, checking=True), a)
+
+
+def check_stage(script: str, argv: list[str]) -> None:
+    """Parse and check one stage's command as the script would, running nothing (its input files need not
+    exist yet); a refusal names the stage."""
+    try:
+        _check_stage(script, argv)
+    except CertifyNetError as e:
+        raise CertifyNetError(f"these settings would make the quickstart's {script}.py stage fail: "
+                              f"{e.render(cli=True)}") from None
+
+
+def _check_stage(script: str, argv: list[str]) -> None:
+    import importlib
+
+    from certifynet.sampling.config import SamplingConfig
+    module = importlib.import_module(f"certifynet.cli.{script}")
+    args = parse_strict(module.build_parser(), argv)
+    if script == "train":
+        from certifynet.training import TrainConfig, prepare_config
+        module.check_args(args)
+        prepare_config(TrainConfig.from_namespace(args))
+    elif script == "train_denoiser":
+        from certifynet.denoise.options import check_options, coerce_option, read_options_file, resolve_options
+        cli = {k: v if v is True else coerce_option(k, v) for k, v in vars(args).items()
+               if k not in ("opt", "no_progress", "given")}
+        check_options(resolve_options(read_options_file(args.opt), cli), files=False)
+    elif script == "attack":
+        module.check_args(args)
+    elif script in ("sample", "certify"):
+        config = SamplingConfig.from_namespace(args)
+        if config.counts:
+            from certifynet.errors import check_alpha
+            check_alpha(config.alpha)
+        elif config.sequential:
+            from certifynet.sampling.stages import check_sequential
+            check_sequential(config)
+            config.validate("certify")
+        else:
+            config.validate(script)
+
+
+@contextlib.contextmanager
+def open_demo(a):
+    """The demo's folder, held while the demo runs (--fresh first deletes what earlier quickstarts wrote into
+    it), and its settings (progress, threads)."""
+    with claim_folder(a.out, "quickstart", settings(a), name="out", force=a.fresh, force_name="fresh") as claim:
+        if a.fresh:
+            claim.remove_own()
+        if not a.progress:
+            os.environ["CERTIFYNET_NO_PROGRESS"] = "1"
+        torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
+        print(f"Certify-Net quickstart on mnist5k (4,000 train / 1,000 test real MNIST digits), σ={a.sigma}; "
+              f"outputs in {a.out}/")
+        yield Demo(a.out, fast=True, claim=claim)
 
 
 def train_and_test(demo: Demo, a) -> str:
@@ -120,6 +210,8 @@ def train_and_test(demo: Demo, a) -> str:
     demo.run("train", ["mnist5k", "lenet", "--noise", s, "--epochs", a.epochs, "--batch", 64, "--lr", 0.01,
                        "--lr_step_size", max(1, a.epochs * 2 // 3), "--workers", 0, "--outdir", model_dir, "--resume"])
     ckpt = os.path.join(model_dir, "checkpoint.pth")
+    if demo.checking:
+        return ckpt
     from certifynet.data import get_dataset
     from certifynet.models import load_checkpoint
     model = load_checkpoint(ckpt).model
@@ -203,8 +295,10 @@ def denoised_smoothing(demo: Demo, a):
     denoisers = [("DRUNet", os.path.join(den_dir, "denoiser.pth"))]
     if not a.skip_diffusion:
         ddpm_dir = demo.path("ddpm_quick")
-        print("\ndiffusion model: a smaller UNet than the benchmark's (--size quick, 71k parameters, 3 epochs: about a "
-              "minute on 2 cores; benchmarks/bench_diffusion.py trains the 280k-parameter bench model for 12 epochs)")
+        if not demo.checking:
+            print("\ndiffusion model: a smaller UNet than the benchmark's (--size quick, 71k parameters, 3 epochs: "
+                  "about a minute on 2 cores; benchmarks/bench_diffusion.py trains the 280k-parameter bench model "
+                  "for 12 epochs)")
         demo.run("train_ddpm", ["--size", "quick", "--epochs", 3, "--outdir", ddpm_dir, "--resume"])
         denoisers.append(("DDPM", ddpm_dir))
     n_den = max(100, n // 10)  # a DRUNet or DDPM forward pass costs ~20 LeNet ones

@@ -25,11 +25,12 @@ import time
 
 from certifynet.cli import CliParser, HelpFormatter, one_line_errors
 from certifynet.errors import CertifyNetError
-from certifynet.paths import default_path
-from certifynet.records import shard_path
-from certifynet.records.merge import merge_files
+from certifynet.paths import check_output_file, default_path
+from certifynet.records import WriterLock, shard_path
+from certifynet.records.merge import check_merge_output, merge_files
 
 OUTPUT_LINE = re.compile(r"^(?:log|counts): (.+)$")  # what sample/certify/predict print last
+LOG_HEADER = "=== "  # each shard run starts its log with this line: how a shard log is recognised as ours
 
 
 def build_parser():
@@ -82,6 +83,30 @@ def log_path(cmd, i, n, logs_dir):
     return os.path.join(folder, name + ".log")
 
 
+def check_shard_log(path):
+    """A shard log is appended to only when it is ours: absent, empty, or starting with our header line."""
+    if not os.path.exists(path):
+        return
+    if not os.path.isfile(path):
+        raise CertifyNetError(f"shard log '{path}' is not a file; give another {{logs}} folder", "logs")
+    with open(path, "rb") as f:
+        head = f.read(len(LOG_HEADER))
+    if head and head != LOG_HEADER.encode():
+        raise CertifyNetError(f"'{path}' exists and is not a shard log of run_shards.py; it is left untouched: "
+                              f"give another {{logs}} folder (or delete the file if it is yours)", "logs")
+
+
+def claim_shard_log(path) -> WriterLock:
+    """Hold a shard log (one run_shards per log, until its shard ends) once it is known to be ours."""
+    held = WriterLock(path).acquire(path)
+    try:
+        check_shard_log(path)
+    except BaseException:
+        held.release()
+        raise
+    return held
+
+
 def _tail(path, lines=5):
     """Last lines of a log, keeping only the final state of tqdm's carriage-return updates."""
     with open(path, errors="replace") as f:
@@ -125,18 +150,26 @@ def run_all(cmd, n, jobs, only, logs_dir, threads, say=print):
         log = log_path(cmd, i, n, logs_dir)
         os.makedirs(os.path.dirname(log) or ".", exist_ok=True)
         full = shard_command(cmd, i, n)
-        with open(log, "a") as f:
-            f.write(f"=== {datetime.datetime.now().isoformat(timespec='seconds')} {shlex.join(full)}\n")
-            f.flush()
-            with lock:
-                if stopping.is_set():
-                    return None
-                running[i] = proc = subprocess.Popen(full, stdout=f, stderr=subprocess.STDOUT, env=env)
-            say(f"shard {i}/{n}: started (log {log})")
-            t0 = time.time()
-            rc = proc.wait()
-            with lock:
-                del running[i]
+        try:
+            held = claim_shard_log(log)
+        except CertifyNetError as e:
+            say(f"shard {i}/{n}: not started: {e.render(cli=True)}")
+            return 2
+        try:
+            with open(log, "a") as f:
+                f.write(f"{LOG_HEADER}{datetime.datetime.now().isoformat(timespec='seconds')} {shlex.join(full)}\n")
+                f.flush()
+                with lock:
+                    if stopping.is_set():
+                        return None
+                    running[i] = proc = subprocess.Popen(full, stdout=f, stderr=subprocess.STDOUT, env=env)
+                say(f"shard {i}/{n}: started (log {log})")
+                t0 = time.time()
+                rc = proc.wait()
+                with lock:
+                    del running[i]
+        finally:
+            held.release()
         if stopping.is_set():  # terminated by us after Ctrl-C: no report
             return rc
         if rc == 0:
@@ -181,6 +214,11 @@ def check_args(args, cmd) -> None:
         raise CertifyNetError(f"{{only}} {bad[0]}: shard numbers run from 0 to {n - 1}", "only")
     if any(a == "--shard" or a.startswith("--shard=") for a in cmd):
         raise CertifyNetError("the command must not have --shard; run_shards.py adds --shard i/N to each shard")
+    for i in sorted(set(args.only)) if args.only else range(n):  # every file it appends to is ours
+        check_shard_log(log_path(cmd, i, n, args.logs))
+    if args.merge:  # refused now, not after every shard has run
+        check_output_file(args.merge, "merge")
+        check_merge_output(args.merge, None)
 
 
 @one_line_errors

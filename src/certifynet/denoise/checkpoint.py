@@ -10,7 +10,9 @@ Our file (written atomically by `save_denoiser`)::
 - the reference layout of microsoft/denoised-smoothing, {"arch": "cifar_dncnn" | "cifar_dncnn_wide" |
   "imagenet_dncnn", "state_dict", ...} (DataParallel's `module.` stripped), DnCNN depth/width from the shapes;
 - KAIR's bare DRUNet state dict (drunet_gray.pth, drunet_color.pth): channels and nb from the shapes.
-Every file is read through `models.checkpoint.read_checkpoint_file` (weights_only=True), so pickled objects are refused.
+Every file is read through `models.checkpoint.read_checkpoint_file` (weights_only=True, its inflated size
+bounded), so pickled objects are refused; the header of ours is validated like user input
+(`models.header.validate_denoiser_header`) before the model it describes is built.
 """
 from __future__ import annotations
 
@@ -23,8 +25,14 @@ import torch.nn as nn
 
 from certifynet.denoise.registry import build_denoiser_from_config, denoiser_config, get_denoiser
 from certifynet.errors import CertifyNetError
-from certifynet.models.checkpoint import (CHECKPOINT_FORMAT, check_finite_weights, plain, read_checkpoint_file,
-                                          write_checkpoint)
+from certifynet.models.checkpoint import (
+    CHECKPOINT_FORMAT,
+    check_finite_weights,
+    plain,
+    read_checkpoint_file,
+    write_checkpoint,
+)
+from certifynet.models.header import validate_denoiser_header
 
 DENOISER_FORMAT = "certifynet-denoiser"
 # Denoiser architectures of the denoised-smoothing code that we can rebuild (all DnCNN variants).
@@ -79,7 +87,8 @@ def _kair_single_body(state: dict) -> dict:
 
 
 def _infer_drunet(state: dict) -> nn.Module:
-    """DRUNet from KAIR key shapes: in_channels = head.shape[1] − 1, c_i = down_i's stride conv width, nb from ResBlocks."""
+    """DRUNet from KAIR key shapes: in_channels = head.shape[1] − 1, c_i = down_i's stride conv width, nb from
+    ResBlocks."""
     nb = len({k.split(".")[1] for k in state if k.startswith("m_down1.") and ".res." in k})
     if nb < 1:
         raise CertifyNetError("DRUNet weights without ResBlocks in m_down1")
@@ -143,6 +152,7 @@ def load_denoiser(path: str, device="cpu") -> LoadedDenoiser:
     if raw.get("format") == DENOISER_FORMAT:
         if not isinstance(raw.get("config"), dict) or not isinstance(raw.get("state_dict"), dict):
             raise CertifyNetError(f"denoiser '{path}' lacks its 'config' or 'state_dict'")
+        validate_denoiser_header(raw, path)  # every field, like user input, before the model is built
         model, state, source = build_denoiser_from_config(raw["config"]), raw["state_dict"], "certifynet"
         kw = {"sigma": raw.get("sigma"), "objective": raw.get("objective"), "epoch": int(raw.get("epoch") or 0)}
     else:

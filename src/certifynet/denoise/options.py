@@ -16,6 +16,7 @@ from certifynet.denoise import DENOISER_PRESETS, classification_loss, l1_loss, m
 from certifynet.errors import CertifyNetError
 
 CHECKPOINT_NAME, LOG_NAME = "denoiser.pth", "log.csv"
+MAX_OPTIONS_BYTES = 1 << 20  # an options file is a few hundred bytes; a larger one is not one
 
 OBJECTIVES = {  # objective → loss(x̂, x, y, F)
     "mse": lambda out, x, y, f: mse_loss(out, x),
@@ -52,9 +53,10 @@ class TrainOptions:
     eval_batch: int = 500
     seed: int = 0
     device: str = "auto"
+    force: bool = False                      # resume with changed hyper-parameters (recorded in the sidecar)
 
 
-# (kind, help) per option; kinds: str int float bool floats ints resume.
+# (kind, help) per option; kinds: str int float floats ints resume switch.
 OPTION_SPECS = {
     "task": ("str", "run name, stored in the checkpoint"),
     "dataset": ("str", "dataset (mnist5k, mnist, cifar10, imagenet)"),
@@ -78,6 +80,8 @@ OPTION_SPECS = {
     "eval_batch": ("int", "evaluation batch size"),
     "seed": ("int", "seed of init, shuffling and noise"),
     "device": ("str", "auto, cpu, cuda, cuda:1, ..."),
+    "force": ("switch", "with --resume: continue although lr, batch, ... differ from the checkpoint's (each "
+                        "change is recorded in log.csv.meta.json)"),
 }
 CHOICES = {"arch": tuple(DENOISER_PRESETS), "objective": tuple(OBJECTIVES)}
 
@@ -91,23 +95,28 @@ def _number_list(value, kind: str, where: str, fields: tuple[str, ...] = ()) -> 
         raise CertifyNetError(f"{where}: expected a list or 'a,b,...', got {value!r}", *fields)
     try:
         out = [cast(v) for v in value if not isinstance(v, bool)]
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise CertifyNetError(f"{where}: expected numbers, got {value!r}", *fields) from None
-    if len(out) != len(value) or (kind == "ints" and any(isinstance(v, float) and v != int(v) for v in value)):
+    if len(out) != len(value) or not all(math.isfinite(v) for v in out) or (
+            kind == "ints" and any(isinstance(v, float) and v != int(v) for v in value)):
         raise CertifyNetError(f"{where}: expected {'integers' if kind == 'ints' else 'numbers'}, got {value!r}",
                               *fields)
     return out
 
 
 def _scalar(value, kind: str, where: str, fields: tuple[str, ...]):
-    """An int or float option; a bool, or a fractional value for an int, is refused."""
-    cast, what = (int, "an integer") if kind == "int" else (float, "a number")
-    if isinstance(value, bool) or (isinstance(value, float) and kind == "int" and value != int(value)):
+    """A finite int or float option; a bool, NaN, ±inf, or a fractional value for an int, is refused."""
+    cast, what = (int, "an integer") if kind == "int" else (float, "a finite number")
+    if isinstance(value, bool) or (isinstance(value, float) and kind == "int" and
+                                   (not math.isfinite(value) or value != int(value))):
         raise CertifyNetError(f"{where}: expected {what}, got {value!r}", *fields)
     try:
-        return cast(value)
-    except (TypeError, ValueError):
+        out = cast(value)
+    except (TypeError, ValueError, OverflowError):
         raise CertifyNetError(f"{where}: expected {what}, got {value!r}", *fields) from None
+    if not math.isfinite(out):
+        raise CertifyNetError(f"{where}: expected {what}, got {value!r}", *fields)
+    return out
 
 
 def coerce_option(name: str, value, where: str | None = None):
@@ -126,6 +135,10 @@ def coerce_option(name: str, value, where: str | None = None):
         if isinstance(value, (bool, str)):
             return value
         raise CertifyNetError(f"{where}: expected true/false or a checkpoint path, got {value!r}", *fields)
+    if kind == "switch":
+        if isinstance(value, bool):
+            return value
+        raise CertifyNetError(f"{where}: expected true or false, got {value!r}", *fields)
     if kind == "str":
         if not isinstance(value, str):
             raise CertifyNetError(f"{where}: expected a string, got {value!r}", *fields)
@@ -135,15 +148,26 @@ def coerce_option(name: str, value, where: str | None = None):
     return _scalar(value, kind, where, fields)
 
 
+def _no_constant(name: str):
+    """JSON's NaN / Infinity: not a valid option value."""
+    raise json.JSONDecodeError(f"{name} is not a valid value", name, 0)
+
+
 def read_options_file(path: str) -> dict:
     """KAIR-style JSON options → {name: value}. Lines starting with `//` are comments, keys starting with `_`
     are ignored; an unknown key or invalid JSON (with its line number) is a one-line error."""
     if not os.path.isfile(path):
         raise CertifyNetError(f"options file '{path}' not found")
-    with open(path, encoding="utf-8") as f:
-        lines = ["" if ln.lstrip().startswith("//") else ln for ln in f.read().splitlines()]
+    if os.path.getsize(path) > MAX_OPTIONS_BYTES:
+        raise CertifyNetError(f"options file '{path}' is {os.path.getsize(path):,} bytes: not an options file "
+                              f"(at most {MAX_OPTIONS_BYTES:,})")
     try:
-        data = json.loads("\n".join(lines))
+        with open(path, encoding="utf-8") as f:
+            lines = ["" if ln.lstrip().startswith("//") else ln for ln in f.read().splitlines()]
+    except UnicodeDecodeError:
+        raise CertifyNetError(f"options file '{path}' is not UTF-8 text (a JSON object is expected)") from None
+    try:
+        data = json.loads("\n".join(lines), parse_constant=_no_constant)
     except json.JSONDecodeError as e:
         raise CertifyNetError(f"options file '{path}' is not valid JSON: {e.msg} at line {e.lineno}, "
                               f"column {e.colno}") from None
@@ -176,7 +200,7 @@ def sigma_spec(opts: TrainOptions) -> dict:
     elif opts.sigmas:
         spec = {"mode": "choice", "values": [float(s) for s in opts.sigmas]}
     else:
-        if len(opts.sigma_range) != 2 or not 0 <= opts.sigma_range[0] < opts.sigma_range[1]:
+        if len(opts.sigma_range) != 2 or not 0 <= opts.sigma_range[0] < opts.sigma_range[1] < math.inf:
             raise CertifyNetError(f"{{sigma_range}} must be lo,hi with 0 <= lo < hi, got {opts.sigma_range}",
                                   "sigma_range")
         return {"mode": "uniform", "values": [float(v) for v in opts.sigma_range]}
@@ -191,21 +215,25 @@ def eval_sigma(spec: dict) -> float:
     return (v[0] + v[1]) / 2 if spec["mode"] == "uniform" else v[len(v) // 2]
 
 
-def check_options(opts: TrainOptions) -> dict:
-    """Validate cross-field constraints; returns the σ spec."""
+def check_options(opts: TrainOptions, files: bool = True) -> dict:
+    """Validate cross-field constraints (and, with `files`, that the input checkpoints exist); returns the σ
+    spec."""
     for name in ("epochs", "batch", "eval_batch"):
         if getattr(opts, name) < 1:
             raise CertifyNetError(f"{{{name}}} must be >= 1, got {getattr(opts, name)}", name)
     for name in ("train_subset", "eval_subset"):
         if getattr(opts, name) is not None and getattr(opts, name) < 1:
             raise CertifyNetError(f"{{{name}}} must be >= 1", name)
-    if not opts.lr > 0 or not opts.lr_gamma > 0:
+    if not 0 < opts.lr < math.inf or not 0 < opts.lr_gamma < math.inf:
         raise CertifyNetError(f"{{lr}} and {{lr_gamma}} must be > 0, got {opts.lr}, {opts.lr_gamma}", "lr", "lr_gamma")
     if opts.objective in NEEDS_CLASSIFIER and not opts.classifier:
         raise CertifyNetError(f"{{objective}} {opts.objective} needs {{classifier}} CKPT (the frozen classifier F)",
                               "objective", "classifier")
     for name in ("classifier", "pretrained_denoiser"):
         path = getattr(opts, name)
-        if path and not os.path.isfile(path):
+        if files and path and not os.path.isfile(path):
             raise CertifyNetError(f"{{{name}}} '{path}' not found", name)
+    if opts.force and not opts.resume:
+        raise CertifyNetError("{force} does not apply without {resume} (it lets a resumed run change "
+                              "hyper-parameters)", "force", "resume")
     return sigma_spec(opts)

@@ -9,6 +9,11 @@ scheduler for `resume`), then one row of outdir/log.csv (flushed; sidecar log.cs
 epoch, lr, loss (mean training loss), psnr and denoised_acc on the test split at the evaluation σ
 (the training σ, the middle of the list, or the middle of the range), seconds.
 
+Outputs go through `records.guard`, checked before any data is loaded: a log.csv that is not ours, or is the
+log of another run, is refused untouched; a resume with other hyper-parameters (`HYPER_PARAMETERS`) is
+refused naming them unless `force`, which records them in the sidecar's `changes`. The folder's checkpoint is
+held (`WriterLock`) while the run writes; the log is rewritten atomically to the epochs of the checkpoint.
+
 Options come from `TrainOptions` defaults < a JSON options file < command-line flags (`denoise.options`,
 re-exported here).
 """
@@ -27,19 +32,37 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from certifynet.data import dataset_info, get_dataset
 from certifynet.denoise import denoiser_config, freeze, get_denoiser
 from certifynet.denoise.checkpoint import load_denoiser, save_denoiser
-from certifynet.denoise.options import (CHECKPOINT_NAME, CHOICES, LOG_NAME, OBJECTIVES, OPTION_SPECS,  # noqa: F401
-                                        TrainOptions, check_options, coerce_option, eval_sigma, read_options_file,
-                                        resolve_options, sigma_spec)
+from certifynet.denoise.options import (  # noqa: F401
+    CHECKPOINT_NAME,
+    CHOICES,
+    LOG_NAME,
+    OBJECTIVES,
+    OPTION_SPECS,
+    TrainOptions,
+    check_options,
+    coerce_option,
+    eval_sigma,
+    read_options_file,
+    resolve_options,
+    sigma_spec,
+)
 from certifynet.errors import CertifyNetError
 from certifynet.models import load_checkpoint
 from certifynet.paths import check_output_folder, default_path
 from certifynet.progress import progress as progress_bar
-from certifynet.records import RowLog
+from certifynet.records import RowLog, WriterLock
+from certifynet.records.guard import change_records, check_run_log, describe_changes, same_value
+from certifynet.records.runlog import rewrite_log
 from certifynet.sampling import input_generator, resolve_device
 
 log = logging.getLogger(__name__)
 
 LOG_COLUMNS = ["epoch", "lr", "loss", "psnr", "denoised_acc", "seconds"]
+# Options a resumed run must keep (`force` allows a change); the run's identity (dataset, arch, objective, σ,
+# classifier, evaluation subset) is its log's sidecar and cannot change.
+HYPER_PARAMETERS = ("lr", "lr_milestones", "lr_gamma", "batch", "seed", "train_subset")
+# Sidecar fields that may differ between a run and its resumption.
+LOG_VOLATILE = {"created", "version", "command", "columns", "changes"}
 _SHUFFLE, _NOISE, _EVAL = 0, 1, 2  # generator streams, seeded by (seed, epoch, stream)
 
 # ---------------------------------------------------------------- pieces of the loop
@@ -152,10 +175,8 @@ class _Run:
         return os.path.join(self.opts.outdir, CHECKPOINT_NAME)
 
 
-def _set_up(opts: TrainOptions) -> _Run:
-    """Check the options and build data, F, D and the optimiser (nothing is written)."""
-    spec = check_options(opts)
-    check_output_folder(opts.outdir, "--outdir")
+def _set_up(opts: TrainOptions, spec: dict) -> _Run:
+    """Build data, F, D and the optimiser (nothing is written)."""
     device = resolve_device(opts.device)
     info = dataset_info(opts.dataset)
     train_set = _first(get_dataset(opts.dataset, "train", opts.data_dir), opts.train_subset)
@@ -168,33 +189,47 @@ def _set_up(opts: TrainOptions) -> _Run:
     return _Run(opts, spec, device, train_set, test_set, classifier, clf_meta, model, optimizer, scheduler)
 
 
-def _resume(run: _Run) -> int:
-    """Epochs already done: restore D, Adam and the schedule from the checkpoint to resume (0 for a fresh run,
-    which may not replace an existing checkpoint)."""
-    resume_from = _resume_path(run.opts, run.ckpt_path)
+def _resume_changes(raw: dict, resume_from: str, opts: TrainOptions) -> list[dict]:
+    """The hyper-parameters that differ from the checkpoint's `args`: refused naming them unless `force`."""
+    args = raw.get("args") if isinstance(raw.get("args"), dict) else {}
+    new = dataclasses.asdict(opts)
+    keys = [k for k in HYPER_PARAMETERS if k in args and not same_value(args[k], new[k])]
+    if keys and not opts.force:
+        raise CertifyNetError(f"{{resume}} '{resume_from}' was trained with other hyper-parameters "
+                              f"({describe_changes(args, new, keys)}); resume with the same ones, or pass {{force}} "
+                              f"to continue with the new ones (the change is recorded in the log's sidecar)",
+                              "resume", "force")
+    return change_records(args, new, keys, epoch=int(raw.get("epoch") or 0))
+
+
+def _resume(run: _Run, resume_from: str | None, raw: dict | None) -> int:
+    """Epochs already done: restore D, Adam and the schedule from the checkpoint to resume (0 when fresh)."""
     if not resume_from:
-        if os.path.isfile(run.ckpt_path):
-            raise CertifyNetError(f"'{run.ckpt_path}' exists; pass {{resume}} to continue it or choose another "
-                                  f"{{outdir}}", "resume", "outdir")
         return 0
-    raw = load_denoiser(resume_from).raw
     if raw.get("config") != denoiser_config(run.model) or raw.get("optimizer") is None:
         raise CertifyNetError(f"cannot resume from '{resume_from}': it is {raw.get('config')} "
                               f"(optimizer state {'missing' if raw.get('optimizer') is None else 'present'}), "
                               f"this run builds {denoiser_config(run.model)}")
     run.model.load_state_dict(raw["state_dict"])
-    run.optimizer.load_state_dict(raw["optimizer"])
-    if raw.get("scheduler"):
-        run.scheduler.load_state_dict(raw["scheduler"])
+    try:
+        run.optimizer.load_state_dict(raw["optimizer"])
+        if raw.get("scheduler"):
+            run.scheduler.load_state_dict(raw["scheduler"])
+    except (ValueError, KeyError, RuntimeError) as e:
+        raise CertifyNetError(f"{{resume}} '{resume_from}': optimizer/scheduler state does not fit "
+                              f"({str(e).splitlines()[0][:120]})", "resume") from e
     return int(raw.get("epoch") or 0)
 
 
+def _settings_meta(opts: TrainOptions, spec: dict) -> dict:
+    """The fields of the log's sidecar that the options alone fix (known before anything is loaded)."""
+    return {"kind": "denoiser_train_log", "task": opts.task, "dataset": opts.dataset, "objective": opts.objective,
+            "sigma": spec, "eval_sigma": eval_sigma(spec), "seed": opts.seed, "train_subset": opts.train_subset,
+            "eval_subset": opts.eval_subset, "pretrained_denoiser": opts.pretrained_denoiser}
+
+
 def _log_meta(run: _Run) -> dict:
-    opts = run.opts
-    return {"kind": "denoiser_train_log", "task": opts.task, "dataset": opts.dataset,
-            "denoiser": denoiser_config(run.model), "objective": opts.objective, "sigma": run.spec,
-            "eval_sigma": eval_sigma(run.spec), "seed": opts.seed, "train_subset": opts.train_subset,
-            "eval_subset": opts.eval_subset, "pretrained_denoiser": opts.pretrained_denoiser, **run.classifier_meta}
+    return {**_settings_meta(run.opts, run.spec), "denoiser": denoiser_config(run.model), **run.classifier_meta}
 
 
 def _train_and_save_epoch(run: _Run, epoch: int, progress: bool) -> dict:
@@ -221,21 +256,55 @@ def _train_and_save_epoch(run: _Run, epoch: int, progress: bool) -> dict:
     return row
 
 
+def _check_outputs(opts: TrainOptions, meta: dict, resumed: bool, forced=()) -> dict | None:
+    """The checkpoint is replaced only by a resume; the log must be ours and of this run (`records.guard`)."""
+    ckpt_path = os.path.join(opts.outdir, CHECKPOINT_NAME)
+    if not resumed and os.path.isfile(ckpt_path):
+        raise CertifyNetError(f"'{ckpt_path}' exists; pass {{resume}} to continue it or choose another "
+                              f"{{outdir}}", "resume", "outdir")
+    return check_run_log(os.path.join(opts.outdir, LOG_NAME), meta, ignore=LOG_VOLATILE | set(forced),
+                         resumed=resumed)
+
+
+def _start(opts: TrainOptions) -> tuple[dict, str | None, dict | None, list]:
+    """Every check before anything is loaded or written: the options, the output folder and its files, and a
+    resume's hyper-parameters. (σ spec, checkpoint to resume, its raw dict, forced changes)."""
+    spec = check_options(opts)
+    check_output_folder(opts.outdir, name="outdir")
+    resume_from = _resume_path(opts, os.path.join(opts.outdir, CHECKPOINT_NAME))
+    raw = load_denoiser(resume_from).raw if resume_from else None
+    changes = _resume_changes(raw, resume_from, opts) if raw is not None else []
+    _check_outputs(opts, _settings_meta(opts, spec), bool(resume_from), [c["field"] for c in changes])
+    return spec, resume_from, raw, changes
+
+
 def train_denoiser(opts: TrainOptions, progress: bool = True) -> dict:
     """Run (or resume) training; returns {"model" (trained D), "checkpoint", "log", "history": [log rows],
     "start_epoch"}. With `progress`, each epoch's line is logged (INFO) besides the progress bar."""
     opts = dataclasses.replace(opts, outdir=opts.outdir or default_path("results/denoiser"),
                                data_dir=opts.data_dir or default_path("data"))
-    run = _set_up(opts)
-    start = _resume(run)
+    spec, resume_from, raw, changes = _start(opts)
+    run = _set_up(opts, spec)
+    start = _resume(run, resume_from, raw)
     log_path, history = os.path.join(opts.outdir, LOG_NAME), []
-    with RowLog(log_path, LOG_COLUMNS, _log_meta(run), sep=",") as rows:
-        if start >= opts.epochs:
-            log.info(f"{run.ckpt_path} already has {start} of {opts.epochs} epochs; nothing to do")
-        for epoch in range(start + 1, opts.epochs + 1):
-            row = _train_and_save_epoch(run, epoch, progress)
-            rows.write(row)
-            history.append(row)
+    os.makedirs(opts.outdir, exist_ok=True)
+    lock = WriterLock(run.ckpt_path, covers=[(log_path, False)]).acquire(opts.outdir)  # one run per folder
+    try:
+        meta = _log_meta(run)
+        old = _check_outputs(opts, meta, bool(resume_from), [c["field"] for c in changes])  # under the lock
+        history_of_changes = list((old or {}).get("changes") or []) if resume_from else []
+        if history_of_changes or changes:
+            meta["changes"] = history_of_changes + changes
+        rewrite_log(log_path, LOG_COLUMNS, meta, (lambda epoch: epoch <= start) if resume_from else None)
+        with RowLog(log_path, LOG_COLUMNS, meta, sep=",") as rows:
+            if start >= opts.epochs:
+                log.info(f"{run.ckpt_path} already has {start} of {opts.epochs} epochs; nothing to do")
+            for epoch in range(start + 1, opts.epochs + 1):
+                row = _train_and_save_epoch(run, epoch, progress)
+                rows.write(row)
+                history.append(row)
+    finally:
+        lock.release()
     return {"model": run.model.eval(), "checkpoint": run.ckpt_path, "log": log_path, "history": history,
             "start_epoch": start}
 

@@ -6,8 +6,10 @@ Our file (written atomically by `save_checkpoint`)::
      "noise": {"sigma", "k"}, "version", "epoch", "state_dict", "optimizer", "scheduler", "args"}
 
 Every file is read with `torch.load(weights_only=True)` (`read_checkpoint_file`): pickled objects other than
-argparse.Namespace are refused. `load_checkpoint` also reads the reference layouts (`models.layouts`) and
-bare state dicts, and records where the model came from (`LoadedCheckpoint`).
+argparse.Namespace are refused, and a zip file that would inflate beyond a bound of its size is refused before
+it is read (`models.header.check_archive`). Its header is validated like user input (`models.header`).
+`load_checkpoint` also reads the reference layouts (`models.layouts`) and bare state dicts, and records where
+the model came from (`LoadedCheckpoint`).
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from certifynet._version import __version__
 from certifynet.data import dataset_info
 from certifynet.errors import CertifyNetError
 from certifynet.models.architectures import ARCHITECTURES, DEFAULT_DATASET, get_architecture, unwrap_model
+from certifynet.models.header import check_archive, validate_header
 from certifynet.models.layouts import checkpoint_source, infer_arch, match_state_dict, warn_dsrs_imagenet
 from certifynet.models.normalization import NormalizeLayer, default_normalization, resolve_normalization
 from certifynet.records.files import atomic_write
@@ -62,9 +65,13 @@ def atomic_torch_save(obj, path: str) -> None:
 
 def read_checkpoint_file(path: str):
     """`torch.load(path, weights_only=True)` (plus SAFE_GLOBALS) with one-line errors for missing, corrupt
-    or pickled files."""
+    or pickled files, and for zip files that would inflate too far (`check_archive`)."""
     if not os.path.isfile(path):
         raise CertifyNetError(f"checkpoint '{path}' not found")
+    try:
+        check_archive(path)  # its inflated size, before torch reads it
+    except PermissionError as e:
+        raise CertifyNetError(f"checkpoint '{path}' cannot be read: {e.strerror}") from None
     try:
         with torch.serialization.safe_globals(list(SAFE_GLOBALS)), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Detected pickle protocol")  # garbage reads as odd protocols
@@ -261,6 +268,7 @@ def load_checkpoint(path: str, arch: str | None = None, dataset: str | None = No
     """
     raw = read_checkpoint_file(path)
     state, ours, bare = _state_dict_of(raw, path)
+    validate_header(raw, path, ours)
     arch = _resolve_arch(raw, state, arch, path)
     dataset = _resolve_dataset(raw, ours, dataset, arch, path)
     kind, mean, std = _resolve_input_normalization(raw, ours, normalization, arch, dataset)

@@ -13,6 +13,8 @@ Input normalisation differs between the references, and nothing in a reference f
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 
@@ -50,8 +52,9 @@ def _explicit(spec, dataset: str) -> tuple[Values, Values]:
         raise CertifyNetError(f"normalization must be {', '.join(NORMALIZATION_KINDS)} or (mean, std), "
                               f"got {spec!r}") from e
     c = _channels(dataset)
-    if len(mean) not in (1, c) or len(std) not in (1, c) or any(s <= 0 for s in std):
-        raise CertifyNetError(f"normalization mean/std need 1 or {c} values (std > 0) for {dataset}, "
+    if (len(mean) not in (1, c) or len(std) not in (1, c) or not all(0 < s < math.inf for s in std)
+            or not all(math.isfinite(m) for m in mean)):  # NaN/inf would reach the model as its first layer
+        raise CertifyNetError(f"normalization mean/std need 1 or {c} finite values (std > 0) for {dataset}, "
                               f"got {list(mean)}/{list(std)}")
     return mean, std
 

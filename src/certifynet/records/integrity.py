@@ -45,7 +45,7 @@ CHECK_COLUMN = "check"
 # Sidecar keys that may differ between a run and its resumption, or between the shards of one run.
 VOLATILE_META = {"created", "version", "command", "shard", "start", "end", "indices"}
 # Not covered by the settings digest: volatile keys, merge bookkeeping, the digests and the completion record.
-INTEGRITY_IGNORE = VOLATILE_META | {"merged_from", "missing", "integrity", "complete"}
+INTEGRITY_IGNORE = VOLATILE_META | {"merged_from", "missing", "integrity", "complete", "forced"}
 # Bound by the completion record instead: which part of the run the rows are.
 COMPLETION_SCOPE = ("shard", "start", "end", "indices", "missing", "merged_from")
 _SCHEMES = ("sha256", "hmac-sha256")

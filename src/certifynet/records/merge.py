@@ -5,7 +5,11 @@ The expected index set is rebuilt from each input's sidecar: the full (unsharded
 (`n_inputs`, start, end, skip, max through `records.select_indices`), or the `indices` a previous merge
 stored. Missing indices are an error unless `allow_missing`: nothing is written and the inputs are never
 touched, so rerunning the failed shard (it resumes) and merging again loses nothing. Duplicate rows that
-agree on every column but `time` are dropped with a warning; conflicting duplicates are an error.
+agree on every column but `time` (numbers by value: 0.5 = 0.50) are dropped with a warning; conflicting
+duplicates are an error.
+The output is held (`WriterLock`) from its check to its last byte, so two merges into one file cannot
+interleave; an existing output must be an earlier merge of the same run (`records.guard.check_replace`),
+unless `force`, which records what it replaced in the new sidecar (`forced`).
 Counts files (inputs with digests, `records.integrity`) are verified first (settings, row checks, each
 shard's completion record), and the merged file gets its own completion record over its rows.
 """
@@ -24,14 +28,18 @@ from certifynet.errors import CertifyNetError
 from certifynet.errors import warn as _warn
 from certifynet.paths import check_output_file
 from certifynet.records.files import atomic_write
+from certifynet.records.guard import check_replace, same_value
 from certifynet.records.integrity import CHECK_COLUMN, completion_record, file_digester, verify_counts_digests
-from certifynet.records.lock import writer_active
+from certifynet.records.lock import WriterLock, writer_active
 from certifynet.records.rowlog import read_rows
 from certifynet.records.selection import select_indices
 from certifynet.records.sidecar import VOLATILE_META, meta_conflict, meta_path, read_meta
 
 # Also ignored when comparing inputs: bookkeeping of earlier merges (so merged files can be merged again).
 MERGE_IGNORE = VOLATILE_META | {"merged_from", "missing", "complete"}
+# Also ignored when comparing an earlier merge output with this one: what the merge itself decides.
+OUTPUT_IGNORE = MERGE_IGNORE | {"columns", "forced", "integrity"}
+MERGE_OUTPUT = "the output of a merge"
 # Columns that may differ between two computations of the same row.
 TIMING_COLUMNS = {"time"}
 # Receives each warning: a message, or a CertifyNetError whose fields name arguments (default: errors.warn).
@@ -148,31 +156,44 @@ def merge_files(out: str, inputs, allow_missing: bool = False, force: bool = Fal
     """Merge shard files `inputs` (paths or glob patterns) into `out` (+ sidecar); see the module doc.
 
     `warn` receives each warning (default `certifynet.errors.warn`; a message or a CertifyNetError)."""
-    check_output_file(out, "OUT")
+    check_output_file(out, what="OUT")
     paths = expand_inputs(inputs, out, warn)
     metas = _input_metas(paths)
-    if os.path.exists(out) and not force and "merged_from" not in read_meta(out, required=False):
-        raise CertifyNetError(f"'{out}' exists and is not the output of a merge; pass {{force}} to replace it "
-                              "or choose another OUT", "force")
-    sep = _sniff_sep(paths[0])
-    report = MergeReport(out, paths)
-    header, by_idx, file_idx = _collect_rows(paths, sep, report, warn, metas)
-    expected = _check_coverage(paths, metas, file_idx, set(by_idx), report, warn)
-    if report.missing and not allow_missing:
-        raise CertifyNetError(f"{len(report.missing)} of {len(expected)} inputs missing "
-                              f"(idx {describe(report.missing, 4)}); nothing written. Rerun the failed shards "
-                              "with the same command (they resume), or pass {allow_missing}", "allow_missing")
-    if report.missing:
-        warn(CertifyNetError(f"writing {out} without {len(report.missing)} inputs ({{allow_missing}})",
-                             "allow_missing"))
-    meta = _merged_meta(metas, paths, header, expected, report.missing)
-    rows = [by_idx[i] for i in sorted(by_idx)]
-    if "integrity" in meta:  # a counts file: its own completion record, over the merged rows in order
-        meta["complete"] = completion_record(meta, [r[CHECK_COLUMN] for r in rows],
-                                             file_digester(meta, f"sidecar '{paths[0]}.meta.json'"))
-    _write(out, sep, header, rows, meta)
+    check_merge_output(out, metas[0], force)
+    lock = WriterLock(out).acquire(out)
+    try:
+        forced = check_merge_output(out, metas[0], force)  # again, under the lock
+        sep = _sniff_sep(paths[0])
+        report = MergeReport(out, paths)
+        header, by_idx, file_idx = _collect_rows(paths, sep, report, warn, metas)
+        expected = _check_coverage(paths, metas, file_idx, set(by_idx), report, warn)
+        if report.missing and not allow_missing:
+            raise CertifyNetError(f"{len(report.missing)} of {len(expected)} inputs missing "
+                                  f"(idx {describe(report.missing, 4)}); nothing written. Rerun the failed shards "
+                                  "with the same command (they resume), or pass {allow_missing}", "allow_missing")
+        if report.missing:
+            warn(CertifyNetError(f"writing {out} without {len(report.missing)} inputs ({{allow_missing}})",
+                                 "allow_missing"))
+        meta = _merged_meta(metas, paths, header, expected, report.missing)
+        if forced:
+            meta["forced"] = forced  # bookkeeping, outside the settings digest (integrity.INTEGRITY_IGNORE)
+        rows = [by_idx[i] for i in sorted(by_idx)]
+        if "integrity" in meta:  # a counts file: its own completion record, over the merged rows in order
+            meta["complete"] = completion_record(meta, [r[CHECK_COLUMN] for r in rows],
+                                                 file_digester(meta, f"sidecar '{paths[0]}.meta.json'"))
+        _write(out, sep, header, rows, meta)
+    finally:
+        lock.release()
     report.rows = len(by_idx)
     return report
+
+
+def check_merge_output(out: str, meta: dict | None, force: bool = False) -> dict | None:
+    """An existing OUT must be an earlier merge of the run whose sidecar is `meta` (the first input's; None
+    before the run is known: any merge output); else it is refused, unless `force`: then the record of what
+    is replaced (for the new sidecar's `forced`)."""
+    return check_replace(out, meta, another="OUT", what=MERGE_OUTPUT, ours=lambda old: "merged_from" in old,
+                         ignore=OUTPUT_IGNORE | {"shard"}, force=force)
 
 
 def _input_metas(paths: list[str]) -> list[dict]:
@@ -227,7 +248,7 @@ def _collect_rows(paths: list[str], sep: str, report: MergeReport, warn: Warn, m
                 by_idx[idx], origin[idx] = r, p
                 continue
             old = by_idx[idx]
-            diff = next((c for c in compared if old[c] != r[c]), None)
+            diff = next((c for c in compared if not same_value(old[c], r[c])), None)  # '0.5' == '0.50'
             if diff:
                 raise CertifyNetError(f"idx {idx} is in '{origin[idx]}' and '{p}' with different {diff} "
                                       f"({old[diff]!r} vs {r[diff]!r})")

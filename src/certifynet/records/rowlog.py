@@ -16,6 +16,7 @@ import os
 from certifynet._version import __version__
 from certifynet.errors import CertifyNetError, warn
 from certifynet.paths import check_output_file
+from certifynet.records.guard import check_file, check_linked
 from certifynet.records.integrity import (
     CHECK_COLUMN,
     VOLATILE_META,
@@ -26,7 +27,7 @@ from certifynet.records.integrity import (
 )
 from certifynet.records.lock import WriterLock
 from certifynet.records.selection import select_indices
-from certifynet.records.sidecar import meta_conflict, meta_path, read_meta, write_meta
+from certifynet.records.sidecar import meta_path, read_meta, write_meta
 
 
 # ---------------------------------------------------------------- reading
@@ -160,20 +161,9 @@ class RowLog:
             raise
 
     def _check_same_run(self) -> None:
-        """The existing file must be ours (a sidecar), of the same kind and settings."""
-        old = read_meta(self.path, False, self.sidecar) if os.path.isfile(self.sidecar) else None
-        if old is None:
-            raise CertifyNetError(f"'{self.path}' exists and has no sidecar {os.path.basename(self.sidecar)}: "
-                                  f"it is not a log this run can resume; give another output path "
-                                  f"(or delete the file if it is yours)")
-        kind = self.meta.get("kind")
-        if old.get("kind") != kind:
-            raise CertifyNetError(f"'{self.path}' is a {old.get('kind') or 'file of unknown kind'}, not a {kind}; "
-                                  f"give another output path")
-        key = meta_conflict(old, self.meta, VOLATILE_META | {"integrity", "complete"})
-        if key:
-            raise CertifyNetError(f"'{self.path}' exists and was made with a different {key} "
-                                  f"({old.get(key)!r} vs {self.meta.get(key)!r}); use another output path or delete it")
+        """The existing file must be ours (a sidecar), of the same kind and settings (`guard.check_file`), and
+        written with the same key."""
+        old = check_file(self.path, self.meta, sidecar=self.sidecar, ignore=VOLATILE_META | {"integrity", "complete"})
         if self.integrity:
             was, now = old.get("integrity") or {}, self.meta["integrity"]
             if (was.get("scheme", "sha256"), was.get("key_id")) != (now["scheme"], now.get("key_id")):
@@ -198,7 +188,8 @@ class RowLog:
         try:
             self.done = {int(r[self.key]) for r in rows}
         except ValueError:
-            raise CertifyNetError(f"'{self.path}': a {self.key} value is not an integer; was the file edited?") from None
+            raise CertifyNetError(f"'{self.path}': a {self.key} value is not an integer; "
+                                  f"was the file edited?") from None
         self._f = open(self.path, "a", newline="", encoding="utf-8")
         if header is None:
             self._write_line(self.columns)
@@ -206,6 +197,7 @@ class RowLog:
     def _write_line(self, values) -> None:
         self._f.write(self.sep.join(values) + "\n")
         self._f.flush()
+        check_linked(self._f, self.path)  # its folder deleted mid-run: an error, not rows lost in silence
 
     def write(self, row: dict) -> None:
         idx = int(row["idx"] if "idx" in row else row[self.key])

@@ -18,6 +18,7 @@ import math
 import os
 from dataclasses import dataclass, field
 
+from certifynet.bounds import check_run_sizes
 from certifynet.certify.outcome import UNKNOWN_LABEL
 from certifynet.denoise.diffusion.options import DIFFUSION_FIELDS, DiffusionOptions
 from certifynet.errors import CertifyNetError, check_alpha, check_sample_sizes, check_seed, check_sigma, flag, refuse
@@ -199,6 +200,7 @@ class SamplingConfig:
         self._check_image(given)
         self._check_diffusion(given)
         self.check_sequential_and_estimate(mode)
+        check_run_sizes(self)  # sizes that can never fit (bounds.py), before anything is loaded
 
     def diffusion_options(self) -> DiffusionOptions:
         """The diffusion denoiser's options (checked), from this configuration's diffusion fields."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from certifynet.bounds import check_batch_memory
 from certifynet.data import dataset_info, get_dataset, image_dataset
 from certifynet.models import file_sha256
 from certifynet.paths import check_output_file
@@ -39,6 +40,7 @@ def open_run(config: SamplingConfig, mode: str, default_out: str, command: str |
     device = resolve_device(c.device)
     model, ckpt, model_meta = load_smoothing_model(c.model, c.dataset, c.arch, c.denoiser, c.sigma, device,
                                                    c.normalization, diffusion_options=c.diffusion_options())
+    check_batch_memory(c.batch, dataset_info(ckpt.dataset).dim)  # now that d is known: before any data or draw
     if c.image:  # one image file instead of a dataset
         data, info = image_dataset(c.image, ckpt.dataset, c.image_label)
         model_meta.update(image=os.path.abspath(c.image), image_sha256=file_sha256(c.image))

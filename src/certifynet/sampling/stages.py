@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 
+from certifynet.bounds import check_schedule_length
 from certifynet.certify import predict_from_counts
 from certifynet.certify.from_counts import certify_row
 from certifynet.certify.outcome import is_correct
@@ -104,6 +105,7 @@ def check_sequential(config: SamplingConfig) -> None:
             raise CertifyNetError(why, "radii", "sequential", "model", "counts", "iss", "q_dist", "method")
     from certifynet.certify.sequential import batch_schedule, check_radii
     check_radii(c.radii)
+    check_schedule_length(c.N, c.batch)  # bounds.py: never build a schedule that cannot fit
     batch_schedule(c.N, c.batch)
 
 

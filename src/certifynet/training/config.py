@@ -12,6 +12,7 @@ import math
 import os
 from dataclasses import dataclass
 
+from certifynet.bounds import check_workers
 from certifynet.data import dataset_info
 from certifynet.errors import CertifyNetError
 from certifynet.noise import check_k
@@ -46,6 +47,7 @@ class TrainConfig:
     pretrained_model: str | None = None
     normalization: str | None = None      # 'dataset' | 'identity' | 'center' | 'M1,../S1,..'; None: see build_model
     overwrite: bool = False
+    force: bool = False                   # resume with changed hyper-parameters (recorded in log.meta.json)
     dry_run: bool = False
     num_noise_vec: int = 1
     lbd: float = 0.0
@@ -142,9 +144,18 @@ def _check(cond: bool, msg: str, *names: str, **renamed: str) -> None:
 
 
 def _at_least(cfg: TrainConfig, minimum: int, *names: str) -> None:
+    """Each field is None or a finite number >= minimum (NaN and ±inf never reach the optimiser)."""
     for name in names:
         v = getattr(cfg, name)
-        _check(v is None or v >= minimum, f"{{{name}}} must be >= {minimum}, got {v}", name)
+        _check(v is None or (math.isfinite(v) and v >= minimum), f"{{{name}}} must be >= {minimum} and finite, "
+                                                                 f"got {v}", name)
+
+
+def _positive(cfg: TrainConfig, *names: str) -> None:
+    """Each field is None or a finite number > 0."""
+    for name in names:
+        v = getattr(cfg, name)
+        _check(v is None or (math.isfinite(v) and v > 0), f"{{{name}}} must be > 0 and finite, got {v}", name)
 
 
 def _check_common(cfg: TrainConfig, sigma: float) -> None:
@@ -153,9 +164,11 @@ def _check_common(cfg: TrainConfig, sigma: float) -> None:
     _check(cfg.lr > 0 and math.isfinite(cfg.lr), f"{{lr}} must be > 0, got {cfg.lr}", "lr")
     _at_least(cfg, 1, "lr_step_size")
     _check(cfg.gamma > 0, f"{{gamma}} must be > 0, got {cfg.gamma}", "gamma")
+    _positive(cfg, "gamma")
     _at_least(cfg, 0, "momentum", "weight_decay", "epochs")
     _at_least(cfg, 1, "batch")
     _at_least(cfg, 0, "workers")
+    check_workers(cfg.workers)
     _at_least(cfg, 1, "num_noise_vec")
     _at_least(cfg, 0, "lbd", "eta", "k", "k_warmup")
     _check(cfg.k_warmup_unit in ("auto", "epoch", "step"), "{k_warmup_unit} must be auto, epoch or step",
@@ -172,12 +185,11 @@ def _check_method(cfg: TrainConfig, method: str) -> None:
     if method == "smoothmix":
         _at_least(cfg, 1, "num_steps")
         _check(cfg.alpha > 0, f"{{alpha}} (the SmoothMix step size) must be > 0, got {cfg.alpha}", "alpha")
+        _positive(cfg, "alpha")
         _check(0 <= cfg.mix_step <= cfg.num_steps, f"{{mix_step}} must be in [0, {{num_steps}}={cfg.num_steps}], "
                                                    f"got {cfg.mix_step}", "mix_step", "num_steps")
         _at_least(cfg, 0, "warmup")
-        for name in ("maxnorm", "maxnorm_s"):
-            v = getattr(cfg, name)
-            _check(v is None or v > 0, f"{{{name}}} must be > 0, got {v}", name)
+        _positive(cfg, "maxnorm", "maxnorm_s")
     if method == "smoothadv":
         _check(math.isfinite(cfg.eps) and cfg.eps >= 0, f"{{eps}} must be a finite radius >= 0, got {cfg.eps}", "eps")
         _at_least(cfg, 1, "attack_steps")
@@ -205,5 +217,5 @@ def prepare_config(cfg: TrainConfig, world_size: int = 1) -> TrainConfig:
     cfg = dataclasses.replace(cfg, sigma=sigma, method=method, entropy=resolve_entropy(cfg))
     outdir = cfg.outdir or default_outdir(cfg)
     if not cfg.dry_run:
-        check_output_folder(outdir, "--outdir")
+        check_output_folder(outdir, name="outdir")
     return dataclasses.replace(cfg, outdir=outdir)

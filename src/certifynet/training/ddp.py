@@ -11,7 +11,9 @@ SeedSequence hash), so ranks never share noise and a run is reproducible for a f
 from __future__ import annotations
 
 import datetime
+import gc
 import os
+import traceback
 from dataclasses import dataclass
 
 import numpy as np
@@ -132,9 +134,20 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model.module if hasattr(model, "module") else model
 
 
-def cleanup() -> None:
-    """Destroy the process group if one is running (safe to call always)."""
+def release(exc: BaseException) -> None:
+    """Let go of what a failed run's traceback holds before `cleanup`: its finished frames keep their locals
+    alive (the DDP module in `train`'s run and in the epoch's frames), and a DDP module alive while the gloo
+    group is torn down, with another rank not finished yet, can abort the process ("terminate called without
+    an active exception"). The traceback keeps its lines; only the locals go. A no-op without a group."""
     if dist.is_available() and dist.is_initialized():
+        traceback.clear_frames(exc.__traceback__)
+
+
+def cleanup() -> None:
+    """Destroy the process group if one is running (safe to call always), after collecting any DDP module
+    that only a reference cycle still keeps (none may outlive the group: see `release`)."""
+    if dist.is_available() and dist.is_initialized():
+        gc.collect()
         try:
             dist.destroy_process_group()
         except (RuntimeError, ValueError):  # pragma: no cover - best effort at exit

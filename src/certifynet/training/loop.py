@@ -41,10 +41,17 @@ from certifynet.progress import progress
 from certifynet.training import ddp
 from certifynet.training.config import CHECKPOINT_NAME, TrainConfig, prepare_config, warmup_unit
 from certifynet.training.data import NoiseSource, load_datasets, make_loaders
-from certifynet.training.epoch_log import RunFiles, format_row, log_meta
+from certifynet.training.epoch_log import RunFiles, check_run_files, format_row, log_meta, settings_meta
 from certifynet.training.loss_spec import LossSpec, split_batch
-from certifynet.training.model import (Optimiser, build_model, make_optimiser, model_normalization, resume_path,
-                                       save_training_checkpoint)
+from certifynet.training.model import (
+    Optimiser,
+    build_model,
+    make_optimiser,
+    model_normalization,
+    resume_changes,
+    resume_path,
+    save_training_checkpoint,
+)
 from certifynet.training.schedule import k_at
 
 if TYPE_CHECKING:
@@ -155,6 +162,7 @@ class _Run:
     resume_ck: LoadedCheckpoint | None
     start_epoch: int
     meta: dict                                   # of log.meta.json
+    changes: list = field(default_factory=list)  # hyper-parameters changed on resume with `force`
     summary: dict = field(default_factory=dict)  # what `train` returns
 
     @property
@@ -176,21 +184,39 @@ class _Run:
     def say(self, text: str) -> None:
         """A line of the run's report on stdout (rank 0 only)."""
         if self.info.is_main:
-            print(text, flush=True)
+            print(text, flush=True)  # noqa: T201 - train.py's report on stdout, unchanged (to move to the CLI)
+
+
+def _on_rank0(info: ddp.DistInfo, check) -> None:
+    """Run `check` on rank 0 (the files are rank 0's) and raise its refusal on every rank."""
+    err = None
+    if info.is_main:
+        try:
+            check()
+        except CertifyNetError as e:
+            err = (e.template, e.fields)
+    err = ddp.broadcast_object(err)
+    if err:
+        raise CertifyNetError(err[0], **err[1])
 
 
 def _set_up(cfg: TrainConfig, info: ddp.DistInfo) -> _Run:
-    """Check the settings, build (or resume) the model, load the data, make the optimiser: nothing is written."""
+    """Check the settings and the output folder, build (or resume) the model, load the data, make the
+    optimiser: nothing is written."""
     cfg = prepare_config(cfg, info.world_size)
     # Rank 0's view of the files decides for every rank (a fast rank 0 may write before a slow rank looks).
     resume = ddp.broadcast_object(resume_path(cfg))
     ckpt_path = os.path.join(cfg.outdir, CHECKPOINT_NAME)
     ckpt_exists = ddp.broadcast_object(os.path.isfile(ckpt_path))
-    model, resume_ck, source = build_model(cfg, resume)
-    normalization = model_normalization(model)
-    if resume_ck is None and not cfg.dry_run and not cfg.overwrite and ckpt_exists:
+    if resume is None and not cfg.dry_run and not cfg.overwrite and ckpt_exists:
         raise CertifyNetError(f"'{ckpt_path}' already exists; pass {{resume}} auto to continue that run, "
                               f"{{overwrite}} to start over, or another {{outdir}}", "resume", "overwrite", "outdir")
+    model, resume_ck, source = build_model(cfg, resume)
+    changes = resume_changes(resume_ck, cfg) if resume_ck is not None else []
+    if not cfg.dry_run:  # before any data is loaded: a log that is not ours, or of another run
+        _on_rank0(info, lambda: check_run_files(cfg, settings_meta(cfg), resume_ck is not None,
+                                                [c["field"] for c in changes]))
+    normalization = model_normalization(model)
     train_set, test_set = load_datasets(cfg, info)
     train_loader, sampler, test_loader = make_loaders(train_set, test_set, cfg, info)
     if info.device.type == "cuda":
@@ -209,7 +235,7 @@ def _set_up(cfg: TrainConfig, info: ddp.DistInfo) -> _Run:
     summary = {"outdir": cfg.outdir, "checkpoint": ckpt_path, "method": cfg.method, "start_epoch": start_epoch,
                **sizes, "world_size": info.world_size, "init": source, "rows": []}
     return _Run(cfg, info, model, optimiser, LossSpec.from_config(cfg, dinfo.num_classes), noise(_TRAIN_NOISE),
-                noise(_EVAL_NOISE), train_loader, sampler, test_loader, resume_ck, start_epoch, meta, summary)
+                noise(_EVAL_NOISE), train_loader, sampler, test_loader, resume_ck, start_epoch, meta, changes, summary)
 
 
 def _dry_run(run: _Run) -> dict:
@@ -297,7 +323,7 @@ def train(cfg: TrainConfig, info: ddp.DistInfo | None = None) -> dict:
     run = _set_up(cfg, info)
     if run.cfg.dry_run:
         return _dry_run(run)
-    files = RunFiles.open(run.cfg.outdir, run.meta, run.start_epoch, run.resume_ck is not None) \
+    files = RunFiles.open(run.cfg, run.meta, run.start_epoch, run.resume_ck is not None, run.changes) \
         if info.is_main else None
     try:
         _run_epochs(run, files)
@@ -317,5 +343,8 @@ def run_training(cfg: TrainConfig) -> dict:
     info = ddp.init_distributed(cfg.device)
     try:
         return train(cfg, info)
+    except BaseException as e:
+        ddp.release(e)  # no DDP module may outlive the group (a normal return frees it with train's frame)
+        raise
     finally:
         ddp.cleanup()

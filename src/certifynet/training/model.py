@@ -2,7 +2,9 @@
 resume must pass, the optimiser it is trained with, and the checkpoint written after every epoch.
 
 The checkpoint (``checkpoint.pth``, atomic) holds the weights, SGD and StepLR state, the settings and
-``epoch`` = the number of epochs done, so a resume starts at that epoch index. Its normalisation is the
+``epoch`` = the number of epochs done, so a resume starts at that epoch index. A resume must keep σ, k, the
+method and the normalisation, and every hyper-parameter of `HYPER_PARAMETERS` (`resume_changes`): a changed
+one is refused naming it, unless ``force``, which records the change in ``log.meta.json``. Its normalisation is the
 model's own NormalizeLayer (`model_normalization`), which is also what ``log.meta.json`` records.
 """
 from __future__ import annotations
@@ -16,8 +18,14 @@ from torch import nn
 
 from certifynet.data import dataset_info
 from certifynet.errors import CertifyNetError
-from certifynet.models import (get_architecture, load_checkpoint, parse_normalization, resolve_normalization,
-                               save_checkpoint)
+from certifynet.models import (
+    get_architecture,
+    load_checkpoint,
+    parse_normalization,
+    resolve_normalization,
+    save_checkpoint,
+)
+from certifynet.records.guard import change_records, describe_changes, same_value
 from certifynet.training import ddp
 from certifynet.training.config import CHECKPOINT_NAME, SIGMA, TrainConfig
 
@@ -25,6 +33,11 @@ if TYPE_CHECKING:
     from certifynet.models import LoadedCheckpoint as Checkpoint
 
 Optimiser = tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]
+# TrainConfig fields that a resumed run must keep (as the checkpoint's `args` record them); `force` allows a
+# change. The rest may differ: epochs (a resume trains up to the new total), workers, device, paths.
+HYPER_PARAMETERS = ("lr", "lr_step_size", "gamma", "momentum", "weight_decay", "batch", "seed", "num_noise_vec",
+                    "lbd", "eta", "entropy", "k_warmup", "k_warmup_unit", "train_subset", "test_subset",
+                    "num_steps", "alpha", "mix_step", "maxnorm_s", "maxnorm", "warmup", "eps", "attack_steps")
 
 
 def resume_path(cfg: TrainConfig) -> str | None:
@@ -54,6 +67,20 @@ def _check_resumable(ck: Checkpoint, cfg: TrainConfig) -> None:
     if args.get("method") not in (None, cfg.method):
         raise CertifyNetError(f"{{resume}} '{ck.path}' was trained with method {args.get('method')}, "
                               f"not {cfg.method}", "resume")
+
+
+def resume_changes(ck: Checkpoint, cfg: TrainConfig) -> list[dict]:
+    """The hyper-parameters of `cfg` that differ from those the checkpoint was trained with (its `args`):
+    refused, naming them, unless ``cfg.force``; then the records of the changes (for log.meta.json)."""
+    args = ck.raw.get("args") if isinstance(ck.raw.get("args"), dict) else {}
+    new = cfg.as_dict()
+    keys = [k for k in HYPER_PARAMETERS if k in args and not same_value(args[k], new[k])]
+    if keys and not cfg.force:
+        raise CertifyNetError(f"{{resume}} '{ck.path}' was trained with other hyper-parameters "
+                              f"({describe_changes(args, new, keys)}); resume with the same ones, or pass {{force}} "
+                              f"to continue with the new ones (the change is recorded in log.meta.json)",
+                              "resume", "force")
+    return change_records(args, new, keys, epoch=ck.epoch)
 
 
 def model_normalization(model: nn.Module) -> dict | None:

@@ -1,9 +1,11 @@
 """The models page's catalogue: checkpoints found under the model folders, described once and cached.
 
-A file is described by `load_checkpoint` (weights_only, the CLI's one loader) or, failing that, by
-`load_denoiser`; a diffusion model (a diffusers folder, or an OpenAI `.pt`) by `load_diffusion_denoiser`; the
-description (arch, dataset, training σ and k, parameter count, SHA-256, source layout) is cached per (path, size,
-mtime), so listing the page costs a directory walk, not a hash or a load.
+A file is described by `load_checkpoint` (weights_only, the CLI's one loader: its inflated size bounded and
+its header validated like user input) or, failing that, by `load_denoiser`; a diffusion model (a diffusers folder,
+or an OpenAI `.pt`) by `load_diffusion_denoiser`; the description (arch, dataset, training σ and k, parameter
+count, SHA-256, source layout) is cached per (path, size, mtime), so listing the page costs a directory walk, not
+a hash or a load. A file that neither loader accepts is listed as refused,
+with the loader's one-line error: one bad file never breaks the pages that list the models.
 A file whose architecture cannot be told from its keys is described with the architecture (and dataset) the
 user gave for it on the models page (`<results>/web/models.json`); its commands then pass `--arch`/`--dataset`.
 """
@@ -52,13 +54,22 @@ def _param_count(module) -> int:
     return int(sum(p.numel() for p in module.parameters()))
 
 
+def _one_line(e: Exception, abspath: str, shown: str) -> str:
+    """A loader's refusal as one line naming the file as `shown` (a bug: its type, never a traceback)."""
+    if isinstance(e, CertifyNetError):
+        text = str(e)
+    else:
+        text = f"checkpoint '{abspath}' could not be read ({type(e).__name__})"
+    return " ".join(text.replace(abspath, shown).split())
+
+
 def describe_diffusion(abspath: str, shown: str) -> dict:
     """Fields of a ModelEntry for a diffusion model (any σ: t* is chosen when it is used)."""
     from certifynet.denoise.diffusion import load_diffusion_denoiser
     try:
         den, meta = load_diffusion_denoiser(abspath, 0.5, log_summary=False)
-    except CertifyNetError as e:
-        return dict(kind="refused", error=str(e).replace(abspath, shown))
+    except Exception as e:  # noqa: BLE001 - as describe_checkpoint: one bad model never takes the pages down
+        return dict(kind="refused", error=_one_line(e, abspath, shown))
     d = meta["diffusion"]
     return dict(kind="denoiser", sha256=meta["denoiser_sha256"], arch="diffusion", params=d["unet_parameters"],
                 source=d.get("preset") or "diffusers", layout=d["layout"])
@@ -75,17 +86,17 @@ def describe_checkpoint(abspath: str, shown: str, arch: str | None = None, datas
         ck = load_checkpoint(abspath, arch=arch, dataset=dataset)
         return dict(kind="classifier", sha256=ck.sha256, arch=ck.arch, dataset=ck.dataset, sigma=ck.sigma, k=ck.k,
                     params=_param_count(ck.model), source=ck.source, layout=ck.layout)
-    except CertifyNetError as e:
-        classifier_error = str(e).replace(abspath, shown)
+    except Exception as e:  # noqa: BLE001 - a file under models/ must never take the pages down
+        classifier_error = _one_line(e, abspath, shown)
     try:
         from certifynet.denoise import load_denoiser
         den = load_denoiser(abspath)
-    except CertifyNetError:
+        trained = (den.sigma or {}).get("values") or []
+        return dict(kind="denoiser", sha256=file_sha256(abspath), arch=str((den.config or {}).get("arch", "")),
+                    sigma=", ".join(f"{float(v):g}" for v in trained) or None, params=_param_count(den.model),
+                    source=den.source)
+    except Exception:  # noqa: BLE001 - as above
         return dict(kind="refused", error=classifier_error)
-    trained = (den.sigma or {}).get("values") or []
-    return dict(kind="denoiser", sha256=file_sha256(abspath), arch=str((den.config or {}).get("arch", "")),
-                sigma=", ".join(f"{float(v):g}" for v in trained) or None, params=_param_count(den.model),
-                source=den.source)
 
 
 class Catalog:

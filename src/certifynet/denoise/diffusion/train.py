@@ -33,6 +33,9 @@ LOG_COLUMNS = ["epoch", "loss", "psnr", "seconds", "cpu_seconds"]
 _RUN_KEYS = ("seed", "batch", "lr", "ema", "timesteps", "beta_start", "beta_end", "train_subset", "eval_subset",
              "eval_sigma")
 _SHUFFLE, _NOISE, _TIME, _EVAL = 0, 1, 2, 3   # generator streams, seeded by (seed, epoch, stream)
+# What the trainer writes: a folder of these (with certifynet_diffusion.json) is an older run of ours (records.guard).
+OWN_FILES = {"config.json", "diffusion_pytorch_model.safetensors", "scheduler_config.json", "certifynet_diffusion.json",
+             STATE_NAME, LOG_NAME, LOG_NAME + ".meta.json", ".saving"}
 # name → UNet2DModel shape. 'bench': the benchmark's model; 'quick': the quickstart's (about a minute).
 SIZES = {"bench": {"block_out_channels": [16, 32, 32], "layers_per_block": 1, "norm_num_groups": 8},
          "quick": {"block_out_channels": [8, 16, 16], "layers_per_block": 1, "norm_num_groups": 4}}
@@ -178,6 +181,16 @@ def _end_epoch(opts, unet, ema, optimizer, epoch, step, clock, loss, psnr) -> No
                        "optimizer": optimizer.state_dict()}, state_path(opts))
 
 
+def _run_settings(opts: DDPMOptions) -> dict:
+    """What makes two runs one (the folder's marker, records.guard): the UNet and the options that fix the run."""
+    return json.loads(json.dumps({"unet": unet_config(opts), **{k: getattr(opts, k) for k in _RUN_KEYS}}))
+
+
+def _older_run(entries: set) -> bool:
+    """A folder written by the trainer before markers existed: its files only, with its record."""
+    return "certifynet_diffusion.json" in entries and entries <= OWN_FILES
+
+
 def state_path(opts: DDPMOptions) -> str:
     return os.path.join(opts.outdir, STATE_NAME)
 
@@ -191,9 +204,11 @@ def train_ddpm(opts: DDPMOptions, progress: bool = True) -> dict:
     from certifynet.paths import check_output_folder, default_path
     from certifynet.progress import progress as bar
     from certifynet.records import RowLog
+    from certifynet.records.guard import check_folder, claim_folder
     opts = dataclasses.replace(opts.check(), outdir=opts.outdir or default_path("results/ddpm_mnist5k"))
-    check_output_folder(opts.outdir, "--outdir")
-    os.makedirs(opts.outdir, exist_ok=True)
+    check_output_folder(opts.outdir, name="outdir")
+    guard = dict(kind="ddpm", settings=_run_settings(opts), name="outdir", adopt=_older_run)  # records.guard
+    check_folder(opts.outdir, **guard)  # a folder that is not ours (a downloaded model), or another run's
     torch.manual_seed(opts.seed)
     unet = diffusers_lib().UNet2DModel(**unet_config(opts))
     ema = copy.deepcopy(unet).eval().requires_grad_(False)
@@ -205,7 +220,8 @@ def train_ddpm(opts: DDPMOptions, progress: bool = True) -> dict:
     meta = {"kind": "ddpm_train_log", "dataset": "mnist5k", "unet": unet_config(opts),
             **{k: getattr(opts, k) for k in _RUN_KEYS}}
     history = []
-    with RowLog(os.path.join(opts.outdir, LOG_NAME), LOG_COLUMNS, meta, sep=",") as rows, \
+    log_path = os.path.join(opts.outdir, LOG_NAME)
+    with claim_folder(opts.outdir, **guard), RowLog(log_path, LOG_COLUMNS, meta, sep=",") as rows, \
             bar(opts.epochs - epoch0, "ddpm", "epoch", enabled=progress) as pbar:
         for epoch in range(epoch0 + 1, opts.epochs + 1):
             t0, c0 = time.time(), time.process_time()
