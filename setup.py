@@ -12,7 +12,7 @@ REQUIRES = [ln.strip() for ln in (HERE / "requirements.txt").read_text().splitli
             if ln.strip() and not ln.startswith("#")]
 
 SCRIPTS = ["train", "train_smoothmix", "train_denoiser", "sample", "certify", "predict",
-           "analyze", "merge", "run_shards", "quickstart", "web", "attack"]
+           "analyze", "merge", "run_shards", "quickstart", "web", "attack", "train_ddpm"]
 
 setup(
     name=NAME,
