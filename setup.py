@@ -11,8 +11,8 @@ VERSION = re.search(r'__version__ = "([^"]+)"', _ver).group(1)
 REQUIRES = [ln.strip() for ln in (HERE / "requirements.txt").read_text().splitlines()
             if ln.strip() and not ln.startswith("#")]
 
-SCRIPTS = ["train", "train_smoothmix", "train_denoiser", "train_ddpm", "sample", "certify", "predict",
-           "analyze", "merge", "run_shards", "quickstart", "web", "attack"]
+SCRIPTS = ["train", "train_smoothmix", "train_denoiser", "sample", "certify", "predict",
+           "analyze", "merge", "run_shards", "quickstart", "web", "attack", "train_ddpm"]
 
 setup(
     name=NAME,

@@ -9,7 +9,10 @@ Configurations (--configs):
 - ddpm-cifar10+resnet110: a UNet shaped like google/ddpm-cifar10-32 (35.7M parameters) + CIFAR ResNet-110, 32×32;
 - ddpm-cifar10+vit224: the same UNet + timm ViT-B/16, resized 32 → 224 on the device (Carlini et al.'s CIFAR-10
   pipeline; the authors report 825 noisy samples/s on an A100).
-Each is timed over --repeats interleaved rounds of --n draws (median); on a shared CPU quote ratios.
+Each is timed over --repeats interleaved rounds of --n draws (median); on a shared CPU quote ratios. `--tiny` builds
+the two CIFAR-10 configurations at toy width (UNet channels ÷ 8, timm ViT-Ti/16 for ViT-B/16: the same code path,
+for CPU smoke tests). `bench_sampler.py --composed NAME` times any configuration against the Cohen-style loop and
+the hardware's limit (benchmarks/gpu_check.sh runs the CIFAR-10 ones on a GPU).
 
   python benchmarks/bench_diffusion_speed.py [--configs lenet drunet+lenet ddpm+lenet] [--n 2000 --batch 500]
   python benchmarks/bench_diffusion_speed.py --device cuda --amp --configs ddpm-cifar10+resnet110 ddpm-cifar10+vit224
@@ -34,6 +37,9 @@ DDPM_CIFAR10 = {  # google/ddpm-cifar10-32's UNet2DModel config (Ho et al.'s CIF
     "layers_per_block": 2, "down_block_types": ["DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"],
     "up_block_types": ["UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"], "flip_sin_to_cos": False,
     "freq_shift": 1, "norm_eps": 1e-6, "attention_head_dim": None}
+# The same shape at toy width (CPU smoke tests of the CIFAR-10 configurations).
+DDPM_CIFAR10_TINY = {**DDPM_CIFAR10, "block_out_channels": [16, 32, 32, 32], "norm_num_groups": 8}
+CONFIGS = ("lenet", "drunet+lenet", "ddpm-quick+lenet", "ddpm+lenet", "ddpm-cifar10+resnet110", "ddpm-cifar10+vit224")
 
 
 def _diffusion(config: dict, sigma: float):
@@ -43,8 +49,9 @@ def _diffusion(config: dict, sigma: float):
     return DiffusionDenoiser(diffusers_lib().UNet2DModel(**config).eval(), linear_schedule(), sigma)
 
 
-def build(name: str, sigma: float):
-    """(model, input shape, number of classes) for a configuration name (module docstring)."""
+def build(name: str, sigma: float, tiny: bool = False):
+    """(model, input shape, number of classes) for a configuration name (module docstring); `tiny`: the CIFAR-10
+    configurations at toy width."""
     from certifynet.denoise import DenoisedClassifier, get_denoiser
     from certifynet.denoise.diffusion import ClassifierSpec, build_classifier
     from certifynet.denoise.diffusion.train import DDPMOptions, unet_config
@@ -60,10 +67,12 @@ def build(name: str, sigma: float):
     if name == "ddpm-cifar10+resnet110":
         clf = get_architecture("cifar_resnet110", "cifar10")
     elif name == "ddpm-cifar10+vit224":
-        clf, _ = build_classifier(ClassifierSpec("timm:vit_base_patch16_224", num_classes=10))
+        vit = "timm:vit_tiny_patch16_224" if tiny else "timm:vit_base_patch16_224"
+        clf, _ = build_classifier(ClassifierSpec(vit, num_classes=10))
     else:
-        raise SystemExit(f"unknown configuration {name!r}")
-    return DenoisedClassifier(_diffusion(DDPM_CIFAR10, sigma), clf, sigma).eval(), (3, 32, 32), 10
+        raise SystemExit(f"unknown configuration {name!r}; choose from {', '.join(CONFIGS)}")
+    unet = _diffusion(DDPM_CIFAR10_TINY if tiny else DDPM_CIFAR10, sigma)
+    return DenoisedClassifier(unet, clf, sigma).eval(), (3, 32, 32), 10
 
 
 def passes_per_second(sampler: Sampler, shape, n: int, sigma: float, device, clock=time.perf_counter) -> float:
@@ -77,7 +86,9 @@ def passes_per_second(sampler: Sampler, shape, n: int, sigma: float, device, clo
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--configs", nargs="+", default=["lenet", "drunet+lenet", "ddpm-quick+lenet", "ddpm+lenet"])
+    p.add_argument("--configs", nargs="+", default=list(CONFIGS[:4]), choices=CONFIGS, metavar="CONFIG",
+                   help=f"from {', '.join(CONFIGS)}")
+    p.add_argument("--tiny", action="store_true", help="the CIFAR-10 configurations at toy width (CPU smoke test)")
     p.add_argument("--n", type=int, default=2000, help="draws per timed round")
     p.add_argument("--batch", type=int, default=500)
     p.add_argument("--repeats", type=int, default=3)
@@ -96,7 +107,7 @@ def main(argv=None):
     clock = time.process_time if a.clock == "process" else time.perf_counter
     samplers = {}
     for name in a.configs:
-        model, shape, k = build(name, a.sigma)
+        model, shape, k = build(name, a.sigma, a.tiny)
         s = Sampler(model, k, batch=a.batch, device=device, amp=a.amp, optimize=a.optimize)
         passes_per_second(s, shape, a.batch, a.sigma, device)   # warm-up: copy, trace, kernels
         samplers[name] = (s, shape)

@@ -17,7 +17,15 @@ inputs sharing forward passes (Sampler.counts_many). --baseline-sampling FILE ti
 revision side by side (`git show REV:src/certifynet/sampling.py > /tmp/old.py`): the no-slowdown check.
 On a shared CPU, `--clock process` counts passes per CPU second of this process (steadier than wall time).
 
+`--composed NAME` times a denoise-then-classify model of benchmarks/bench_diffusion_speed.py instead of --arch
+(random weights): `ddpm+lenet` (the mnist5k DDPM's UNet + LeNet, one shot), `ddpm-cifar10+resnet110` (a UNet
+shaped like google/ddpm-cifar10-32 + ResNet-110), `ddpm-cifar10+vit224` (the same UNet + ViT-B/16 at 224, resized
+on the device: Carlini et al.'s CIFAR-10 pipeline), ...; `--tiny` at toy width. Their FLOPs count the UNet's and the
+classifier's convolutions and linear layers (attention products excluded). `--eager` also times the Sampler
+without its CPU trace (slower than eager for the UNets, docs/diffusion.md).
+
   python benchmarks/bench_sampler.py [--arch lenet --dataset mnist5k] [--N 20000 --batch 1000] [--json OUT]
+  python benchmarks/bench_sampler.py --composed ddpm+lenet --N 2000 --batch 500 --eager --clock process
 """
 import argparse
 import contextlib
@@ -34,10 +42,10 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
-from certifynet.data import dataset_info  # noqa: E402
-from certifynet.models import get_architecture  # noqa: E402
-from certifynet.noise import GaussianNoise  # noqa: E402
-from certifynet.sampling import STREAM_P, STREAM_SELECT, Sampler, input_generator, resolve_device  # noqa: E402
+from certifynet.data import dataset_info
+from certifynet.models import get_architecture
+from certifynet.noise import GaussianNoise
+from certifynet.sampling import STREAM_P, STREAM_SELECT, Sampler, input_generator, resolve_device
 
 SIGMA = 0.25
 N_CERTIFY = 100_000  # seconds per input are quoted for Cohen's N0 = 100 + N = 100,000
@@ -157,13 +165,18 @@ def run(a) -> dict:
     """Measure every variant; returns (and, with --json, keeps writing) the results dict."""
     device = resolve_device(a.device)
     cuda = device.type == "cuda"
-    info = dataset_info(a.dataset)
-    shape, k = tuple(info.shape), info.num_classes
+    if not a.composed:
+        info = dataset_info(a.dataset)
+        shape, k = tuple(info.shape), info.num_classes
     deadline = time.monotonic() + a.max_seconds
     if cuda and a.clock == "process":
         raise SystemExit("--clock process measures CPU seconds: CUDA work runs asynchronously, use --clock wall")
     torch.manual_seed(0)
-    model = get_architecture(a.arch, a.dataset).eval()
+    if a.composed:
+        model, shape, k = composed_model(a.composed, a.tiny)
+        a.arch, a.dataset = a.composed + (" (tiny)" if a.tiny else ""), None
+    else:
+        model = get_architecture(a.arch, a.dataset).eval()
     ref_model = copy.deepcopy(model).to(device)  # the Cohen loop's own (NCHW, fp32) copy
     xs = [torch.rand(shape, generator=torch.Generator().manual_seed(i)) for i in range(a.inputs)]
     noise = GaussianNoise(SIGMA)
@@ -186,6 +199,9 @@ def run(a) -> dict:
             s = Sampler(model, k, a.batch, device, amp=prec == "bf16", cuda_graph=graph)
             name = f"certifynet {prec}" + (" graph" if graph else "")
             variants[name] = (_ours(s, xs, noise, a.N, device), prec)
+    if a.eager and not cuda:
+        variants["certifynet fp32 eager"] = (_ours(Sampler(model, k, a.batch, device, optimize=False), xs, noise,
+                                                   a.N, device), "fp32")
     if a.baseline_sampling:
         old = load_baseline(a.baseline_sampling)(copy.deepcopy(model), k, a.batch, device,  # it converts in place
                                                  precisions[-1] == "bf16")
@@ -208,6 +224,19 @@ def run(a) -> dict:
     res["complete"] = True
     save(a, res)
     return res
+
+
+def composed_model(name: str, tiny: bool = False):
+    """(model, shape, classes) of a bench_diffusion_speed.py configuration, loaded by path (benchmarks are no
+    package)."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench_diffusion_speed.py")
+    spec = importlib.util.spec_from_file_location("bench_diffusion_speed", path)
+    module = sys.modules.get(spec.name)
+    if module is None:
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    model, shape, k = module.build(name, SIGMA, tiny)   # the denoiser's t* for the sampling noise's σ
+    return model.eval(), tuple(shape), k
 
 
 def _ours(sampler, xs, noise, n, device):
@@ -292,6 +321,10 @@ def report(res) -> str:
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arch", default="lenet")
+    p.add_argument("--composed", metavar="NAME",
+                   help="a denoise-then-classify model of bench_diffusion_speed.py instead of --arch (e.g. ddpm+lenet)")
+    p.add_argument("--tiny", action="store_true", help="--composed CIFAR-10 models at toy width (CPU smoke tests)")
+    p.add_argument("--eager", action="store_true", help="CPU: also time the Sampler without its TorchScript trace")
     p.add_argument("--dataset", default="mnist5k")
     p.add_argument("--N", type=int, default=20000, help="draws per input in each timed call")
     p.add_argument("--batch", type=int, default=1000)

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The prepared device check (issue #18): CUDA-marked tests + bench_sampler.py for LeNet / ResNet-110 /
-# ResNet-50, within a time budget (default 330 s), all results in results/gpu_check.json and a printed table.
+# ResNet-50 and two diffusion denoised smoothing pipelines (issue #27: a ddpm-cifar10-32-shaped UNet + ResNet-110,
+# and + ViT-B/16 at 224), within a time budget (default 460 s), all results in results/gpu_check.json and a
+# printed table.
 #
 #   bash benchmarks/gpu_check.sh [--cpu] [--budget SECONDS] [--out FILE] [--models LIST] [--pieces LIST]
 #

@@ -137,7 +137,11 @@ OTHER = {"counts": "c.csv", "method": "dsrs", "model": "m.pth", "arch": "lenet",
          "iss_decline": 0.1, "iss_n0": 17, "device": "cpu", "amp": True, "optimize": False, "channels_last": False,
          "progress": False, "inputs_per_batch": 3, "cuda_graph": True, "label": "my run", "sequential": True,
          "radii": [0.25, 0.5], "sequential_rule": "cs", "futility": "upper", "futility_level": 0.05, "estimate": True,
-         "time_limit": "04:00:00", "out": "o.tsv"}
+         "time_limit": "04:00:00", "out": "o.tsv",
+         "diffusion_input_range": "0,1", "diffusion_prediction": "sample", "diffusion_schedule": "cosine:4000",
+         "diffusion_t_rule": "nearest", "diffusion_timestep_rescale": 0.25, "diffusion_continuous": True,
+         "diffusion_resolution": 32, "diffusion_steps": 3, "diffusion_no_clip": True, "openai_heads": 4,
+         "openai_head_channels": 64, "qkv_order": "new"}
 
 
 def _parsed(argv):

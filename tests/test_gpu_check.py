@@ -58,11 +58,52 @@ def test_gpu_check_cpu_mode(tmp_path):
     assert set(res["targets"]) and all(v["met"] is None for v in res["targets"].values())  # GPU-only targets
 
 
+@pytest.mark.e2e
+def test_gpu_check_cpu_mode_diffusion_pipelines(tmp_path):
+    """`gpu_check.sh --cpu` runs the two diffusion denoised smoothing pipelines of the GPU plan (a ddpm-cifar10-32-
+    shaped UNet + ResNet-110, and + ViT-B/16 at 224) through bench_sampler.py --composed, at toy width: passes/s,
+    the ratio to the Cohen-style loop and the fraction of the fp32 peak are recorded, and the GPU-only throughput
+    target is left unmeasured. No speed is asserted (load)."""
+    out = str(tmp_path / "gpu_check.json")
+    r = subprocess.run(["bash", os.path.join(ROOT, "benchmarks", "gpu_check.sh"), "--cpu", "--pieces", "bench",
+                        "--models", "ddpm-cifar10+resnet110,ddpm-cifar10+vit224", "--budget", "3000", "--stretch", "40",
+                        "--out", out], capture_output=True, text=True, timeout=3600, cwd=ROOT,
+                       env={**os.environ, "PYTHON": sys.executable})
+    assert r.returncode == 0, r.stderr[-2000:]
+    pieces = json.load(open(out))["pieces"]
+    assert list(pieces) == ["bench DDPM-CIFAR10 + ResNet-110", "bench DDPM-CIFAR10 + ViT-B/16 224"]
+    for name, piece in pieces.items():
+        assert piece["status"] == "ok", (name, piece)
+        b = piece["result"]
+        assert b["arch"].endswith("(tiny)") and b["shape"] == [3, 32, 32] and b["flops_per_pass"] > 0
+        for v in b["rates"].values():
+            assert v["passes_per_s"] > 0 and v["fraction_of_peak"] > 0
+    vit = pieces["bench DDPM-CIFAR10 + ViT-B/16 224"]["result"]["flops_per_pass"]
+    assert vit > pieces["bench DDPM-CIFAR10 + ResNet-110"]["result"]["flops_per_pass"]   # the 224×224 ViT
+    assert "| DDPM-CIFAR10 + ViT-B/16 224 | certifynet fp32 |" in r.stdout
+
+
+def test_composed_models_full_size_flops():
+    """The full-size pipelines' FLOPs per pass (convolutions and linear layers; attention products excluded), as
+    docs/diffusion.md quotes them: the ddpm-cifar10-32-shaped UNet 12.1 G, + ResNet-110 0.5 G, + ViT-B/16 33.7 G;
+    and the mnist5k DDPM (bench) + LeNet 99.2 M. Counted on the meta device (nothing is allocated)."""
+    bs = load_benchmark("bench_sampler")
+    got = {}
+    for name in ("ddpm+lenet", "ddpm-cifar10+resnet110", "ddpm-cifar10+vit224"):
+        model, shape, k = bs.composed_model(name)
+        got[name] = bs.flops_per_pass(model, shape)
+        assert k == 10
+    assert round(got["ddpm+lenet"] / 1e6, 1) == 99.2
+    assert round(got["ddpm-cifar10+resnet110"] / 1e9, 1) == 12.6
+    assert round(got["ddpm-cifar10+vit224"] / 1e9, 1) == 45.8      # 12.1 + 33.7
+
+
 def test_gpu_check_records_a_broken_piece_and_goes_on(tmp_path):
     """A piece that raises, or a benchmark that cannot build its model, records its error and the next piece
     still runs; once the budget is spent, the remaining pieces are skipped with the reason."""
     gc = _load_check()
-    a = gc.build_parser().parse_args(["--cpu", "--budget", "40", "--out", str(tmp_path / "r.json")])
+    # a generous stretch: the failing bench_sampler process must end by itself however loaded the machine is
+    a = gc.build_parser().parse_args(["--cpu", "--budget", "400", "--stretch", "30", "--out", str(tmp_path / "r.json")])
     check = gc.Check(a)
     check.piece("raises", 10, lambda t: 1 / 0)
     check.piece("bench no_such_arch", 10, lambda t: gc.bench(t, ["--arch", "no_such_arch"], str(tmp_path / "b.json"),
@@ -74,20 +115,24 @@ def test_gpu_check_records_a_broken_piece_and_goes_on(tmp_path):
     assert got["raises"]["status"] == "error" and "ZeroDivisionError" in got["raises"]["error"]
     assert got["bench no_such_arch"]["status"] == "error" and "no_such_arch" in got["bench no_such_arch"]["output_tail"]
     assert got["fine"]["status"] == "ok" and got["late"] == {"status": "skipped", "reason": "time budget (0 s) spent"}
-    assert [p[0] for p in gc.bench_plan(gc.GPU_BENCH)] == ["LeNet MNIST", "ResNet-110 CIFAR-10", "ResNet-50 ImageNet"]
-    extra = gc.bench_plan(gc.CPU_BENCH, "mnist_43,lenet")
-    assert [p[0] for p in extra] == ["mnist_43", "LeNet MNIST"] and "mnist_43" in extra[0][1]
+    assert [p[0] for p in gc.bench_plan(gc.GPU_BENCH)] == ["LeNet MNIST", "ResNet-110 CIFAR-10", "ResNet-50 ImageNet",
+                                                          "DDPM-CIFAR10 + ResNet-110", "DDPM-CIFAR10 + ViT-B/16 224"]
+    extra = gc.bench_plan(gc.CPU_BENCH, "mnist_43,lenet,ddpm-cifar10+vit224,ddpm+lenet")
+    assert [p[0] for p in extra] == ["mnist_43", "LeNet MNIST", "DDPM-CIFAR10 + ViT-B/16 224", "ddpm+lenet"]
+    assert "mnist_43" in extra[0][1] and extra[3][1][:2] == ["--composed", "ddpm+lenet"]
+    assert "--arch" not in extra[3][1] and "--dataset" in extra[3][1]
 
 
 def test_flops_per_pass_equals_torch_flop_counter():
     """bench_sampler's hook count of convolution/linear FLOPs equals torch.utils.flop_counter's."""
     from torch.utils.flop_counter import FlopCounterMode
+
     from certifynet.denoise import DenoisedClassifier, get_denoiser
     flops_per_pass = load_benchmark("bench_sampler").flops_per_pass
-    for model, shape in ((get_architecture("lenet", "mnist5k"), (1, 28, 28)),
+    lenet = get_architecture("lenet", "mnist5k")
+    for model, shape in ((lenet, (1, 28, 28)),
                          (get_architecture("cifar_resnet20", "cifar10"), (3, 32, 32)),
-                         (DenoisedClassifier(get_denoiser("drunet_small", 1), get_architecture("lenet", "mnist5k"), 0.5),
-                          (1, 28, 28))):
+                         (DenoisedClassifier(get_denoiser("drunet_small", 1), lenet, 0.5), (1, 28, 28))):
         meta = copy.deepcopy(model).to("meta")
         with FlopCounterMode(display=False) as counter, torch.no_grad():
             meta(torch.empty(2, *shape, device="meta"))

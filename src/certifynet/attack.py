@@ -13,7 +13,10 @@ It works for any base model (a denoiser in front included) and any `certifynet.n
 
 **Seeds.**  Input idx draws its attack noise from ``input_generator(seed, idx, STREAM_ATTACK)`` and the
 PREDICT draws at the attacked point from ``STREAM_ATTACK_PREDICT``: independent of every sampling stream (so
-of the certificate's draws) and of how inputs are batched, so runs reproduce.
+of the certificate's draws) and of how inputs are batched, so runs reproduce.  A K-step diffusion denoiser in
+the model draws its noise ξ from the same input's stream (`diffusion_noise_stream`): PREDICT's from input idx's,
+the attack's from the first input of its batch (the attack is not a certificate: only its reproducibility
+depends on the batching).
 
 **Audit.**  A certificate (c, R) claims g(x') = c for ‖x' − x‖ < R, with probability ≥ 1 − α_c over its own
 draws.  PREDICT with n fresh draws at any x' returns a class other than g(x') with probability ≤ α_p (Cohen
@@ -56,6 +59,7 @@ from certifynet.certify.outcome import ABSTAIN, is_correct
 from certifynet.errors import CertifyNetError
 from certifynet.noise import Noise
 from certifynet.sampling.engine import Sampler
+from certifynet.sampling.inputs import diffusion_noise_stream
 from certifynet.sampling.streams import STREAM_ATTACK, STREAM_ATTACK_PREDICT, input_generator
 from certifynet.training.losses import smoothed_pgd_path, smoothed_soft_nll
 
@@ -104,6 +108,10 @@ class SmoothedPGD:
 
     def attack(self, x: torch.Tensor, target: torch.Tensor, eps, idxs: Sequence[int]) -> AttackResult:
         """Attack a batch x (B, C, H, W) away from classes `target` (B,) within radii `eps` (B,) or a float."""
+        with diffusion_noise_stream(self.model, self.seed, int(idxs[0]), STREAM_ATTACK):
+            return self._attack(x, target, eps, idxs)
+
+    def _attack(self, x: torch.Tensor, target: torch.Tensor, eps, idxs: Sequence[int]) -> AttackResult:
         x = x.to(self.device, torch.float32)
         target = torch.as_tensor(target, device=self.device, dtype=torch.long)
         eps = torch.as_tensor(eps, device=self.device, dtype=x.dtype).expand(x.shape[0]).contiguous()
@@ -129,7 +137,8 @@ class SmoothedPGD:
 def predict_at(sampler: Sampler, noise: Noise, x: torch.Tensor, n: int, alpha: float, seed: int, idx: int) -> dict:
     """Cohen's PREDICT at x with n draws from input idx's STREAM_ATTACK_PREDICT: predict (−1 = abstain), the
     top two counts, the p-value, and the class counts."""
-    counts = sampler.counts_np(x, noise, n, input_generator(seed, idx, STREAM_ATTACK_PREDICT, sampler.device))
+    with diffusion_noise_stream(sampler._source, seed, idx, STREAM_ATTACK_PREDICT):
+        counts = sampler.counts_np(x, noise, n, input_generator(seed, idx, STREAM_ATTACK_PREDICT, sampler.device))
     pred, n1, n2, pvalue = predict_from_counts(counts, alpha)
     return {"predict": pred, "count1": n1, "count2": n2, "pvalue": pvalue, "counts": counts}
 

@@ -4,8 +4,8 @@ every --help, and certify.py --counts, run without loading torch."""
 from __future__ import annotations
 
 from certifynet.cli import CliParser
+from certifynet.cli.diffusion_flags import add_diffusion_args
 from certifynet.sampling.config import CHOICES, SamplingConfig
-
 
 
 def per_input_parser(prog: str, doc: str, out_help: str) -> CliParser:
@@ -30,7 +30,8 @@ def add_common_run_args(p, d: SamplingConfig | None = None):
                    help="override the model's input normalisation: dataset | identity | center (DSRS ImageNet) | MEAN/STD")
     g.add_argument("--split", default=d.split, choices=CHOICES["split"], help="dataset split to certify")
     g.add_argument("--data-dir", default=d.data_dir, help="dataset folder")
-    g.add_argument("--denoiser", help="denoiser checkpoint placed in front of the classifier (denoised smoothing)")
+    g.add_argument("--denoiser", help="denoiser placed in front of the classifier (denoised smoothing): a checkpoint, "
+                                      "or a diffusion model (a diffusers folder or an OpenAI .pt; docs/diffusion.md)")
     g = p.add_argument_group("which inputs")
     g.add_argument("--start", type=int, default=d.start, help="first dataset index")
     g.add_argument("--end", type=int, default=d.end, help="stop before this index (default: the end of the split)")
@@ -55,6 +56,7 @@ def add_common_run_args(p, d: SamplingConfig | None = None):
     g.add_argument("--cuda-graph", action="store_true",
                    help="on CUDA, replay each full batch from a captured CUDA graph (off by default: not yet "
                         "measured on a GPU; no effect on the CPU)")
+    add_diffusion_args(p, d)
 
 
 def add_noise_args(p, d: SamplingConfig | None = None):

@@ -1,25 +1,31 @@
 """The diffusion-denoiser flags of sample/certify/predict/attack/web (`add_diffusion_args`), whose dests are the
 fields of `certifynet.denoise.diffusion.DiffusionOptions` (fill it with `DiffusionOptions.from_namespace(args)`).
-They apply only when --denoiser names a diffusion model (a diffusers folder or an OpenAI checkpoint)."""
+They apply only when --denoiser names a diffusion model (a diffusers folder or an OpenAI checkpoint). Torch-free:
+every --help (and certify.py --counts) builds on it."""
 from __future__ import annotations
 
 import argparse
 
-from certifynet.denoise.diffusion.denoiser import INPUT_RANGES, PREDICTION_TYPES
-from certifynet.denoise.diffusion.openai import QKV_ORDERS
+from certifynet.denoise.diffusion.options import (
+    DIFFUSION_FIELDS,
+    INPUT_RANGES,
+    PREDICTION_TYPES,
+    QKV_ORDERS,
+    DiffusionOptions,
+)
 from certifynet.denoise.diffusion.schedule import T_RULES
 
 # dests, for `refuse(args, DIFFUSION_DESTS, "without a diffusion --denoiser")`
-DIFFUSION_DESTS = ("diffusion_input_range", "diffusion_prediction", "diffusion_schedule", "diffusion_t_rule",
-                   "diffusion_timestep_rescale", "diffusion_continuous", "diffusion_resolution", "diffusion_steps",
-                   "diffusion_no_clip", "openai_heads", "openai_head_channels", "qkv_order")
+DIFFUSION_DESTS = DIFFUSION_FIELDS
 
 
-def add_diffusion_args(parser: argparse.ArgumentParser) -> None:
+def add_diffusion_args(parser: argparse.ArgumentParser, d=None) -> None:
+    """The flags, with defaults from `d` (a `SamplingConfig` or `DiffusionOptions`; default DiffusionOptions())."""
+    d = d or DiffusionOptions()
     g = parser.add_argument_group("diffusion denoiser (when --denoiser is a diffusers folder or an OpenAI .pt)")
-    g.add_argument("--diffusion-steps", type=int, default=1,
+    g.add_argument("--diffusion-steps", type=int, default=d.diffusion_steps,
                    help="K reverse steps from t* (1: one shot; K > 1 draws fresh noise per input stream)")
-    g.add_argument("--diffusion-t-rule", choices=T_RULES, default="auto",
+    g.add_argument("--diffusion-t-rule", choices=T_RULES, default=d.diffusion_t_rule,
                    help="t*: first t with noise ≥ 2σ (first), closest (nearest), exact real t (exact, continuous "
                         "models); auto = exact if --diffusion-continuous else first")
     g.add_argument("--diffusion-schedule", metavar="SPEC",

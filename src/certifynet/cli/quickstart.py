@@ -3,8 +3,9 @@
 Each stage runs the same command a user would type (printed with a `$`), in-process:
 train (Gaussian augmentation) → reload and test → sample counts → certify with every method (NP, DSRS,
 ISS-NP, ISS-DSRS, sequential at fixed radii) → attack the certificates (audit, certified vs empirical) →
-denoised smoothing (clean classifier ± a stability-trained DRUNet) → tables and plots. Everything is written
-under --out (default results/quickstart/).
+denoised smoothing (a clean classifier alone, behind a stability-trained DRUNet and behind a small diffusion
+model of our own, at σ = 0.5 and 1.0) → tables and plots. Everything is written under --out (default
+results/quickstart/).
 
 Every flag, and every stage's command, is checked before anything is written or deleted (`check_flags`). The
 folder is then held for the whole run (`records.guard.claim_folder`): a folder that is not a quickstart's is
@@ -91,9 +92,11 @@ def build_parser():
     p.add_argument("--digits", type=int, default=100, help="test digits to certify")
     p.add_argument("--epochs", type=int, default=10, help="training epochs of the Gaussian LeNet")
     p.add_argument("--N", type=int, default=2000, help="NP sample size (DSRS uses N/2 from P and N/2 from Q)")
-    p.add_argument("--denoiser-sigma", type=float, default=1.0,
+    p.add_argument("--denoiser-sigma", type=float, nargs="+", default=[0.5, 1.0],
                    help="σ of the denoised-smoothing stage (at σ=0.25 a clean LeNet is already robust on MNIST)")
     p.add_argument("--skip-denoiser", action="store_true", help="leave out the denoised-smoothing stage")
+    p.add_argument("--skip-diffusion", action="store_true",
+                   help="in the denoised-smoothing stage, leave out the diffusion model (DRUNet only)")
     p.add_argument("--fresh", action="store_true",
                    help="delete what earlier quickstarts wrote into --out first (nothing else), also when their "
                         "settings differ")
@@ -133,7 +136,8 @@ def settings(a) -> dict:
 def check_flags(a) -> None:
     """Every flag, the output folder and every stage's command, before anything is written or deleted."""
     check_sigma(a.sigma)
-    check_sigma(a.denoiser_sigma, "denoiser_sigma")
+    for s in a.denoiser_sigma:
+        check_sigma(s, "denoiser_sigma")
     for name, low in (("digits", 1), ("epochs", 0)):
         if getattr(a, name) < low:
             raise CertifyNetError(f"{{{name}}} must be >= {low}, got {getattr(a, name)}", name)
@@ -277,35 +281,53 @@ def sequential_stage(demo: Demo, a, common):
 
 
 def denoised_smoothing(demo: Demo, a):
-    """Clean-trained LeNet, with and without a stability-trained DRUNet in front (Salman et al. 2020)."""
-    s, n = a.denoiser_sigma, a.N
+    """Clean-trained LeNet alone, behind a stability-trained DRUNet (Salman et al. 2020; one for every σ of the
+    stage) and behind our small DDPM (one shot, Carlini et al. 2023; one model for every σ), at each σ."""
+    n = a.N
     clean_dir = demo.path("lenet_clean")
     demo.run("train", ["mnist5k", "lenet", "--noise", 0, "--epochs", 5, "--batch", 64, "--lr", 0.01,
                        "--workers", 0, "--outdir", clean_dir, "--resume"])
     clean = os.path.join(clean_dir, "checkpoint.pth")
-    den_dir = demo.path("drunet_stab")
+    sigmas = ",".join(f"{s:g}" for s in a.denoiser_sigma)
+    den_dir = demo.path(f"drunet_stab_{safe_filename(sigmas)}")
     demo.run("train_denoiser", ["--opt", "denoiser/options/train_drunet_small_mnist_stab.json",
-                                "--classifier", clean, "--sigma", s, "--outdir", den_dir, "--resume"])
-    n_den = max(100, n // 10)  # DRUNet forward passes cost ~20 LeNet ones
-    common = ["--model", clean, "--sigma", s, "--max", a.digits, "--batch", n_den, "--N0", 50, "--N", n_den]
-    for label, extra in ((f"clean LeNet σ={s} N={n_den}", []),
-                         (f"clean LeNet + DRUNet σ={s} N={n_den}",
-                          ["--denoiser", os.path.join(den_dir, "denoiser.pth")])):
-        counts = demo.path(f"counts_{'den' if extra else 'clean'}.csv")
-        demo.run("sample", [*common, *extra, "--out", counts])
-        demo.certify(counts, "np", label)
+                                "--classifier", clean, "--sigmas", sigmas, "--outdir", den_dir, "--resume"])
+    denoisers = [("DRUNet", os.path.join(den_dir, "denoiser.pth"))]
+    if not a.skip_diffusion:
+        ddpm_dir = demo.path("ddpm_quick")
+        if not demo.checking:
+            print("\ndiffusion model: a smaller UNet than the benchmark's (--size quick, 71k parameters, 3 epochs: "
+                  "about a minute on 2 cores; benchmarks/bench_diffusion.py trains the 280k-parameter bench model "
+                  "for 12 epochs)")
+        demo.run("train_ddpm", ["--size", "quick", "--epochs", 3, "--outdir", ddpm_dir, "--resume"])
+        denoisers.append(("DDPM", ddpm_dir))
+    n_den = max(100, n // 10)  # a DRUNet or DDPM forward pass costs ~20 LeNet ones
+    for s in a.denoiser_sigma:
+        common = ["--model", clean, "--sigma", s, "--max", a.digits, "--batch", n_den, "--N0", 50, "--N", n_den]
+        for name, path in [("", None), *denoisers]:
+            counts = demo.path(f"counts_{name.lower() or 'clean'}_{s:g}.csv")
+            demo.run("sample", [*common, *(["--denoiser", path] if path else []), "--out", counts])
+            demo.certify(counts, "np", f"clean LeNet{' + ' + name if name else ''} σ={s} N={n_den}")
 
 
 def where_methods_differ(demo: Demo, a):
     """The figures where the runs differ: forward passes per input (cost.png, written with the tables: ISS
-    saves there) and, with the denoiser stage, the denoiser's lift over the clean classifier."""
-    from certifynet.analysis import plot_gain, read_logs
+    saves there) and, with the denoiser stage, the denoised-smoothing runs (denoisers.png, a panel per σ) and
+    the denoisers' lift over the clean classifier at the stage's largest σ (denoiser_lift.png)."""
+    from certifynet.analysis import plot_certified_accuracy, plot_gain, read_logs
     print(f"cost: {a.out}/cost.png (.pdf): forward passes per input of every run, and ACR against them")
     if not a.skip_denoiser:
-        clean, denoised = read_logs(demo.logs[-2:], demo.labels[-2:])
-        plot_gain(clean, [denoised], demo.path("denoiser_lift"),
-                  title=f"denoised smoothing, σ={a.denoiser_sigma:g}: clean LeNet ± DRUNet")
-        print(f"denoiser lift: {a.out}/denoiser_lift.png (.pdf): certified accuracy with and without the denoiser")
+        per_sigma = 1 + 1 + (not a.skip_diffusion)   # clean, + DRUNet, + DDPM
+        logs = read_logs(demo.logs[-per_sigma * len(a.denoiser_sigma):],
+                         demo.labels[-per_sigma * len(a.denoiser_sigma):])
+        plot_certified_accuracy(logs, demo.path("denoisers"),
+                                title="denoised smoothing: clean LeNet alone, + DRUNet, + DDPM (ours)")
+        print(f"denoisers: {a.out}/denoisers.png (.pdf): certified accuracy of the clean LeNet alone and behind each "
+              f"denoiser, a panel per σ")
+        top = logs[-per_sigma:]
+        plot_gain(top[0], top[1:], demo.path("denoiser_lift"),
+                  title=f"denoised smoothing, σ={a.denoiser_sigma[-1]:g}: gain over the clean LeNet")
+        print(f"denoiser lift: {a.out}/denoiser_lift.png (.pdf): each denoiser's gain in certified accuracy")
 
 
 def attack_certificates(demo: Demo, a, ckpt):

@@ -4,20 +4,35 @@ Every denoiser is called as `D(x_noisy, sigma)` with images in [0, 1] and σ on 
 (a float or a per-sample [B] tensor); DnCNN ignores σ. A checkpoint should store
 `{"config": denoiser_config(D), "state_dict": D.state_dict(), ...}` and be rebuilt with
 `build_denoiser_from_config(ckpt["config"])` followed by `load_denoiser_state_dict` (`registry`), or
-written and read whole with `save_denoiser` / `load_denoiser` (`checkpoint`).
+written and read whole with `save_denoiser` / `load_denoiser` (`checkpoint`). Diffusion denoisers (Carlini et al.
+2023): `certifynet.denoise.diffusion`. Every name is loaded on first use (as in `certifynet.sampling`), so that
+the torch-free `certifynet.denoise.diffusion.options` can be imported without torch.
 """
 from __future__ import annotations
 
-from certifynet.denoise.checkpoint import LoadedDenoiser, load_denoiser, save_denoiser
-from certifynet.denoise.compose import DenoisedClassifier, freeze
-from certifynet.denoise.dncnn import DnCNN
-from certifynet.denoise.drunet import DRUNet
-from certifynet.denoise.objectives import classification_loss, l1_loss, mse_loss, stability_loss
-from certifynet.denoise.registry import (DENOISER_PRESETS, build_denoiser_from_config, denoiser_config, get_denoiser,
-                                         load_denoiser_state_dict)
+import importlib
 
-__all__ = [
-    "DENOISER_PRESETS", "DRUNet", "DnCNN", "DenoisedClassifier", "LoadedDenoiser", "build_denoiser_from_config",
-    "classification_loss", "denoiser_config", "freeze", "get_denoiser", "l1_loss", "load_denoiser",
-    "load_denoiser_state_dict", "mse_loss", "save_denoiser", "stability_loss",
-]
+_EXPORTS = {
+    "checkpoint": ("LoadedDenoiser", "load_denoiser", "save_denoiser"),
+    "compose": ("DenoisedClassifier", "freeze"),
+    "dncnn": ("DnCNN",),
+    "drunet": ("DRUNet",),
+    "objectives": ("classification_loss", "l1_loss", "mse_loss", "stability_loss"),
+    "registry": ("DENOISER_PRESETS", "build_denoiser_from_config", "denoiser_config", "get_denoiser",
+                 "load_denoiser_state_dict"),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str):
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

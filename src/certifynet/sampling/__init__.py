@@ -7,7 +7,7 @@
     smooth.py         Smooth: Cohen's CERTIFY and PREDICT as a Python object
     config.py         SamplingConfig: a run's options, their defaults, validate(mode), to_argv()
     model.py          load_smoothing_model (a checkpoint, optionally behind a denoiser)
-    inputs.py         InputSampler: NP, DSRS and ISS counts per input
+    inputs.py         InputSampler: NP, DSRS and ISS counts per input; diffusion_noise_stream (K-step ξ per input)
     run.py            open_run: validate, load, select the shard
     sequential.py     sequential certification at fixed radii, per input
     rows.py           the resumable row loop
@@ -30,7 +30,7 @@ _EXPORTS = {
     "smooth": ("Smooth",),
     "config": ("SamplingConfig", "parse_percentile", "check_inputs_per_batch", "check_run_args"),
     "model": ("load_smoothing_model",),
-    "inputs": ("InputSampler", "INNER_PROGRESS_BATCHES"),
+    "inputs": ("InputSampler", "INNER_PROGRESS_BATCHES", "diffusion_noise_stream"),
     "run": ("Run", "open_run", "open_inputs", "item"),
     "sequential": ("sequential_certifier", "certify_sequential"),
     "rows": ("run_rows", "run_batches", "nothing_to_do"),

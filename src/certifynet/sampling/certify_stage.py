@@ -11,10 +11,11 @@ import time
 
 from certifynet.certify.from_counts import certify_row, check_method
 from certifynet.certify.methods import counts_kind
+from certifynet.denoise.diffusion.options import DIFFUSION_FIELDS
 from certifynet.errors import CertifyNetError, check_alpha, refuse
-from certifynet.records.merge import to_ranges
 from certifynet.paths import check_output_file
 from certifynet.records import RowLog, parse_shard, read_counts, select_rows, shard_part, shard_path
+from certifynet.records.merge import to_ranges
 from certifynet.sampling.config import SamplingConfig
 from certifynet.sampling.rows import nothing_to_do, run_rows
 
@@ -25,7 +26,7 @@ DSRS_COLUMNS = ["pA_upper", "qA_lower", "qA_upper"]
 SIDECAR_FLAGS = {"sigma": "sigma", "N": "N", "N0": "N0", "k": "k", "seed": "seed", "select": "select",
                  "iss": "iss", "iss_decline": "iss_decline", "iss_n0": "iss_n0", "batch": "batch"}
 SAMPLING_ONLY = ("arch", "dataset", "normalization", "split", "data_dir", "denoiser", "image", "image_label", "device",
-                 "amp", "optimize", "channels_last", "dist", "q_dist", "q_sigma", "q_percentile")
+                 "amp", "optimize", "channels_last", "dist", "q_dist", "q_sigma", "q_percentile", *DIFFUSION_FIELDS)
 
 
 def log_columns(method: str) -> list[str]:

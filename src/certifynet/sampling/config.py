@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass, field
 
 from certifynet.bounds import check_run_sizes
 from certifynet.certify.outcome import UNKNOWN_LABEL
+from certifynet.denoise.diffusion.options import DIFFUSION_FIELDS, DiffusionOptions
 from certifynet.errors import CertifyNetError, check_alpha, check_sample_sizes, check_seed, check_sigma, flag, refuse
 from certifynet.paths import default_path
 from certifynet.records import check_selection
@@ -34,6 +36,7 @@ ATTACK_DEFAULTS = {"N": 10_000, "k": None, "dist": None}
 # Flags without a value: the spelling that sets the field away from its default.
 SWITCHES = {"amp": "--amp", "cuda_graph": "--cuda-graph", "sequential": "--sequential",
             "optimize": "--no-optimize", "channels_last": "--no-channels-last", "progress": "--no-progress",
+            "diffusion_continuous": "--diffusion-continuous", "diffusion_no_clip": "--diffusion-no-clip",
             "estimate": "--estimate"}
 # The sequential options (certify.py --sequential): the rule, and the calibrated rule's futility stop.
 SEQUENTIAL_OPTIONS = ("sequential_rule", "futility", "futility_level")
@@ -47,6 +50,9 @@ def _default_data_dir() -> str:
     return default_path("data")
 
 
+_DIFF = DiffusionOptions()   # the diffusion flags' defaults are DiffusionOptions' (defined there, once)
+
+
 @dataclass
 class SamplingConfig:
     """The options of one run; the fields are the CLI's argparse dests, in the order `to_argv` spells them."""
@@ -57,6 +63,19 @@ class SamplingConfig:
     dataset: str | None = None
     normalization: str | None = None
     denoiser: str | None = None
+    # a diffusion --denoiser (diffusers folder or OpenAI checkpoint): the fields of DiffusionOptions
+    diffusion_input_range: str | None = _DIFF.diffusion_input_range
+    diffusion_prediction: str | None = _DIFF.diffusion_prediction
+    diffusion_schedule: str | None = _DIFF.diffusion_schedule
+    diffusion_t_rule: str = _DIFF.diffusion_t_rule
+    diffusion_timestep_rescale: float | None = _DIFF.diffusion_timestep_rescale
+    diffusion_continuous: bool | None = _DIFF.diffusion_continuous
+    diffusion_resolution: int | None = _DIFF.diffusion_resolution
+    diffusion_steps: int = _DIFF.diffusion_steps
+    diffusion_no_clip: bool = _DIFF.diffusion_no_clip
+    openai_heads: int | None = _DIFF.openai_heads
+    openai_head_channels: int | None = _DIFF.openai_head_channels
+    qkv_order: str | None = _DIFF.qkv_order
     split: str = "test"
     data_dir: str = field(default_factory=_default_data_dir)
     start: int = 0
@@ -179,8 +198,37 @@ class SamplingConfig:
             else:
                 self._check_class_selection(given)
         self._check_image(given)
+        self._check_diffusion(given)
         self.check_sequential_and_estimate(mode)
         check_run_sizes(self)  # sizes that can never fit (bounds.py), before anything is loaded
+
+    def diffusion_options(self) -> DiffusionOptions:
+        """The diffusion denoiser's options (checked), from this configuration's diffusion fields."""
+        return DiffusionOptions.from_namespace(self)
+
+    def _check_diffusion(self, given: set) -> None:
+        """The diffusion flags: valid values, and only with a diffusion {denoiser} (a folder, or a weight file with
+        an OpenAI UNet's keys). K-step denoising (diffusion_steps > 1) draws its noise ξ from one input's stream,
+        so it does not combine with inputs_per_batch > 1, whose shared passes would make rows depend on the
+        grouping, nor with cuda_graph, whose capture would draw from the first input's stream (sound either way:
+        ξ never depends on δ)."""
+        self.diffusion_options()
+        used = [n for n in DIFFUSION_FIELDS if n in given]
+        if not used:
+            return
+        if not self.denoiser:
+            refuse(given, used, "without a diffusion {denoiser} (a diffusers folder or an OpenAI checkpoint)",
+                   "denoiser")
+        if os.path.isfile(self.denoiser):
+            from certifynet.denoise.diffusion.load import is_diffusion_source  # torch: only for a file
+            if not is_diffusion_source(self.denoiser):
+                refuse(given, used, f"to {{denoiser}} '{self.denoiser}', which is not a diffusion model", "denoiser")
+        if self.diffusion_steps > 1 and self.inputs_per_batch > 1:
+            raise CertifyNetError("{diffusion_steps} > 1 does not combine with {inputs_per_batch} > 1 (K-step noise is "
+                                  "drawn per input)", "diffusion_steps", "inputs_per_batch")
+        if self.diffusion_steps > 1 and self.cuda_graph:   # its capture and probe would draw the first input's ξ
+            raise CertifyNetError("{diffusion_steps} > 1 does not combine with {cuda_graph} (K-step noise is drawn "
+                                  "afresh per call)", "diffusion_steps", "cuda_graph")
 
     def _check_choices(self) -> None:
         for name, choices in CHOICES.items():

@@ -237,7 +237,8 @@ def _load(config: SamplingConfig):
     from certifynet.sampling.run import open_inputs
     c = config
     device = resolve_device(c.device)
-    model, ckpt, _ = load_smoothing_model(c.model, c.dataset, c.arch, c.denoiser, c.sigma, device, c.normalization)
+    model, ckpt, _ = load_smoothing_model(c.model, c.dataset, c.arch, c.denoiser, c.sigma, device, c.normalization,
+                                          diffusion_options=c.diffusion_options())
     if c.image:
         data, info = image_dataset(c.image, ckpt.dataset, c.image_label)
     else:

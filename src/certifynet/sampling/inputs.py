@@ -1,7 +1,8 @@
 """`InputSampler`: the per-input sampling of NP, DSRS (P and Q) and ISS, from a `SamplingConfig`.
 
 Every count comes from the input's own (seed, idx, stream) generator (`streams`), so a row does not depend on
-sharding, ordering, resumption or cross-input batching (`prefetch`, --inputs-per-batch).
+sharding, ordering, resumption or cross-input batching (`prefetch`, --inputs-per-batch). So does the noise ξ of a
+K-step diffusion denoiser in f (`diffusion_noise_stream`, bound around each input's counts).
 """
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import time
 
 import torch
 
+from certifynet.denoise.diffusion.denoiser import diffusion_noise_stream
 from certifynet.noise import make_noise
 from certifynet.progress import progress
 from certifynet.sampling.config import SamplingConfig, check_inputs_per_batch, parse_percentile
@@ -71,6 +73,10 @@ class InputSampler:
     def _gen(self, idx, stream):
         return input_generator(self.config.seed, idx, stream, self.device)
 
+    def noise_stream(self, idx, stream):
+        """Binds a K-step diffusion denoiser's ξ to input idx's `stream` (a no-op for any other f)."""
+        return diffusion_noise_stream(self.sampler._source, self.config.seed, idx, stream)
+
     def _count(self, x, noise, n, idx, stream):
         """Class counts (numpy) of n draws from input idx's `stream`: sampled ahead by prefetch(), or now.
         Inputs of ≥ INNER_PROGRESS_BATCHES batches are counted in chunks of whole batches (the same draws)
@@ -78,6 +84,10 @@ class InputSampler:
         ahead = self._prefetched.pop((idx, stream), None)
         if ahead is not None:
             return ahead
+        with self.noise_stream(idx, stream):
+            return self._count_now(x, noise, n, idx, stream)
+
+    def _count_now(self, x, noise, n, idx, stream):
         s, gen = self.sampler, self._gen(idx, stream)
         chunk = INNER_PROGRESS_BATCHES * s.batch
         if n < chunk or not self.show_progress:
@@ -187,8 +197,10 @@ class InputSampler:
         for idx, x, _ in items:
             check_finite_input(x, idx)
         xs = [x for _, x, _ in items]
-        pilots = self.sampler.counts_many(xs, self.p_noise, [n_first] * len(xs),
-                                          [self._gen(idx, STREAM_SELECT) for idx, _, _ in items]).cpu().numpy()
+        # (K-step diffusion noise would come from the first input's stream; SamplingConfig refuses K > 1 here)
+        with self.noise_stream(items[0][0], STREAM_SELECT):
+            pilots = self.sampler.counts_many(xs, self.p_noise, [n_first] * len(xs),
+                                              [self._gen(idx, STREAM_SELECT) for idx, _, _ in items]).cpu().numpy()
         self._prefetched.update({(idx, STREAM_SELECT): c for (idx, _, _), c in zip(items, pilots)})
         if a.iss and self.q_dist != "none":
             preds = [int(c.argmax()) if a.select == "n0" else label for c, (_, _, label) in zip(pilots, items)]
@@ -197,8 +209,10 @@ class InputSampler:
             if not todo:
                 return
             qs = [self._choose_q(int(pilots[j][preds[j]]), n_first, 2 * a.alpha)[0] for j in todo]
-            q_pilots = self.sampler.counts_many([xs[j] for j in todo], qs, [n_first] * len(todo),
-                                                [self._gen(items[j][0], STREAM_Q_PILOT) for j in todo]).cpu().numpy()
+            with self.noise_stream(items[todo[0]][0], STREAM_Q_PILOT):
+                q_pilots = self.sampler.counts_many([xs[j] for j in todo], qs, [n_first] * len(todo),
+                                                    [self._gen(items[j][0], STREAM_Q_PILOT) for j in todo])
+            q_pilots = q_pilots.cpu().numpy()
             self._prefetched.update({(items[j][0], STREAM_Q_PILOT): c for j, c in zip(todo, q_pilots)})
 
     def prefetcher(self, data, item):

@@ -39,7 +39,7 @@ def open_run(config: SamplingConfig, mode: str, default_out: str, command: str |
     out = check_output_file(shard_path(c.out or default_out, shard))
     device = resolve_device(c.device)
     model, ckpt, model_meta = load_smoothing_model(c.model, c.dataset, c.arch, c.denoiser, c.sigma, device,
-                                                   c.normalization)
+                                                   c.normalization, diffusion_options=c.diffusion_options())
     check_batch_memory(c.batch, dataset_info(ckpt.dataset).dim)  # now that d is known: before any data or draw
     if c.image:  # one image file instead of a dataset
         data, info = image_dataset(c.image, ckpt.dataset, c.image_label)

@@ -85,7 +85,8 @@ def certify_sequential(sampler: InputSampler, certifier, idx: int, x: torch.Tens
     t0, s, noise = time.time(), sampler.sampler, sampler.p_noise
     pred, n0 = sampler.select(idx, x, label)
     gen = sampler._gen(idx, STREAM_P)
-    state = certifier.run(lambda size, active: int(s.counts_np(x, noise, size, gen)[pred]))
+    with sampler.noise_stream(idx, STREAM_P):   # a K-step diffusion denoiser's ξ: input idx's own stream
+        state = certifier.run(lambda size, active: int(s.counts_np(x, noise, size, gen)[pred]))
     lower, upper = float(state.lower[0]), float(state.upper[0])
     codes, radius, predicts = row_decisions(certifier, state, lower)
     predict = pred if predicts else ABSTAIN

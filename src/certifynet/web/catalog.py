@@ -1,9 +1,10 @@
 """The models page's catalogue: checkpoints found under the model folders, described once and cached.
 
 A file is described by `load_checkpoint` (weights_only, the CLI's one loader: its inflated size bounded and
-its header validated like user input) or, failing that, by `load_denoiser`; the description (arch, dataset,
-training σ and k, parameter count, SHA-256, source layout) is cached per (path, size, mtime), so listing the
-page costs a directory walk, not a hash or a load. A file that neither loader accepts is listed as refused,
+its header validated like user input) or, failing that, by `load_denoiser`; a diffusion model (a diffusers folder,
+or an OpenAI `.pt`) by `load_diffusion_denoiser`; the description (arch, dataset, training σ and k, parameter
+count, SHA-256, source layout) is cached per (path, size, mtime), so listing the page costs a directory walk, not
+a hash or a load. A file that neither loader accepts is listed as refused,
 with the loader's one-line error: one bad file never breaks the pages that list the models.
 A file whose architecture cannot be told from its keys is described with the architecture (and dataset) the
 user gave for it on the models page (`<results>/web/models.json`); its commands then pass `--arch`/`--dataset`.
@@ -20,6 +21,7 @@ from certifynet.records import atomic_write
 from certifynet.web.jobs import JOB_ID
 
 CHECKPOINT_SUFFIXES = (".pth", ".pth.tar")
+DIFFUSION_SUFFIXES = (".pt",)   # OpenAI improved/guided-diffusion checkpoints (listed when their keys say so)
 
 
 def is_checkpoint_name(name: str) -> bool:
@@ -61,10 +63,25 @@ def _one_line(e: Exception, abspath: str, shown: str) -> str:
     return " ".join(text.replace(abspath, shown).split())
 
 
+def describe_diffusion(abspath: str, shown: str) -> dict:
+    """Fields of a ModelEntry for a diffusion model (any σ: t* is chosen when it is used)."""
+    from certifynet.denoise.diffusion import load_diffusion_denoiser
+    try:
+        den, meta = load_diffusion_denoiser(abspath, 0.5, log_summary=False)
+    except Exception as e:  # noqa: BLE001 - as describe_checkpoint: one bad model never takes the pages down
+        return dict(kind="refused", error=_one_line(e, abspath, shown))
+    d = meta["diffusion"]
+    return dict(kind="denoiser", sha256=meta["denoiser_sha256"], arch="diffusion", params=d["unet_parameters"],
+                source=d.get("preset") or "diffusers", layout=d["layout"])
+
+
 def describe_checkpoint(abspath: str, shown: str, arch: str | None = None, dataset: str | None = None) -> dict:
-    """Fields of a ModelEntry for the file at `abspath` (errors name it as `shown`); `arch`/`dataset` as the
-    CLI's --arch/--dataset."""
+    """Fields of a ModelEntry for the file (or diffusers folder) at `abspath` (errors name it as `shown`);
+    `arch`/`dataset` as the CLI's --arch/--dataset."""
+    from certifynet.denoise.diffusion import is_diffusion_source
     from certifynet.models import file_sha256, load_checkpoint
+    if is_diffusion_source(abspath):
+        return describe_diffusion(abspath, shown)
     try:
         ck = load_checkpoint(abspath, arch=arch, dataset=dataset)
         return dict(kind="classifier", sha256=ck.sha256, arch=ck.arch, dataset=ck.dataset, sigma=ck.sigma, k=ck.k,
@@ -119,14 +136,22 @@ class Catalog:
         return os.path.relpath(abspath, self.root)
 
     def _files(self):
+        from certifynet.denoise.diffusion import is_diffusers_folder, is_diffusion_source
         seen = set()
         for top in [*self.model_dirs, self.upload_dir]:
             for folder, dirs, names in os.walk(top):
-                # job folders hold no checkpoints: skip them
+                # job folders hold no checkpoints: skip them; a diffusers folder is one model (not walked into)
                 dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not JOB_ID.match(d))
+                for d in [d for d in dirs if is_diffusers_folder(os.path.join(folder, d))]:
+                    dirs.remove(d)
+                    if os.path.realpath(os.path.join(folder, d)) not in seen:
+                        seen.add(os.path.realpath(os.path.join(folder, d)))
+                        yield os.path.join(folder, d)
                 for name in sorted(names):
                     path = os.path.realpath(os.path.join(folder, name))
-                    if is_checkpoint_name(name) and path not in seen and os.path.isfile(path):
+                    listed = is_checkpoint_name(name) or (name.lower().endswith(DIFFUSION_SUFFIXES)
+                                                          and is_diffusion_source(path))
+                    if listed and path not in seen and os.path.isfile(path):
                         seen.add(path)
                         yield os.path.join(folder, name)
 

@@ -185,8 +185,12 @@ class WarmPool:
 
 # ------------------------------------------------------------------------------------------ the worker side
 def _file_key(path):
+    """(path, size, mtime) of a file; of a folder (a diffusers model), those of every file in it."""
     if not path:
         return None
+    if os.path.isdir(path):
+        files = sorted(os.path.join(d, f) for d, _, names in os.walk(path) for f in names)
+        return os.path.abspath(path), tuple((f, os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files)
     st = os.stat(path)
     return os.path.abspath(path), st.st_size, st.st_mtime_ns
 
@@ -199,11 +203,13 @@ def install_memos() -> None:
     models, traces = collections.OrderedDict(), {}
 
     def load_smoothing_model(model_path, dataset=None, arch=None, denoiser_path=None, sigma=None, device="cpu",
-                             normalization=None, quiet=False):
-        key = (_file_key(model_path), dataset, arch, _file_key(denoiser_path), sigma, str(device), repr(normalization))
+                             normalization=None, quiet=False, diffusion_options=None):
+        key = (_file_key(model_path), dataset, arch, _file_key(denoiser_path), sigma, str(device), repr(normalization),
+               repr(diffusion_options))
         hit = models.pop(key, None)
         if hit is None:
-            hit = load(model_path, dataset, arch, denoiser_path, sigma, device, normalization, quiet)
+            hit = load(model_path, dataset, arch, denoiser_path, sigma, device, normalization, quiet,
+                       diffusion_options=diffusion_options)
         elif not quiet:
             logging.getLogger("certifynet.sampling.model").info("model: %s (kept loaded)", hit[1].summary())
         models[key] = hit

@@ -18,8 +18,9 @@ any [0, 1]-valued h (Salman et al. 2019's argument for soft base classifiers), s
 f(x + δ_j, ξ_j) is sound. ξ comes from `NoiseStream`, a generator seeded by (seed, idx, stream) only
 (`diffusion_noise_stream`), so runs are reproducible and ξ never depends on δ. Cost: K UNet passes per draw
 instead of one (the classifier's pass is unchanged), and h is a noisier function of z, which can only lower
-the counts, never make the certificate unsound. Under tracing or CUDA-graph capture the K-step module refuses
-to run (its noise would be frozen into the trace), so the Sampler falls back to eager mode.
+the counts, never make the certificate unsound. Under CUDA-graph capture the K-step module refuses to run (its
+noise would be frozen into the graph), and no DiffusionDenoiser can be traced (K-step: the same reason; one shot:
+eager was 1.2–1.4× faster than the Sampler's CPU trace), so the Sampler falls back to eager mode.
 """
 from __future__ import annotations
 
@@ -30,11 +31,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from certifynet.denoise.diffusion.options import INPUT_RANGES, PREDICTION_TYPES
 from certifynet.denoise.diffusion.schedule import Schedule, TStar, choose_t, step_times
 from certifynet.errors import CertifyNetError
 
-PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
-INPUT_RANGES = {"-1,1": (2.0, -1.0), "0,1": (1.0, 0.0)}   # name → (a, b): model input a·x + b
 # K-step noise ξ: input idx's stream s draws from (seed, idx, DIFFUSION_STREAM_OFFSET + s), apart from δ's streams.
 DIFFUSION_STREAM_OFFSET = 100
 
@@ -149,8 +149,7 @@ class DiffusionDenoiser(nn.Module):
                 raise CertifyNetError("a diffusion denoiser takes one σ per batch, not one per sample")
             sigma = float(sigma.flatten()[0])
         ts = self.tstar if sigma is None else self.t_star(sigma)
-        if self.steps > 1:
-            self._refuse_capture()
+        self._refuse_capture()
         z, crop = self._to_model(x_noisy)
         x = math.sqrt(ts.alpha_bar) * z
         times = step_times(ts.t, self.steps, integer=not self.continuous)
@@ -181,12 +180,15 @@ class DiffusionDenoiser(nn.Module):
             x0 = x0[..., ph // 2: ph // 2 + h, pw // 2: pw // 2 + w]
         return ((x0 - self.b) / self.a).to(like.dtype)
 
-    @staticmethod
-    def _refuse_capture() -> None:
-        """K-step noise must be drawn afresh at every call: never frozen into a trace or a CUDA graph."""
-        capturing = torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
-        if torch.jit.is_tracing() or capturing:
-            raise RuntimeError("K-step diffusion denoising draws fresh noise per call; it cannot be traced or graphed")
+    def _refuse_capture(self) -> None:
+        """Never traced: K-step noise must be drawn afresh at every call, and a one-shot UNet ran 1.2–1.4× slower
+        through the Sampler's CPU trace than eagerly (docs/diffusion.md), so the Sampler falls back to eager
+        mode. K-step noise is never captured into a CUDA graph either (one shot may be)."""
+        if torch.jit.is_tracing():
+            raise RuntimeError("a diffusion denoiser runs eagerly: it cannot be traced (K-step draws fresh noise per "
+                               "call; one shot is faster eager on the CPU)")
+        if self.steps > 1 and torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+            raise RuntimeError("K-step diffusion denoising draws fresh noise per call; it cannot be graphed")
 
     def extra_repr(self) -> str:
         ts = self.tstar

@@ -24,10 +24,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from certifynet.denoise.diffusion.options import MAX_WEIGHT_BYTES
 from certifynet.errors import CertifyNetError
 
 MAX_JSON_BYTES = 1 << 20
-MAX_WEIGHT_BYTES = 8 << 30           # guided-diffusion's 256×256 UNet is 2.2 GB in fp32
 WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 SCHEDULER_NAME = "scheduler_config.json"
 # diffusers' pre-0.14 attention names (google/ddpm-cifar10-32's .bin) → today's

@@ -13,7 +13,13 @@ import os
 import torch
 
 from certifynet.denoise.diffusion.denoiser import DiffusionDenoiser
-from certifynet.denoise.diffusion.folders import load_diffusers_folder, read_json, read_weights
+from certifynet.denoise.diffusion.folders import (
+    find_layout,
+    load_diffusers_folder,
+    read_json,
+    read_weights,
+    weights_path,
+)
 from certifynet.denoise.diffusion.openai import convert_openai, is_openai_state_dict
 from certifynet.denoise.diffusion.options import DiffusionOptions
 from certifynet.denoise.diffusion.schedule import parse_schedule, schedule_from_config
@@ -46,6 +52,15 @@ def is_diffusion_source(path: str) -> bool:
         return False
     keys = set(_peek_keys(path))
     return is_openai_state_dict(dict.fromkeys(keys))
+
+
+def is_diffusers_folder(path: str) -> bool:
+    """True for a folder in one of the three diffusers layouts with its UNet weights (`folders.find_layout`): what
+    a model browser lists as a diffusion model (cheap: file names only, nothing read but a hub cache's refs/main)."""
+    try:
+        return os.path.isdir(path) and bool(weights_path(find_layout(path).unet_dir))
+    except (CertifyNetError, OSError):
+        return False
 
 
 def _load_openai(path: str, opts: DiffusionOptions):
@@ -105,9 +120,12 @@ def _resolve(opts: DiffusionOptions, record: dict, sched_cfg: dict | None, opena
 
 
 def load_diffusion_denoiser(path: str, sigma: float, options: DiffusionOptions | None = None,
-                            device="cpu") -> tuple[DiffusionDenoiser, dict]:
+                            device="cpu", classifier_meta: dict | None = None,
+                            log_summary: bool = True) -> tuple[DiffusionDenoiser, dict]:
     """(D, meta): D(x_noisy, σ) in eval mode on `device`, from a diffusers folder (flat, pipeline, hub cache) or an
-    OpenAI checkpoint; offline, weights read without pickled code. `meta` is the record described above."""
+    OpenAI checkpoint; offline, weights read without pickled code. `meta` is the record described above; with
+    `classifier_meta` (a checkpoint's or `build_classifier`'s metadata) its chain and summary end with the
+    classifier's stages. The summary is logged (`logging`, INFO) unless `log_summary` is False."""
     from certifynet.models import file_sha256
     opts = (options or DiffusionOptions()).check()
     if os.path.isdir(path):
@@ -131,9 +149,10 @@ def load_diffusion_denoiser(path: str, sigma: float, options: DiffusionOptions |
             "diffusion": {**origin, "unet_parameters": sum(p.numel() for p in unet.parameters()),
                           "unet_config": {k: v for k, v in config.items() if not k.startswith("_")},
                           **den.config(), **den.tstar.record(), "schedule_source": src.get("schedule"),
-                          "flags": opts.record(), "chain": describe_chain(den)}}
+                          "flags": opts.record(), "chain": describe_chain(den, classifier_meta)}}
     meta["summary"] = load_summary(meta)
-    log.info("denoiser: %s", meta["summary"])
+    if log_summary:
+        log.info("denoiser: %s", meta["summary"])
     return den.to(device).eval(), meta
 
 
@@ -156,7 +175,7 @@ def describe_chain(den: DiffusionDenoiser, classifier_meta: dict | None = None) 
         if size:
             chain.append(f"resize to {size}×{size} ({classifier_meta.get('classifier_resize')}, on the device)")
         norm = classifier_meta.get("classifier_normalization") or classifier_meta.get("normalization")
-        if norm:
+        if isinstance(norm, dict):
             chain.append(f"normalise (mean {norm.get('mean')}, std {norm.get('std')})")
         chain.append(f"classifier {classifier_meta.get('classifier') or classifier_meta.get('arch')}")
     return chain

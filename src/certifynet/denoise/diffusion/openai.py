@@ -39,9 +39,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from certifynet.denoise.diffusion.options import QKV_ORDERS
 from certifynet.errors import CertifyNetError
 
-QKV_ORDERS = ("legacy", "new")
 # Published checkpoints Carlini et al. use: what their files cannot say.
 PRESETS = {
     "improved-diffusion-cifar10": {  # cifar10_uncond_50M_500K.pt

@@ -1,6 +1,7 @@
 """What a diffusion model's files cannot say, as one typed configuration the CLI fills (`from_namespace`).
 
-Field names are the CLI's argparse dests, so an error names `--diffusion-steps` on the command line and
+Torch-free (with numpy only, like `schedule.py`): `SamplingConfig` and every CLI `--help` build on it. Field names
+are the CLI's argparse dests, so an error names `--diffusion-steps` on the command line and
 `diffusion_steps` in Python. `None` means "from the files, else the default" (precedence: flag > the folder's
 `certifynet_diffusion.json` > its scheduler config / the OpenAI preset > default).
 
@@ -23,11 +24,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, fields
 
-from certifynet.denoise.diffusion.denoiser import INPUT_RANGES, PREDICTION_TYPES
-from certifynet.denoise.diffusion.folders import MAX_WEIGHT_BYTES
-from certifynet.denoise.diffusion.openai import QKV_ORDERS
 from certifynet.denoise.diffusion.schedule import T_RULES, parse_schedule
 from certifynet.errors import CertifyNetError
+
+PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+INPUT_RANGES = {"-1,1": (2.0, -1.0), "0,1": (1.0, 0.0)}   # name → (a, b): model input a·x + b
+QKV_ORDERS = ("legacy", "new")       # OpenAI qkv channels: (heads, 3, ch) or (3, heads, ch) (openai.py)
+MAX_WEIGHT_BYTES = 8 << 30           # guided-diffusion's 256×256 UNet is 2.2 GB in fp32
 
 
 @dataclass
@@ -49,7 +52,8 @@ class DiffusionOptions:
 
     @classmethod
     def from_namespace(cls, args) -> DiffusionOptions:
-        """The fields present on an argparse Namespace (absent ones keep their defaults), checked."""
+        """The fields present on an argparse Namespace or a `SamplingConfig` (absent ones keep their defaults),
+        checked."""
         opts = cls(**{f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)})
         opts.check()
         return opts
@@ -81,3 +85,7 @@ class DiffusionOptions:
     def record(self) -> dict:
         """The flags as given (for the sidecar), max_bytes left out."""
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "max_bytes"}
+
+
+# The flags' names (argparse dests, and `SamplingConfig` fields): every field but max_bytes, in order.
+DIFFUSION_FIELDS = tuple(f.name for f in fields(DiffusionOptions) if f.name != "max_bytes")
