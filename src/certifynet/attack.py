@@ -123,7 +123,7 @@ class SmoothedPGD:
         for r in range(runs):
             start = None if r == 0 else self._random_start(gens, x, eps)
             _, x_r = smoothed_pgd_path(self.model, x, target, self._draw(gens, x), self.steps,
-                                       2.0 * eps / self.steps, maxnorm=eps, start=start)
+                                       2.0 * eps / float(self.steps), maxnorm=eps, start=start)  # T > 2^63 too
             p = self._soft_p(gens, x_r, target)
             better = p < best_p
             best_x[better], best_p = x_r[better], torch.where(better, p, best_p)

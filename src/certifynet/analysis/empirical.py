@@ -4,17 +4,30 @@ R ≥ ε cannot be attacked at ε, so the certified curve lies below the empiric
 probabilities of CERTIFY and PREDICT."""
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from certifynet.analysis.logs import CertifyLog
+from certifynet.analysis.logs import CertifyLog, _parse_column, _parse_correct, _parse_int
 from certifynet.analysis.metrics import certified_accuracy
 from certifynet.analysis.plots import _new_figure, _paper_style, _save
 from certifynet.errors import CertifyNetError
 from certifynet.records import read_meta
+
+
+def _eps_grid(eps, path) -> list[float]:
+    """The sidecar's ε grid: a non-empty list of distinct finite numbers >= 0."""
+    try:
+        grid = [float(e) for e in eps]
+    except (TypeError, ValueError):
+        grid = None
+    if not grid or not all(math.isfinite(e) and e >= 0 for e in grid) or len({f"{e:g}" for e in grid}) != len(grid):
+        raise CertifyNetError(f"{path}: its sidecar's 'eps' must be a list of distinct finite numbers >= 0, "
+                              f"got {eps!r}")
+    return grid
 
 
 def read_empirical_curve(path) -> tuple:
@@ -28,13 +41,20 @@ def read_empirical_curve(path) -> tuple:
         raise CertifyNetError(f"{path}: not an attack curve log (sidecar kind {meta.get('kind')!r}; "
                               "attack.py writes one when given an ε grid)")
     try:
-        data = pd.read_csv(path, sep="\t")
+        data = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
     except (ValueError, pd.errors.ParserError) as e:
         raise CertifyNetError(f"{path}: unreadable ({e})") from None
-    eps = [float(e) for e in meta.get("eps", [])]
-    missing = [c for c in ["idx", "label"] + [f"correct@{e:g}" for e in eps] if c not in data]
+    eps = _eps_grid(meta.get("eps"), path)
+    columns = {"idx": _parse_int, "label": _parse_int, **{f"correct@{e:g}": _parse_correct for e in eps}}
+    missing = [c for c in columns if c not in data]
     if missing or data.empty:
         raise CertifyNetError(f"{path}: " + (f"missing column(s) {', '.join(missing)}" if missing else "no rows"))
+    for col, parse in columns.items():   # every value the comparison reads, checked like a certify log's
+        data[col], bad = _parse_column(data[col].astype(str), parse)
+        if bad is not None:
+            raise CertifyNetError(f"{path}, line {bad[0] + 2}: column {col}: {bad[1]}")
+    if data["idx"].duplicated().any():
+        raise CertifyNetError(f"{path}: idx {int(data['idx'][data['idx'].duplicated()].iloc[0])} appears twice")
     return np.asarray(eps), data, meta
 
 

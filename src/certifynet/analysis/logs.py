@@ -310,7 +310,9 @@ def read_log(path, label: str | None = None) -> CertifyLog:
         raise CertifyNetError(f"{path}: no data rows after the header")
     data = pd.DataFrame(data)
     meta = _log_meta(path, data)
-    return CertifyLog(path=path, data=data, meta=meta, label=label or _default_label(path, meta))
+    label = str(label or _default_label(path, meta))  # undecodable bytes (from a sidecar or a path) spelled \udcff:
+    label = label.encode("utf-8", "backslashreplace").decode("utf-8")  # tables, plots and reports are UTF-8
+    return CertifyLog(path=path, data=data, meta=meta, label=label)
 
 
 def read_logs(paths: Sequence, labels: Sequence[str] | None = None) -> list[CertifyLog]:

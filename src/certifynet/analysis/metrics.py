@@ -42,7 +42,8 @@ def certified_accuracy(radius, correct, radii) -> np.ndarray:
 
 def hp_correction(alpha: float, rho: float, m: int) -> float:
     """Cohen et al.'s high-probability margin: α + sqrt(α(1−α)·ln(1/ρ)/m) + ln(1/ρ)/(3m)."""
-    lr = math.log(1.0 / rho)
+    inv = 1.0 / rho
+    lr = math.log(inv) if math.isfinite(inv) else -math.log(rho)   # ρ < 1/DBL_MAX: 1/ρ overflows, ln(1/ρ) does not
     return alpha + math.sqrt(alpha * (1.0 - alpha) * lr / m) + lr / (3.0 * m)
 
 

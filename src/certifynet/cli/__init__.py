@@ -12,10 +12,24 @@ import warnings
 
 from certifynet.errors import CertifyNetError, CertifyNetWarning, refuse  # noqa: F401 (refuse: for cli.train)
 
+# Characters that str.splitlines() breaks a line at: a message holding one (a value the user typed) is escaped, so
+# that every `error:` / `warning:` line stays one line.
+_LINE_BREAKS = {ord(c): repr(c)[1:-1] for c in "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"}
+
 
 def one_line(text: str) -> str:
-    """A message as one line: line breaks a value brought in (a path, a label) are shown escaped."""
-    return str(text).replace("\r", "\\r").replace("\n", "\\n")
+    """`text` with its line breaks escaped (a newline in a typed value is shown as \\n)."""
+    return str(text).translate(_LINE_BREAKS)
+
+
+def text_arg(value: str) -> str:
+    """argparse type of free text that goes into files (labels, titles): bytes that are not UTF-8 (Python hands them
+    over as lone surrogates, which no UTF-8 file or plot can hold) are refused as a usage error."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise argparse.ArgumentTypeError(f"not UTF-8 text: {value!r}") from None
+    return value
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -77,29 +91,32 @@ def one_line_errors(main):
         try:
             with console_diagnostics():
                 rc = main(argv)
-        except CertifyNetError as e:
-            print(f"error: {one_line(e.render(cli=True))}", file=sys.stderr)
-            return 2
-        except FileNotFoundError as e:
-            print(f"error: file not found: {one_line(e.filename or e)}", file=sys.stderr)
-            return 2
-        except OSError as e:
-            where = f" '{e.filename}'" if e.filename else ""
-            print(f"error: {one_line(f'cannot access{where}: {e.strerror or e}')}", file=sys.stderr)
-            return 2
         except KeyboardInterrupt:
             print("error: interrupted", file=sys.stderr)
             return 130
         except Exception as e:  # noqa: BLE001 - the last line of defence of a CLI
-            if os.environ.get("CERTIFYNET_DEBUG"):
+            if os.environ.get("CERTIFYNET_DEBUG") and not isinstance(e, (CertifyNetError, OSError)):
                 raise
-            first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
-            print(f"error: unexpected {type(e).__name__}: {first} (a bug in certifynet: please report it; "
-                  f"CERTIFYNET_DEBUG=1 shows the traceback)", file=sys.stderr)
-            return 1
+            line, rc = _error_line(e)
+            print(f"error: {one_line(line)}", file=sys.stderr)
+            return rc
         return 0 if rc is None else int(rc)
 
     return wrapper
+
+
+def _error_line(e: Exception) -> tuple[str, int]:
+    """(the message after `error: `, the exit status) of an exception that ends a command."""
+    if isinstance(e, CertifyNetError):
+        return e.render(cli=True), 2
+    if isinstance(e, FileNotFoundError):
+        return f"file not found: {e.filename or e}", 2
+    if isinstance(e, OSError):
+        where = f" '{e.filename}'" if e.filename else ""
+        return f"cannot access{where}: {e.strerror or e}", 2
+    first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+    return (f"unexpected {type(e).__name__}: {first} (a bug in certifynet: please report it; CERTIFYNET_DEBUG=1 "
+            f"shows the traceback)"), 1
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):

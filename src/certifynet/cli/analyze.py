@@ -8,7 +8,7 @@ import sys
 
 from certifynet import analysis
 from certifynet.analysis.report import check_output, claim_output
-from certifynet.cli import CliParser, one_line_errors
+from certifynet.cli import CliParser, one_line_errors, text_arg
 from certifynet.errors import CertifyNetError, check_alpha
 from certifynet.records import read_meta
 
@@ -22,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "clean accuracy (r=0), abstain rate, samples and seconds per input; tables and plots.")
     p.add_argument("logs", nargs="+", metavar="LOG",
                    help="tab-separated certify log(s); sidecar <LOG>.meta.json optional")
-    p.add_argument("--label", nargs="+", action="extend", metavar="L",
+    p.add_argument("--label", nargs="+", action="extend", metavar="L", type=text_arg,
                    help="display label, one per log in order (default: sidecar label, else method σ model)")
     p.add_argument("--radii", nargs="+", type=float, default=list(analysis.DEFAULT_RADII), metavar="R",
                    help="radius grid for certified accuracy")
@@ -30,11 +30,12 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "pA_lower.png/.pdf, report.md here (a new or empty folder, or an "
                                                 "earlier analysis of the same logs)")
     p.add_argument("--force", action="store_true", help="replace an analysis of other logs in --out")
-    p.add_argument("--title", help="title of the plots, LaTeX caption and report")
+    p.add_argument("--title", type=text_arg, help="title of the plots, LaTeX caption and report")
     p.add_argument("--envelope", action="store_true",
                    help="also the envelope over σ: per (dataset, method) and radius, the max certified accuracy "
                         "(dataset/method from the sidecar, else the file name <dataset>_..._sigma_<σ>)")
-    p.add_argument("--baseline", metavar="LABEL", help="label of the fixed-N run; adds the samples/input speed-up")
+    p.add_argument("--baseline", metavar="LABEL", type=text_arg,
+                   help="label of the fixed-N run; adds the samples/input speed-up")
     p.add_argument("--hp-rho", type=float, metavar="RHO",
                    help="report high-probability certified accuracy, holding with prob. >= 1-RHO")
     p.add_argument("--alpha", type=float, help="α of the runs for --hp-rho (default: from each sidecar)")

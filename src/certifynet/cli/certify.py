@@ -22,7 +22,7 @@ from __future__ import annotations
 import sys
 
 from certifynet.certify.methods import COUNTS_METHODS
-from certifynet.cli import one_line_errors, parse
+from certifynet.cli import one_line_errors, parse, text_arg
 from certifynet.cli.base import per_input_parser
 from certifynet.cli.sample import add_estimate_args, print_estimate
 from certifynet.paths import shown
@@ -38,7 +38,8 @@ def build_parser():
                    help="counts CSV written by sample.py (certify stored counts; no model needed)")
     p.add_argument("--method", default=d.method, choices=COUNTS_METHODS,
                    help="certificate (default: the counts file's kind, or what the sampling flags give)")
-    p.add_argument("--label", default=d.label, help="display label for analyze.py (any text; kept in the sidecar)")
+    p.add_argument("--label", default=d.label, type=text_arg,
+                   help="display label for analyze.py (any text; kept in the sidecar)")
     g = p.add_argument_group("sequential certification at fixed radii (docs/sequential.md)")
     g.add_argument("--sequential", action="store_true",
                    help="sample until the decision at every --radii is sure (valid at α); --N is the cap")

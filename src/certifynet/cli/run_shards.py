@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import datetime
+import itertools
 import os
 import re
 import shlex
@@ -37,7 +38,7 @@ def build_parser():
     p = CliParser(prog="run_shards.py", description=__doc__, usage="%(prog)s [options] -- SCRIPT ARGS...",
                   formatter_class=HelpFormatter)
     p.add_argument("--shards", type=int, required=True, metavar="N", help="number of shards")
-    p.add_argument("--jobs", type=int, metavar="J", help="shards run at once (default N)")
+    p.add_argument("--jobs", type=int, metavar="J", help="shards run at once (default: N, at most the CPU cores)")
     p.add_argument("--only", type=int, nargs="+", metavar="I", help="run only these shard numbers")
     p.add_argument("--threads", type=int, metavar="T", help="OMP_NUM_THREADS of each shard (default cores/J)")
     p.add_argument("--logs", metavar="DIR", help="folder of the per-shard logs (default: beside the outputs, or "
@@ -139,8 +140,8 @@ def run_all(cmd, n, jobs, only, logs_dir, threads, say=print):
     """Run the shards, at most `jobs` at a time (a thread pool, one thread waiting on each subprocess);
     returns {shard: exit code}. On KeyboardInterrupt the running shards are terminated and waited for, and
     none is started after it."""
-    todo = sorted(set(only)) if only else list(range(n))
-    jobs = max(1, min(jobs or n, len(todo)))
+    todo = sorted(set(only)) if only else range(n)  # a range: --shards may be huge (each shard is a process)
+    jobs = max(1, min(jobs or os.cpu_count() or 1, len(todo)))  # by default not more processes than cores
     env = _env(threads, jobs)
     running, lock, stopping = {}, threading.Lock(), threading.Event()
 
@@ -180,14 +181,16 @@ def run_all(cmd, n, jobs, only, logs_dir, threads, say=print):
                 say(f"    {ln}")
         return rc
 
-    codes = {}
+    codes, queue = {}, iter(todo)
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=jobs)
-    try:
-        futures = {pool.submit(run_one, i): i for i in todo}
-        pending = set(futures)
+    try:  # at most `jobs` shards submitted at a time: memory does not grow with --shards
+        pending = {pool.submit(run_one, i): i for i in itertools.islice(queue, jobs)}
         while pending:  # a timed wait, so that Ctrl-C reaches this thread while shards run
-            done, pending = concurrent.futures.wait(pending, timeout=0.5, return_when="FIRST_COMPLETED")
-            codes.update((futures[fut], fut.result()) for fut in done)
+            done, _ = concurrent.futures.wait(pending, timeout=0.5, return_when="FIRST_COMPLETED")
+            for fut in done:
+                codes[pending.pop(fut)] = fut.result()
+                for i in itertools.islice(queue, 1):
+                    pending[pool.submit(run_one, i)] = i
     except KeyboardInterrupt:
         with lock:
             stopping.set()

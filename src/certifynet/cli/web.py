@@ -9,24 +9,24 @@ localhost are refused unless listed with --allow-host (DNS rebinding).
 """
 from __future__ import annotations
 
-import argparse
 import errno
+import math
 import os
 import secrets
 import signal
 import socket
 import sys
 
-from certifynet.cli import one_line_errors
+from certifynet.cli import CliParser, one_line_errors
 from certifynet.errors import CertifyNetError
 from certifynet.web.security import is_loopback
 
 TOKEN_ENV = "CERTIFYNET_WEB_TOKEN"
+MAX_THREADS = 1024   # job threads or torch threads beyond this are a typo (each worker is a thread and a process)
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="web.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = CliParser(prog="web.py", description=__doc__)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
     p.add_argument("--port", type=int, default=8000, help="port (0: any free one; the address is printed)")
     p.add_argument("--root", default=".", help="folder the other paths are relative to; jobs run the CLI from here")
@@ -67,11 +67,28 @@ def check_port(host: str, port: int) -> None:
         raise CertifyNetError(f"cannot listen on {url_host(host)}:{port}: {why}") from None
 
 
+def check_args(args) -> None:
+    """Every value checked before the app exists (no folder created, no job thread started)."""
+    if not 0 <= args.port <= 65535:
+        raise CertifyNetError(f"{{port}} must be in [0, 65535], got {args.port}", "port")
+    if not (math.isfinite(args.max_upload_mb) and args.max_upload_mb > 0):
+        raise CertifyNetError(f"{{max_upload_mb}} must be a finite number > 0, got {args.max_upload_mb}",
+                              "max_upload_mb")
+    for name, most in (("queue", None), ("workers", MAX_THREADS), ("threads", MAX_THREADS)):
+        value = getattr(args, name)
+        if value is not None and not (1 <= value and (most is None or value <= most)):
+            raise CertifyNetError(f"{{{name}}} must be in [1, {most or 'inf'}], got {value}", name)
+    try:  # a host that cannot be an address (bad characters, too long) fails here rather than at bind time
+        socket.getaddrinfo(args.host, args.port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError, ValueError) as e:
+        why = getattr(e, "strerror", None) or e
+        raise CertifyNetError(f"cannot listen on {url_host(args.host)}:{args.port}: {why}") from None
+
+
 @one_line_errors
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    if not 0 <= args.port <= 65535:
-        raise CertifyNetError(f"--port must be in [0, 65535], got {args.port}")
+    check_args(args)
     token = secrets.token_urlsafe(16) if args.token == "auto" else args.token
     check_port(args.host, args.port)
     import torch

@@ -255,6 +255,15 @@ def _load_weights(model: nn.Sequential, state: dict, arch: str, path: str, kind:
     return layout
 
 
+def _noise_k(noise: dict, path: str) -> int:
+    """The file's `noise.k` (0 when absent): an integer >= 0, refused otherwise (never truncated: 1.5 is not 1)."""
+    k = noise.get("k") or 0
+    integral = isinstance(k, int) or (isinstance(k, float) and k.is_integer())
+    if isinstance(k, bool) or not integral or k < 0:
+        raise CertifyNetError(f"checkpoint '{path}': its noise.k must be an integer >= 0, got {k!r}")
+    return int(k)
+
+
 def load_checkpoint(path: str, arch: str | None = None, dataset: str | None = None,
                     normalization=None, device="cpu") -> LoadedCheckpoint:
     """Load our checkpoint, a reference one ({'epoch','arch','state_dict',...}) or a bare state_dict.
@@ -278,7 +287,7 @@ def load_checkpoint(path: str, arch: str | None = None, dataset: str | None = No
     epoch = raw.get("epoch")
     return LoadedCheckpoint(model=model.to(device).eval(), arch=arch, dataset=dataset,
                             num_classes=dataset_info(dataset).num_classes, sigma=noise.get("sigma"),
-                            k=int(noise.get("k") or 0), epoch=int(epoch) if isinstance(epoch, (int, float)) else 0,
+                            k=_noise_k(noise, path), epoch=int(epoch) if isinstance(epoch, (int, float)) else 0,
                             source=checkpoint_source(ours, bare, arch, kind), path=path, sha256=file_sha256(path),
                             raw=raw, normalization={"kind": kind, "mean": list(mean), "std": list(std)},
                             layout=layout)

@@ -12,7 +12,7 @@ import math
 import os
 from dataclasses import dataclass
 
-from certifynet.bounds import check_workers
+from certifynet.bounds import FLOAT_BYTES, check_workers, human_bytes, input_dim, memory_bytes
 from certifynet.data import dataset_info
 from certifynet.errors import CertifyNetError
 from certifynet.noise import check_k
@@ -205,11 +205,30 @@ def _check_batch(cfg: TrainConfig, world_size: int) -> None:
                                           f"{{num_noise_vec}}={cfg.num_noise_vec} images", "num_noise_vec")
 
 
+FLOAT32_MAX = 3.4028234663852886e38  # torch's SGD takes lr and weight decay as float32 scalars
+SEED_RANGE = (-2 ** 63, 2 ** 64 - 1)  # what torch.manual_seed takes
+
+
+def _check_torch_limits(cfg: TrainConfig) -> None:
+    """Values torch takes as machine numbers fit them: lr, momentum and weight decay the optimiser's float32
+    scalars (else torch raises, or the weights become inf), the seed torch's 64 bits; one batch of images (batch × d
+    float32 values, a bound far below what training needs) fits in memory."""
+    for name in ("lr", "momentum", "weight_decay"):
+        v = getattr(cfg, name)
+        _check(not v > FLOAT32_MAX, f"{{{name}}} must be at most {FLOAT32_MAX:.4g} (float32), got {v}", name)
+    lo, hi = SEED_RANGE
+    _check(lo <= cfg.seed <= hi, f"{{seed}} must be in [-2^63, 2^64 - 1], got {cfg.seed}", "seed")
+    need, have = float(cfg.batch) * input_dim(cfg.dataset) * FLOAT_BYTES, memory_bytes()   # the batch itself
+    _check(need <= have, f"{{batch}} {cfg.batch:,} of {cfg.dataset} images needs at least {human_bytes(need)}, more "
+                         f"than this machine's {human_bytes(have)} of memory", "batch")
+
+
 def prepare_config(cfg: TrainConfig, world_size: int = 1) -> TrainConfig:
     """Validate every setting (one-line errors) and fill in the derived ones (method, entropy, outdir)."""
     dataset_info(cfg.dataset)  # an unknown dataset is the first error
     sigma = float(cfg.sigma)
     _check_common(cfg, sigma)
+    _check_torch_limits(cfg)
     method = resolve_method(cfg)
     _check_method(cfg, method)
     _check_batch(cfg, world_size)

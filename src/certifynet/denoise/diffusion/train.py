@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field
 import torch
 
 from certifynet.denoise.diffusion.schedule import linear_schedule
-from certifynet.errors import CertifyNetError
+from certifynet.errors import CertifyNetError, check_seed
 
 log = logging.getLogger(__name__)
 STATE_NAME, LOG_NAME = "train_state.pt", "log.csv"
@@ -68,8 +69,15 @@ class DDPMOptions:
         for name in ("epochs", "batch", "timesteps", "eval_subset"):
             if int(getattr(self, name)) < 1:
                 raise CertifyNetError(f"{{{name}}} must be >= 1, got {getattr(self, name)}", name)
-        if not (self.lr > 0 and 0 <= self.ema < 1 and 0 < self.beta_start < self.beta_end < 1 and self.eval_sigma > 0):
-            raise CertifyNetError("need lr > 0, 0 <= ema < 1, 0 < beta_start < beta_end < 1 and eval_sigma > 0")
+        if not (0 < self.lr < math.inf and 0 <= self.ema < 1 and 0 < self.beta_start < self.beta_end < 1
+                and 0 < self.eval_sigma < math.inf):
+            raise CertifyNetError("need finite lr > 0, 0 <= ema < 1, 0 < beta_start < beta_end < 1 and finite "
+                                  "eval_sigma > 0")
+        if self.train_subset is not None and int(self.train_subset) < 1:
+            raise CertifyNetError(f"{{train_subset}} must be >= 1, got {self.train_subset}", "train_subset")
+        if self.max_minutes is not None and not 0 < self.max_minutes < math.inf:
+            raise CertifyNetError(f"{{max_minutes}} must be a finite number > 0, got {self.max_minutes}", "max_minutes")
+        check_seed(self.seed)
         return self
 
 
