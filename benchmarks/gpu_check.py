@@ -66,7 +66,8 @@ TARGETS = {  # the issue's targets, checked where the numbers exist
 class Check:
     def __init__(self, a):
         self.a, self.t0 = a, time.monotonic()
-        self.res = {"mode": "cpu" if a.cpu else "cuda", "budget_s": a.budget, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        self.res = {"mode": "cpu" if a.cpu else "cuda", "budget_s": a.budget,
+                    "started": time.strftime("%Y-%m-%d %H:%M:%S"),
                     "command": " ".join(sys.argv), "pieces": {}}
 
     def left(self):
@@ -205,7 +206,8 @@ def table(res) -> str:
                   if x["outcome"] in ("failed", "error")]
     elif t:
         lines.append(f"cuda-marked tests: {t.get('status')} {t.get('error', '')}")
-    lines.append(f"| model | variant | passes/s | × Cohen loop | of {('bf16/tf32' if res['mode'] == 'cuda' else 'fp32')} "
+    peak = "bf16/tf32" if res["mode"] == "cuda" else "fp32"
+    lines.append(f"| model | variant | passes/s | × Cohen loop | of {peak} "
                  f"matmul peak | s/input at N=100,000 |")
     lines.append("|---|---|---|---|---|---|")
     for name, p in res["pieces"].items():
@@ -223,7 +225,8 @@ def table(res) -> str:
             lines.append(f"| {name[6:]} | N0={sel['n0']} selection, {sel['inputs_per_batch']} inputs per batch | "
                          f"{sel['grouped_passes_per_s']:,.0f} | {sel['ratio']:.2f}× one at a time | | |")
     for name, v in res.get("targets", {}).items():
-        lines.append(f"target {name}: {v['value']} ({'met' if v['met'] else 'not met' if v['met'] is False else 'n/a'})")
+        verdict = "met" if v["met"] else "not met" if v["met"] is False else "n/a"
+        lines.append(f"target {name}: {v['value']} ({verdict})")
     return "\n".join(lines)
 
 

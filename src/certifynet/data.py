@@ -110,13 +110,18 @@ def _torchvision(name: str, split: str, data_dir: str, download: bool) -> Datase
     if name == "imagenet":
         root = os.path.join(data_dir, "train" if train else "val")
         if not os.path.isdir(root):
-            raise CertifyNetError(f"ImageNet folder '{root}' not found; point --data-dir at a folder holding train/ and val/")
-        tf = (transforms.Compose([transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip(), transforms.ToTensor()])
-              if train else transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor()]))
+            raise CertifyNetError(f"ImageNet folder '{root}' not found; point {{data_dir}} at a folder holding "
+                                  "train/ and val/", "data_dir")
+        if train:
+            tf = transforms.Compose([transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip(),
+                                     transforms.ToTensor()])
+        else:
+            tf = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor()])
         return datasets.ImageFolder(root, tf)
     tf = transforms.ToTensor()
     if name == "cifar10" and train:
-        tf = transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(), transforms.ToTensor()])
+        tf = transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(),
+                                 transforms.ToTensor()])
     cls = {"mnist": datasets.MNIST, "cifar10": datasets.CIFAR10}[name]
     try:
         return cls(data_dir, train=train, download=download, transform=tf)

@@ -23,11 +23,13 @@ def add_common_run_args(p, d: SamplingConfig | None = None):
     """Options shared by the per-input scripts (model, data, inputs, sharding, speed); defaults from `d`."""
     d = d or SamplingConfig()
     g = p.add_argument_group("model and data")
-    g.add_argument("--model", help="classifier checkpoint, ours or a reference layout (required; certify.py: or --counts)")
+    g.add_argument("--model",
+                   help="classifier checkpoint, ours or a reference layout (required; certify.py: or --counts)")
     g.add_argument("--arch", help="architecture, when the checkpoint does not name it")
     g.add_argument("--dataset", help="dataset (default: from the checkpoint)")
     g.add_argument("--normalization", default=d.normalization,
-                   help="override the model's input normalisation: dataset | identity | center (DSRS ImageNet) | MEAN/STD")
+                   help="override the model's input normalisation: "
+                        "dataset | identity | center (DSRS ImageNet) | MEAN/STD")
     g.add_argument("--split", default=d.split, choices=CHOICES["split"], help="dataset split to certify")
     g.add_argument("--data-dir", default=d.data_dir, help="dataset folder")
     g.add_argument("--denoiser", help="denoiser placed in front of the classifier (denoised smoothing): a checkpoint, "
