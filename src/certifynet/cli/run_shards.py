@@ -136,6 +136,16 @@ def _env(threads, jobs):
     return env
 
 
+def _report(i, n, rc, log, seconds, say) -> None:
+    """One line for a finished shard; a failed one adds the tail of its log."""
+    if rc == 0:
+        say(f"shard {i}/{n}: done in {seconds:.1f} s")
+        return
+    say(f"shard {i}/{n}: FAILED with exit code {rc} (log {log}):")
+    for ln in _tail(log):
+        say(f"    {ln}")
+
+
 def run_all(cmd, n, jobs, only, logs_dir, threads, say=print):
     """Run the shards, at most `jobs` at a time (a thread pool, one thread waiting on each subprocess);
     returns {shard: exit code}. On KeyboardInterrupt the running shards are terminated and waited for, and
@@ -171,14 +181,8 @@ def run_all(cmd, n, jobs, only, logs_dir, threads, say=print):
                     del running[i]
         finally:
             held.release()
-        if stopping.is_set():  # terminated by us after Ctrl-C: no report
-            return rc
-        if rc == 0:
-            say(f"shard {i}/{n}: done in {time.time() - t0:.1f} s")
-        else:
-            say(f"shard {i}/{n}: FAILED with exit code {rc} (log {log}):")
-            for ln in _tail(log):
-                say(f"    {ln}")
+        if not stopping.is_set():  # terminated by us after Ctrl-C: no report
+            _report(i, n, rc, log, time.time() - t0, say)
         return rc
 
     codes, queue = {}, iter(todo)
