@@ -46,9 +46,9 @@ from certifynet.certify.gs_boundaries import (
     projected_futility_boundary,
 )
 from certifynet.certify.sequential import (
-    DECIDED_CODES,
     DEFAULT_PRIOR,
     FIRST_BATCH,
+    RadiusDecisions,
     batch_schedule,
     check_radii,
     confidence_sequence,
@@ -88,7 +88,7 @@ def _check_futility(futility):
     return g
 
 
-class GroupSequentialCertifier:
+class GroupSequentialCertifier(RadiusDecisions):
     """The calibrated group-sequential rule; same interface as `sequential.SequentialCertifier`.
 
     boundary: "cp+cs" (default: dominates the confidence-sequence rule on every input), "cp" or "mixture"
@@ -201,28 +201,3 @@ class GroupSequentialCertifier:
         given_up = np.cumsum(state.gave_up, axis=1) > 0
         blocked = np.cumsum(state.refuted | state.gave_up | state.out_of_reach, axis=1) > 0
         return np.where(certified, 2, np.where(refuted | given_up, 1, np.where(blocked, 0, -1)))
-
-    def settled(self, state) -> np.ndarray:
-        return np.all(self._codes(state) >= 0, axis=1)
-
-    def decisions(self, state) -> np.ndarray:
-        """Final codes per input and radius: 2 = C, 1 = N, 0 = U (radii open at the stop count as U)."""
-        return np.maximum(self._codes(state), 0)
-
-    def certified_radius(self, state) -> np.ndarray:
-        """Largest requested radius certified (0.0 where none)."""
-        codes = self.decisions(state)
-        return np.array([self.radii[c == 2].max() if np.any(c == 2) else 0.0 for c in codes])
-
-    def run(self, draw_hits, m=1) -> GroupSequentialState:
-        """Drive the schedule: draw_hits(size, active) -> hits per input for this batch (active inputs)."""
-        state = self.start(m)
-        for size in self.schedule:
-            if not state.active.any():
-                break
-            state = self.update(state, draw_hits(int(size), state.active), int(size))
-        return state
-
-    def format_decisions(self, codes) -> str:
-        """'0.25:C,0.5:C,1:N' for one input's codes."""
-        return ",".join(f"{r:g}:{DECIDED_CODES[int(c)]}" for r, c in zip(self.radii, codes))

@@ -195,6 +195,38 @@ def batch_schedule(n_max, batch, first=FIRST_BATCH):
     return np.array(sizes, dtype=np.int64)
 
 
+class RadiusDecisions:
+    """What both sequential certifiers share, given their `radii`, `schedule`, `start`, `update` and `_codes`
+    (per input and radius: 2 certified, 1 refuted, 0 out of reach, −1 open)."""
+
+    def settled(self, state) -> np.ndarray:
+        """Inputs with every radius decided (nothing left to draw for)."""
+        return np.all(self._codes(state) >= 0, axis=1)
+
+    def decisions(self, state) -> np.ndarray:
+        """Final codes per input and radius: 2 = C, 1 = N, 0 = U (radii open at the stop count as U)."""
+        return np.maximum(self._codes(state), 0)
+
+    def certified_radius(self, state) -> np.ndarray:
+        """Largest requested radius certified (0.0 where none)."""
+        codes = self.decisions(state)
+        return np.array([self.radii[c == 2].max() if np.any(c == 2) else 0.0 for c in codes])
+
+    def run(self, draw_hits, m=1):
+        """Drive the schedule: draw_hits(size, active) -> hits per input for this batch (active inputs);
+        returns the final state."""
+        state = self.start(m)
+        for size in self.schedule:
+            if not state.active.any():
+                break
+            state = self.update(state, draw_hits(int(size), state.active), int(size))
+        return state
+
+    def format_decisions(self, codes) -> str:
+        """'0.25:C,0.5:C,1:N' for one input's codes."""
+        return ",".join(f"{r:g}:{DECIDED_CODES[int(c)]}" for r, c in zip(self.radii, codes))
+
+
 @dataclass
 class SequenceState:
     """Per-input arrays of one sequential run (length m: inputs simulated or sampled together)."""
@@ -210,7 +242,7 @@ class SequenceState:
         return self.hits.size
 
 
-class SequentialCertifier:
+class SequentialCertifier(RadiusDecisions):
     """Stops an input as soon as the decision at every requested radius is settled, or at the cap N.
 
     Per radius r (threshold θ_r): C (certified) when L > θ_r; N (not certifiable) when U < θ_r;
@@ -263,31 +295,6 @@ class SequentialCertifier:
         refuted = state.upper[:, None] < th
         out_of_reach = state.reach[:, None] <= th
         return np.where(cert, 2, np.where(refuted, 1, np.where(out_of_reach, 0, -1)))
-
-    def settled(self, state) -> np.ndarray:
-        return np.all(self._codes(state) >= 0, axis=1)
-
-    def decisions(self, state) -> np.ndarray:
-        """Final codes per input and radius: 2 = C, 1 = N, 0 = U (open radii at the stop count as U)."""
-        return np.maximum(self._codes(state), 0)
-
-    def certified_radius(self, state) -> np.ndarray:
-        """Largest requested radius certified (0.0 where none)."""
-        codes = self.decisions(state)
-        return np.array([self.radii[c == 2].max() if np.any(c == 2) else 0.0 for c in codes])
-
-    def run(self, draw_hits, m=1) -> SequenceState:
-        """Drive the schedule: draw_hits(sizes, active) -> hits per input for this batch (active inputs)."""
-        state = self.start(m)
-        for size in self.schedule:
-            if not state.active.any():
-                break
-            state = self.update(state, draw_hits(int(size), state.active), int(size))
-        return state
-
-    def format_decisions(self, codes) -> str:
-        """'0.25:C,0.5:C,1:N' for one input's codes."""
-        return ",".join(f"{r:g}:{DECIDED_CODES[int(c)]}" for r, c in zip(self.radii, codes))
 
 
 def simulate(certifier: SequentialCertifier, p, rng) -> SequenceState:
