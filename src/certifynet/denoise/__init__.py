@@ -10,7 +10,7 @@ the torch-free `certifynet.denoise.diffusion.options` can be imported without to
 """
 from __future__ import annotations
 
-import importlib
+from certifynet.lazy import lazy_exports
 
 _EXPORTS = {
     "checkpoint": ("LoadedDenoiser", "load_denoiser", "save_denoiser"),
@@ -21,18 +21,4 @@ _EXPORTS = {
     "registry": ("DENOISER_PRESETS", "build_denoiser_from_config", "denoiser_config", "get_denoiser",
                  "load_denoiser_state_dict"),
 }
-_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
-__all__ = sorted(_MODULE_OF)
-
-
-def __getattr__(name: str):
-    module = _MODULE_OF.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(__all__))
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

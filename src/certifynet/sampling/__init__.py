@@ -19,7 +19,7 @@ file, and every CLI `--help`) never import torch: `from certifynet.sampling impo
 """
 from __future__ import annotations
 
-import importlib
+from certifynet.lazy import lazy_exports
 
 _EXPORTS = {
     "streams": ("STREAM_SELECT", "STREAM_P", "STREAM_Q", "STREAM_Q_PILOT", "STREAM_ATTACK", "STREAM_ATTACK_PREDICT",
@@ -37,18 +37,4 @@ _EXPORTS = {
     "stages": ("run_sample", "run_predict", "sample_and_certify", "run_sequential"),
     "certify_stage": ("run_certify", "certify_counts"),
 }
-_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
-__all__ = list(_MODULE_OF)
-
-
-def __getattr__(name: str):
-    module = _MODULE_OF.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(__all__))
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -13,7 +13,7 @@ diffusers itself is imported only when a model is built or loaded. Every name is
 """
 from __future__ import annotations
 
-import importlib
+from certifynet.lazy import lazy_exports
 
 _EXPORTS = {
     "classifiers": ("ClassifierSpec", "ResizeNormalize", "build_classifier"),
@@ -26,18 +26,4 @@ _EXPORTS = {
                  "schedule_from_config"),
     "train": ("DDPMOptions", "train_ddpm"),
 }
-_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
-__all__ = sorted(_MODULE_OF)
-
-
-def __getattr__(name: str):
-    module = _MODULE_OF.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(__all__))
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
