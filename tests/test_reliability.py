@@ -395,3 +395,18 @@ def test_merged_counts_shards_keep_their_integrity(model, tmp_path, capsys):
     capsys.readouterr()
     assert certify.main(["--counts", out, "--out", str(tmp_path / "x.tsv"), "--no-progress"]) == 2
     assert "field 'alpha' was changed" in capsys.readouterr().err
+
+
+def test_a_command_run_by_another_prints_each_log_line_once(capsys):
+    """The quickstart runs each stage's main() inside its own console_diagnostics: a load summary printed twice
+    was seen in every stage."""
+    import logging
+
+    from certifynet.cli import console_diagnostics
+    with console_diagnostics():
+        with console_diagnostics():
+            logging.getLogger("certifynet.sampling.model").info("model: x")
+        logging.getLogger("certifynet.sampling.model").info("after the inner command")
+    assert capsys.readouterr().err == "model: x\nafter the inner command\n"
+    logging.getLogger("certifynet.sampling.model").info("not shown outside a command")
+    assert capsys.readouterr().err == ""

@@ -145,8 +145,12 @@ class _ConsoleHandler(logging.Handler):
 def console_diagnostics():
     """While a command runs: every certifynet warning is printed (as one line, each time it is raised), and the
     library's informational log lines (load summaries, resume notes) go to stderr. Python users of the library
-    see neither unless they configure `warnings`/`logging` themselves."""
+    see neither unless they configure `warnings`/`logging` themselves. Re-entrant: a command run by another
+    (the quickstart runs each stage in-process) prints each line once."""
     logger = logging.getLogger("certifynet")
+    if any(isinstance(h, _ConsoleHandler) for h in logger.handlers):
+        yield
+        return
     handler, level, propagate = _ConsoleHandler(), logger.level, logger.propagate
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
