@@ -46,6 +46,15 @@ def noise_radius(p_lower: float, noise: Noise) -> float:
     return float(np_radius(p_lower, noise.sigma))
 
 
+def check_noise_dim(x: torch.Tensor, noise: Noise) -> None:
+    """A generalized-Gaussian P draws ‖δ‖ from its own d and certifies with d's radius: d must be x's
+    dimension, or both the draws and the radius belong to another space."""
+    d = getattr(noise, "d", None)
+    if d is not None and d != x.numel():
+        raise CertifyNetError(f"{{noise}} has input dimension d={d}, but x has {x.numel()} values "
+                              f"(shape {tuple(x.shape)}): the radius holds only for noise of x's dimension", "noise")
+
+
 class Smooth:
     """Cohen et al.'s smoothed classifier g(x) = argmax_c P(f(x+δ) = c), δ ~ P (module doc for P).
 
@@ -58,6 +67,8 @@ class Smooth:
         self.noise = smoothing_noise(sigma, noise)
         self.sigma = self.noise.sigma
         self.num_classes = int(num_classes)
+        if self.num_classes < 1:
+            raise CertifyNetError(f"{{num_classes}} must be >= 1, got {num_classes}", "num_classes")
         self._model, self._device, self._amp, self._cl, self._opt = model, device, amp, channels_last, optimize
         self._graph = cuda_graph
         self._sampler = None
@@ -83,6 +94,7 @@ class Smooth:
             raise CertifyNetError(f"{{n0}} must be >= 1: ĉ_A is the top class of the n0 selection draws, got {n0}",
                                   "n0")
         check_finite_input(x)
+        check_noise_dim(x, self.noise)
         s = self._sampler_for(batch)
         c_hat = int(s.counts(x, self.noise, n0, self._gen(STREAM_SELECT)).argmax())
         count = int(s.counts(x, self.noise, n, self._gen(STREAM_P))[c_hat])
@@ -97,5 +109,6 @@ class Smooth:
         check_alpha(alpha)
         check_sample_sizes(0, n, names=("n0", "n"))
         check_finite_input(x)
+        check_noise_dim(x, self.noise)
         counts = self._sampler_for(batch).counts_np(x, self.noise, n, self._gen(STREAM_P))
         return predict_from_counts(counts, alpha)[0]
