@@ -12,6 +12,7 @@ from certifynet.cli import certify, run_shards, train
 from certifynet.errors import CertifyNetError
 from certifynet.noise import GeneralizedGaussianNoise
 from certifynet.sampling import Smooth
+
 from helpers import LinearBinary
 
 
@@ -91,3 +92,12 @@ def test_certify_refuses_control_characters_in_label(tmp_path, capsys, label):
     assert rc == 2 and one_error_line(err, "--label"), err
     assert os.listdir(tmp_path) == []
 
+
+
+def test_smooth_refuses_a_batch_that_can_never_fit(one_thread, monkeypatch):
+    """batch=10¹² asked torch for 3 PB and ended in a RuntimeError from its allocator."""
+    monkeypatch.setenv("CERTIFYNET_MEMORY_BYTES", str(2 ** 30))
+    model = LinearBinary(784)
+    smooth = Smooth(model, 2, sigma=0.25, device="cpu")
+    with pytest.raises(CertifyNetError, match="batch asks for"):
+        smooth.certify(model.point_at(0.5, (1, 28, 28)), 10, 100, 0.001, batch=10 ** 12)

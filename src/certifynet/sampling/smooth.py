@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from certifynet.bounds import check_batch_memory
 from certifynet.certify import cp_lower, np_radius, predict_from_counts
 from certifynet.certify.dsrs import generalized_np_radius
 from certifynet.certify.outcome import ABSTAIN
@@ -55,6 +56,14 @@ def check_noise_dim(x: torch.Tensor, noise: Noise) -> None:
                               f"(shape {tuple(x.shape)}): the radius holds only for noise of x's dimension", "noise")
 
 
+def check_call(x: torch.Tensor, noise: Noise, batch) -> None:
+    """x finite, of the noise's dimension, and `batch` noisy copies of it that fit in memory (before sampling)."""
+    check_finite_input(x)
+    check_noise_dim(x, noise)
+    if isinstance(batch, int) and batch >= 1:  # the Sampler names a batch < 1 itself
+        check_batch_memory(batch, x.numel())
+
+
 class Smooth:
     """Cohen et al.'s smoothed classifier g(x) = argmax_c P(f(x+δ) = c), δ ~ P (module doc for P).
 
@@ -93,8 +102,7 @@ class Smooth:
         if n0 < 1:
             raise CertifyNetError(f"{{n0}} must be >= 1: ĉ_A is the top class of the n0 selection draws, got {n0}",
                                   "n0")
-        check_finite_input(x)
-        check_noise_dim(x, self.noise)
+        check_call(x, self.noise, batch)
         s = self._sampler_for(batch)
         c_hat = int(s.counts(x, self.noise, n0, self._gen(STREAM_SELECT)).argmax())
         count = int(s.counts(x, self.noise, n, self._gen(STREAM_P))[c_hat])
@@ -108,7 +116,6 @@ class Smooth:
         (then −1); returns a class other than g(x) with probability ≤ α."""
         check_alpha(alpha)
         check_sample_sizes(0, n, names=("n0", "n"))
-        check_finite_input(x)
-        check_noise_dim(x, self.noise)
+        check_call(x, self.noise, batch)
         counts = self._sampler_for(batch).counts_np(x, self.noise, n, self._gen(STREAM_P))
         return predict_from_counts(counts, alpha)[0]
