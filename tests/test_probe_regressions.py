@@ -101,3 +101,23 @@ def test_smooth_refuses_a_batch_that_can_never_fit(one_thread, monkeypatch):
     smooth = Smooth(model, 2, sigma=0.25, device="cpu")
     with pytest.raises(CertifyNetError, match="batch asks for"):
         smooth.certify(model.point_at(0.5, (1, 28, 28)), 10, 100, 0.001, batch=10 ** 12)
+
+
+@pytest.mark.parametrize("count, n, sigma", [(12, 10, 0.25), (10.9, 11, 0.25), (-1, 10, 0.25), (5, 0, 0.25),
+                                             (10, 10, 0.0), (10, 10, -1.0), (10, 10, float("nan"))])
+def test_certify_from_counts_refuses_impossible_counts(count, n, sigma):
+    """count > n gave (abstain=False, p̲=nan, R=0); a fractional count 10.9 of 11 certified p̲ = 0.520 (a bound
+    for hits that were not drawn); σ ≤ 0 gave R = 0 silently. Each is refused, naming the argument."""
+    from certifynet.certify import certify_from_counts
+    with pytest.raises(CertifyNetError, match="count|sigma"):
+        certify_from_counts(count, n, sigma, 0.001)
+
+
+def test_certify_from_counts_whole_counts_unchanged():
+    """The control: numpy integers and floats holding whole numbers certify as before."""
+    import numpy as np
+
+    from certifynet.certify import certify_from_counts
+    assert certify_from_counts(np.int64(10), np.int64(10), 0.25, 0.001) == certify_from_counts(10.0, 10, 0.25, 0.001)
+    abstain, p_low, radius = certify_from_counts(10, 10, 0.25, 0.001)
+    assert not abstain and abs(p_low - 0.001 ** 0.1) < 1e-9 and radius > 0
