@@ -121,3 +121,22 @@ def test_certify_from_counts_whole_counts_unchanged():
     assert certify_from_counts(np.int64(10), np.int64(10), 0.25, 0.001) == certify_from_counts(10.0, 10, 0.25, 0.001)
     abstain, p_low, radius = certify_from_counts(10, 10, 0.25, 0.001)
     assert not abstain and abs(p_low - 0.001 ** 0.1) < 1e-9 and radius > 0
+
+
+@pytest.mark.parametrize("kw", [{"n": 1000.7}, {"n0": True}, {"batch": 2.5}, {"n": "1000"}])
+def test_smooth_refuses_sample_sizes_that_are_not_whole(one_thread, kw):
+    """n = 1000.7 drew 1000 samples and bounded p̲_A as if 1000.7 had been drawn; n0=True and batch=2.5 were
+    taken as 1 and 2."""
+    model = LinearBinary(784)
+    args = {"n0": 10, "n": 1000, "alpha": 0.001, "batch": 100, **kw}
+    with pytest.raises(CertifyNetError, match="must be a whole number"):
+        Smooth(model, 2, sigma=0.25, device="cpu").certify(model.point_at(0.5, (1, 28, 28)), **args)
+
+
+def test_smooth_takes_numpy_integers(one_thread):
+    """The control: numpy integers (numbers.Integral) are whole numbers."""
+    import numpy as np
+    model = LinearBinary(784)
+    label, _ = Smooth(model, 2, sigma=0.25, device="cpu").certify(model.point_at(0.5, (1, 28, 28)), np.int64(10),
+                                                                  np.int64(200), 0.001, batch=np.int64(100))
+    assert label in (1, -1)

@@ -9,6 +9,8 @@ from: σΦ⁻¹(p̲_A) for the Gaussian, `certify.dsrs.generalized_np_radius` fo
 """
 from __future__ import annotations
 
+import numbers
+
 import torch
 
 from certifynet.bounds import check_batch_memory
@@ -56,6 +58,13 @@ def check_noise_dim(x: torch.Tensor, noise: Noise) -> None:
                               f"(shape {tuple(x.shape)}): the radius holds only for noise of x's dimension", "noise")
 
 
+def check_whole(**values) -> None:
+    """Sample sizes are whole numbers (n = 1000.7 entered Clopper–Pearson as 1000.7 trials of 1000 draws)."""
+    for name, v in values.items():
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not float(v).is_integer():
+            raise CertifyNetError(f"{{{name}}} must be a whole number, got {v!r}", name)
+
+
 def check_call(x: torch.Tensor, noise: Noise, batch) -> None:
     """x finite, of the noise's dimension, and `batch` noisy copies of it that fit in memory (before sampling)."""
     check_finite_input(x)
@@ -98,6 +107,7 @@ class Smooth:
         """CERTIFY: ĉ_A from n0 selection draws, p̲_A = CP_lower(count; n, α) from n fresh draws; with
         probability ≥ 1 − α, (ĉ_A, R) with g constant on the ball of radius R, or (−1, 0.0) when p̲_A < ½."""
         check_alpha(alpha)
+        check_whole(n0=n0, n=n, batch=batch)
         check_sample_sizes(n0, n, names=("n0", "n"))
         if n0 < 1:
             raise CertifyNetError(f"{{n0}} must be >= 1: ĉ_A is the top class of the n0 selection draws, got {n0}",
@@ -115,6 +125,7 @@ class Smooth:
         """PREDICT: the top class of n draws unless the binomial test of its count vs the runner-up's has p > α
         (then −1); returns a class other than g(x) with probability ≤ α."""
         check_alpha(alpha)
+        check_whole(n=n, batch=batch)
         check_sample_sizes(0, n, names=("n0", "n"))
         check_call(x, self.noise, batch)
         counts = self._sampler_for(batch).counts_np(x, self.noise, n, self._gen(STREAM_P))
