@@ -21,7 +21,7 @@ from scipy.special import betainc, betaincc
 from scipy.stats import beta, binomtest, norm
 
 from certifynet.certify.outcome import ABSTAIN
-from certifynet.errors import CertifyNetError, check_alpha
+from certifynet.errors import CertifyNetError, check_alpha, check_sigma
 
 # Relative safety margin applied to radii: larger than any rounding error of Φ⁻¹ in double precision.
 _RADIUS_REL_MARGIN = 1e-12
@@ -104,11 +104,24 @@ def np_radius(p_lower, sigma):
     return float(r) if r.ndim == 0 else r
 
 
+def _whole(v) -> bool:
+    try:
+        return float(v).is_integer() and not isinstance(v, bool)
+    except (TypeError, ValueError, OverflowError):
+        return False
+
+
 def certify_from_counts(count: int, n: int, sigma: float, alpha: float):
     """Cohen CERTIFY step 3–4 on the estimation counts of the selected class ĉ_A.
 
-    Returns (abstain, p̲_A, R): abstain when p̲_A < ½, else R = σ·Φ⁻¹(p̲_A).
+    Returns (abstain, p̲_A, R): abstain when p̲_A < ½, else R = σ·Φ⁻¹(p̲_A). The count is a whole number
+    of hits in [0, n] (a fractional count, e.g. p̂·n, would be bounded as if more draws had hit).
     """
+    check_alpha(alpha)
+    check_sigma(sigma)
+    if not (_whole(n) and n >= 1 and _whole(count) and 0 <= count <= n):
+        raise CertifyNetError(f"{{count}} must be a whole number of hits in [0, {{n}}] with {{n}} >= 1, got "
+                              f"count={count}, n={n}", "count", "n")
     p_low = cp_lower(count, n, alpha)
     if p_low < 0.5:
         return True, p_low, 0.0

@@ -24,6 +24,7 @@ import sys
 import threading
 import time
 
+from certifynet.bounds import MAX_WORKERS
 from certifynet.cli import CliParser, HelpFormatter, one_line_errors
 from certifynet.errors import CertifyNetError
 from certifynet.paths import check_output_file, default_path
@@ -216,6 +217,11 @@ def check_args(args, cmd) -> None:
         raise CertifyNetError(f"{{shards}} must be >= 1, got {n}", "shards")
     if args.jobs is not None and args.jobs < 1:
         raise CertifyNetError(f"{{jobs}} must be >= 1, got {args.jobs}", "jobs")
+    jobs = args.jobs if args.jobs is not None else n
+    if jobs > MAX_WORKERS:  # each shard is a Python process that imports torch
+        given = "{jobs}" if args.jobs is not None else "{jobs} (default: {shards})"
+        raise CertifyNetError(f"{given} {jobs:,} shard processes at once cannot run (at most {MAX_WORKERS}); "
+                              f"give a smaller {{jobs}}", "jobs", "shards")
     bad = [i for i in args.only or [] if not 0 <= i < n]
     if bad:
         raise CertifyNetError(f"{{only}} {bad[0]}: shard numbers run from 0 to {n - 1}", "only")

@@ -120,6 +120,9 @@ class SamplingConfig:
 
     def __post_init__(self):
         self.given = tuple(sorted(set(self.given)))
+        if self.label is not None and any(not ch.isprintable() for ch in self.label):  # one table cell, one line
+            raise CertifyNetError(f"{{label}} must be printable text (no newline, tab or control character), got "
+                                  f"{self.label!r}", "label")
 
     # ---- construction and spelling
     @classmethod

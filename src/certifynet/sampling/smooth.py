@@ -9,8 +9,11 @@ from: σΦ⁻¹(p̲_A) for the Gaussian, `certify.dsrs.generalized_np_radius` fo
 """
 from __future__ import annotations
 
+import numbers
+
 import torch
 
+from certifynet.bounds import check_batch_memory
 from certifynet.certify import cp_lower, np_radius, predict_from_counts
 from certifynet.certify.dsrs import generalized_np_radius
 from certifynet.certify.outcome import ABSTAIN
@@ -46,6 +49,30 @@ def noise_radius(p_lower: float, noise: Noise) -> float:
     return float(np_radius(p_lower, noise.sigma))
 
 
+def check_noise_dim(x: torch.Tensor, noise: Noise) -> None:
+    """A generalized-Gaussian P draws ‖δ‖ from its own d and certifies with d's radius: d must be x's
+    dimension, or both the draws and the radius belong to another space."""
+    d = getattr(noise, "d", None)
+    if d is not None and d != x.numel():
+        raise CertifyNetError(f"{{noise}} has input dimension d={d}, but x has {x.numel()} values "
+                              f"(shape {tuple(x.shape)}): the radius holds only for noise of x's dimension", "noise")
+
+
+def check_whole(**values) -> None:
+    """Sample sizes are whole numbers (n = 1000.7 entered Clopper–Pearson as 1000.7 trials of 1000 draws)."""
+    for name, v in values.items():
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not float(v).is_integer():
+            raise CertifyNetError(f"{{{name}}} must be a whole number, got {v!r}", name)
+
+
+def check_call(x: torch.Tensor, noise: Noise, batch) -> None:
+    """x finite, of the noise's dimension, and `batch` noisy copies of it that fit in memory (before sampling)."""
+    check_finite_input(x)
+    check_noise_dim(x, noise)
+    if isinstance(batch, int) and batch >= 1:  # the Sampler names a batch < 1 itself
+        check_batch_memory(batch, x.numel())
+
+
 class Smooth:
     """Cohen et al.'s smoothed classifier g(x) = argmax_c P(f(x+δ) = c), δ ~ P (module doc for P).
 
@@ -58,6 +85,8 @@ class Smooth:
         self.noise = smoothing_noise(sigma, noise)
         self.sigma = self.noise.sigma
         self.num_classes = int(num_classes)
+        if self.num_classes < 1:
+            raise CertifyNetError(f"{{num_classes}} must be >= 1, got {num_classes}", "num_classes")
         self._model, self._device, self._amp, self._cl, self._opt = model, device, amp, channels_last, optimize
         self._graph = cuda_graph
         self._sampler = None
@@ -78,11 +107,12 @@ class Smooth:
         """CERTIFY: ĉ_A from n0 selection draws, p̲_A = CP_lower(count; n, α) from n fresh draws; with
         probability ≥ 1 − α, (ĉ_A, R) with g constant on the ball of radius R, or (−1, 0.0) when p̲_A < ½."""
         check_alpha(alpha)
+        check_whole(n0=n0, n=n, batch=batch)
         check_sample_sizes(n0, n, names=("n0", "n"))
         if n0 < 1:
             raise CertifyNetError(f"{{n0}} must be >= 1: ĉ_A is the top class of the n0 selection draws, got {n0}",
                                   "n0")
-        check_finite_input(x)
+        check_call(x, self.noise, batch)
         s = self._sampler_for(batch)
         c_hat = int(s.counts(x, self.noise, n0, self._gen(STREAM_SELECT)).argmax())
         count = int(s.counts(x, self.noise, n, self._gen(STREAM_P))[c_hat])
@@ -95,7 +125,8 @@ class Smooth:
         """PREDICT: the top class of n draws unless the binomial test of its count vs the runner-up's has p > α
         (then −1); returns a class other than g(x) with probability ≤ α."""
         check_alpha(alpha)
+        check_whole(n=n, batch=batch)
         check_sample_sizes(0, n, names=("n0", "n"))
-        check_finite_input(x)
+        check_call(x, self.noise, batch)
         counts = self._sampler_for(batch).counts_np(x, self.noise, n, self._gen(STREAM_P))
         return predict_from_counts(counts, alpha)[0]
