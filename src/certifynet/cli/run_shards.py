@@ -217,11 +217,9 @@ def check_args(args, cmd) -> None:
         raise CertifyNetError(f"{{shards}} must be >= 1, got {n}", "shards")
     if args.jobs is not None and args.jobs < 1:
         raise CertifyNetError(f"{{jobs}} must be >= 1, got {args.jobs}", "jobs")
-    jobs = args.jobs if args.jobs is not None else n
-    if jobs > MAX_WORKERS:  # each shard is a Python process that imports torch
-        given = "{jobs}" if args.jobs is not None else "{jobs} (default: {shards})"
-        raise CertifyNetError(f"{given} {jobs:,} shard processes at once cannot run (at most {MAX_WORKERS}); "
-                              f"give a smaller {{jobs}}", "jobs", "shards")
+    if args.jobs is not None and args.jobs > MAX_WORKERS:  # each shard is a Python process that imports torch
+        raise CertifyNetError(f"{{jobs}} {args.jobs:,}: that many shard processes at once cannot run "
+                              f"(at most {MAX_WORKERS}; the default is one per CPU core)", "jobs")
     bad = [i for i in args.only or [] if not 0 <= i < n]
     if bad:
         raise CertifyNetError(f"{{only}} {bad[0]}: shard numbers run from 0 to {n - 1}", "only")
