@@ -141,3 +141,15 @@ def test_smooth_takes_numpy_integers(one_thread):
     label, _ = Smooth(model, 2, sigma=0.25, device="cpu").certify(model.point_at(0.5, (1, 28, 28)), np.int64(10),
                                                                   np.int64(200), 0.001, batch=np.int64(100))
     assert label in (1, -1)
+
+
+# ----------------------------------------------------------------------------------- wrong refusals of valid runs
+def test_a_resume_that_names_the_same_normalization_another_way_is_the_same_run():
+    """`sample.py ... --normalization identity` resuming a run of a checkpoint whose mean/std are 0/1 was refused
+    as 'a different normalization': only the name differed. Other values are still another run."""
+    from certifynet.records.guard import settings_conflicts
+    ckpt = {"normalization": {"kind": "checkpoint", "mean": [0.0], "std": [1.0]}, "sigma": 0.25}
+    same = {"normalization": {"kind": "identity", "mean": [0], "std": [1.0]}, "sigma": 0.25}
+    other = {"normalization": {"kind": "custom", "mean": [0.5], "std": [1.0]}, "sigma": 0.25}
+    assert settings_conflicts(ckpt, same) == []
+    assert settings_conflicts(ckpt, other) == ["normalization"]

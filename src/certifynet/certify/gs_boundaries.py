@@ -120,7 +120,8 @@ def _largest_level(boundary_of, crossing_of, alpha: float, lo: float, hi: float)
             break
         lo *= 0.1
     else:
-        raise CertifyNetError(f"no boundary level keeps the crossing probability at or below alpha={alpha}")
+        raise CertifyNetError(f"no boundary level keeps the crossing probability at or below {{alpha}} = {alpha:g}",
+                              "alpha")
     while hi > lo * (1.0 + LEVEL_REL_TOL):
         mid = math.sqrt(lo * hi)
         b_mid, c_mid = evaluate(mid)

@@ -54,7 +54,8 @@ def _explicit(spec, dataset: str) -> tuple[Values, Values]:
     c = _channels(dataset)
     if (len(mean) not in (1, c) or len(std) not in (1, c) or not all(0 < s < math.inf for s in std)
             or not all(math.isfinite(m) for m in mean)):  # NaN/inf would reach the model as its first layer
-        raise CertifyNetError(f"normalization mean/std need 1 or {c} finite values (std > 0) for {dataset}, "
+        counts = "1 finite value" if c == 1 else f"1 or {c} finite values"
+        raise CertifyNetError(f"normalization mean/std need {counts} each (std > 0) for {dataset}, "
                               f"got {list(mean)}/{list(std)}")
     return mean, std
 

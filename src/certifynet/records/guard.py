@@ -87,9 +87,22 @@ def same_value(a, b) -> bool:
     return canonical(a) == canonical(b)
 
 
+# Sub-keys that only name a setting: the normalisation 'identity' and the checkpoint's mean 0 / std 1 are one
+# normalisation, so a resume that spells it another way is the same run.
+NAMES_ONLY = {"normalization": ("kind",)}
+
+
+def _effect(key: str, value):
+    drop = NAMES_ONLY.get(key)
+    if drop and isinstance(value, dict):
+        return {k: v for k, v in value.items() if k not in drop}
+    return value
+
+
 def settings_conflicts(old: dict, new: dict, ignore: Iterable[str] = ()) -> list[str]:
     """The keys (sorted) on which two settings dicts disagree, `ignore`d keys aside; [] when they agree."""
-    return [k for k in sorted((set(old) | set(new)) - set(ignore)) if not same_value(old.get(k), new.get(k))]
+    return [k for k in sorted((set(old) | set(new)) - set(ignore))
+            if not same_value(_effect(k, old.get(k)), _effect(k, new.get(k)))]
 
 
 def describe_changes(old: dict, new: dict, keys: Iterable[str]) -> str:
