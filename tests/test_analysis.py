@@ -551,3 +551,33 @@ def test_logs_without_pa_lower_get_a_note_and_no_figure(tmp_path, ours):
     report = (out / "report.md").read_text()
     assert "No log records p̲_A (column `pA_lower`" in report and "pA_lower.png" not in report
     assert not (out / "pA_lower.png").exists() and analysis.plot_pa_lower(analysis.read_logs([ours]), out / "x") is None
+
+
+def test_every_legend_of_a_multi_panel_figure_stays_on_the_figure(tmp_path):
+    """The quickstart's σ = 1 panel drew its long-labelled legend inside the axes, past the figure's right edge
+    (cut off in the README's figure). Every legend now lies within the figure and overlaps no other panel."""
+    from certifynet.analysis.plots import certified_accuracy_figure
+    paths = []
+    for sigma, names in ((0.25, ["NP σ=0.25 N=2000", "DSRS σ=0.25 N=1000+1000", "ISS-NP σ=0.25 ε=0.05",
+                                 "ISS-DSRS σ=0.25 ε=0.05", "Sequential σ=0.25 cap N=2000"]),
+                         (0.5, ["clean LeNet σ=0.5 N=200", "clean LeNet + DRUNet σ=0.5 N=200",
+                                "clean LeNet + DDPM σ=0.5 N=200"]),
+                         (1.0, ["clean LeNet σ=1.0 N=200", "clean LeNet + DRUNet σ=1.0 N=200",
+                                "clean LeNet + DDPM σ=1.0 N=200"])):
+        for j, name in enumerate(names):
+            rows = [(i, i % 10, i % 10, round(0.1 * ((i + j) % 9), 3), 1, 0.1, 100) for i in range(30)]
+            paths.append((write_log(tmp_path / f"{sigma}_{j}.tsv", rows, meta={"method": "np", "sigma": sigma}), name))
+    fig = certified_accuracy_figure(analysis.read_logs([p for p, _ in paths], [n for _, n in paths]))
+    fig.canvas.draw()  # places the 'best' legends
+    renderer = fig.canvas.get_renderer()
+    fig_box = fig.bbox
+    axes = [ax for ax in fig.axes if ax.get_visible()]
+    for ax in axes:
+        box = ax.get_legend().get_window_extent(renderer)
+        assert fig_box.x0 - 1 <= box.x0 and box.x1 <= fig_box.x1 + 1 and box.y0 >= fig_box.y0 - 1, ax.get_title()
+        own = ax.get_window_extent(renderer)
+        if box.overlaps(own):  # a legend drawn on its panel fits inside it
+            assert own.x0 - 1 <= box.x0 and box.x1 <= own.x1 + 1, ax.get_title()
+        for other in axes:
+            if other is not ax:
+                assert not box.overlaps(other.get_window_extent(renderer)), (ax.get_title(), other.get_title())

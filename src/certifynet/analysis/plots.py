@@ -132,19 +132,30 @@ def _draw_curves(ax, grid, curves, styles, colours, labels, lw_top=1.2):
                 label=label)
 
 
-def _finish_accuracy_axes(ax, grid, curves, hp_rho, title):
-    """Labels, limits, grid, title; the legend inside where it fits (≤ 4 entries), else beside the axes."""
+LEGEND_INSIDE_CHARS = 24   # longer labels would overflow a 4-inch panel's inside legend (7.5 pt)
+
+
+def _finish_accuracy_axes(ax, grid, curves, hp_rho, title, below: bool = False) -> int:
+    """Labels, limits, grid, title; the legend inside where it fits (≤ 4 short entries), else beside the axes,
+    or below them with `below` (multi-panel figures: no legend runs over the next panel or off the figure).
+    Returns the number of legend rows placed below the axes (0 otherwise)."""
     ax.set_xlabel("radius (ℓ2)")
     ax.set_xlim(0.0, grid[-1])
     ax.set_ylim(min(0.0, float(np.min(curves))), 1.02)
     ax.grid(alpha=0.3)
-    if len(ax.get_legend_handles_labels()[0]) <= 4:
+    labels = ax.get_legend_handles_labels()[1]
+    rows = 0
+    if len(labels) <= 4 and max(map(len, labels), default=0) <= LEGEND_INSIDE_CHARS:
         ax.legend(loc="best", framealpha=0.85)
+    elif below:
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), borderaxespad=0.0, frameon=False)
+        rows = len(labels)
     else:
         ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
     ax.set_title(title)
     if ax.get_subplotspec().is_first_col():
         ax.set_ylabel("certified accuracy" + (" (high-probability)" if hp_rho is not None else ""))
+    return rows
 
 
 def plot_certified_accuracy(logs: Sequence[CertifyLog], out_stem, *, title: str | None = None,
@@ -167,6 +178,7 @@ def certified_accuracy_figure(logs: Sequence[CertifyLog], *, title: str | None =
         panels.setdefault(key(log), []).append(log)
     order = sorted(panels, key=lambda v: (v is None, v)) if not grouped else list(panels)
     fig, axes = _new_figure(len(order), width=6.0 if grouped else 4.0)
+    below_rows = 0
     for ax, value in zip(axes, order):
         members = panels[value]
         grid, curves = _step_curves(members, hp_rho, alpha)
@@ -188,7 +200,11 @@ def certified_accuracy_figure(logs: Sequence[CertifyLog], *, title: str | None =
             _draw_curves(ax, grid, curves, [styles.line(log) for log in members],
                          [styles.colour(log) for log in members], [log.label for log in members])
             panel_title = _sigma_title(value)
-        _finish_accuracy_axes(ax, grid, curves, hp_rho, panel_title)
+        below_rows = max(below_rows, _finish_accuracy_axes(ax, grid, curves, hp_rho, panel_title,
+                                                           below=len(order) > 1))
+    if below_rows:  # room for the legends under the panels, the axes keeping their height
+        w, h = fig.get_size_inches()
+        fig.set_size_inches(w, h + 0.15 + 0.16 * below_rows)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
