@@ -148,7 +148,7 @@ def _finish_accuracy_axes(ax, grid, curves, hp_rho, title, below: bool = False) 
     if len(labels) <= 4 and max(map(len, labels), default=0) <= LEGEND_INSIDE_CHARS:
         ax.legend(loc="best", framealpha=0.85)
     elif below:
-        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), borderaxespad=0.0, frameon=False)
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.25), borderaxespad=0.0, frameon=False)
         rows = len(labels)
     else:
         ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
@@ -204,7 +204,7 @@ def certified_accuracy_figure(logs: Sequence[CertifyLog], *, title: str | None =
                                                            below=len(order) > 1))
     if below_rows:  # room for the legends under the panels, the axes keeping their height
         w, h = fig.get_size_inches()
-        fig.set_size_inches(w, h + 0.15 + 0.16 * below_rows)
+        fig.set_size_inches(w, h + 0.25 + 0.16 * below_rows)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
