@@ -14,36 +14,36 @@ parameter names, so loading a published checkpoint (Cohen et al. `locuslab/smoot
 from __future__ import annotations
 
 from certifynet.models.architectures import (
-                                             ARCHITECTURES,
-                                             DEFAULT_DATASET,
-                                             MNIST43,
-                                             BasicBlock,
-                                             CifarResNet,
-                                             LeNet,
-                                             get_architecture,
-                                             unwrap_model,
+    ARCHITECTURES,
+    DEFAULT_DATASET,
+    MNIST43,
+    BasicBlock,
+    CifarResNet,
+    LeNet,
+    get_architecture,
+    unwrap_model,
 )
 from certifynet.models.checkpoint import (
-                                             CHECKPOINT_FORMAT,
-                                             SAFE_GLOBALS,
-                                             LoadedCheckpoint,
-                                             atomic_torch_save,
-                                             check_finite_weights,
-                                             file_sha256,
-                                             load_checkpoint,
-                                             plain,
-                                             read_checkpoint_file,
-                                             save_checkpoint,
-                                             write_checkpoint,
+    CHECKPOINT_FORMAT,
+    SAFE_GLOBALS,
+    LoadedCheckpoint,
+    atomic_torch_save,
+    check_finite_weights,
+    file_sha256,
+    load_checkpoint,
+    plain,
+    read_checkpoint_file,
+    save_checkpoint,
+    write_checkpoint,
 )
 from certifynet.models.layouts import LAYOUTS, LEGACY_NAMES, infer_arch, match_state_dict
 from certifynet.models.normalization import (
-                                             NORMALIZATION,
-                                             NORMALIZATION_KINDS,
-                                             NormalizeLayer,
-                                             default_normalization,
-                                             parse_normalization,
-                                             resolve_normalization,
+    NORMALIZATION,
+    NORMALIZATION_KINDS,
+    NormalizeLayer,
+    default_normalization,
+    parse_normalization,
+    resolve_normalization,
 )
 
 __all__ = [

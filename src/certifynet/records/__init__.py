@@ -42,24 +42,24 @@ from certifynet.records.integrity import KEY_ENV, Digester, load_key
 from certifynet.records.lock import WriterLock, writer_active
 from certifynet.records.rowlog import RowLog, parse_log, read_rows
 from certifynet.records.selection import (
-                                          check_selection,
-                                          parse_shard,
-                                          select_indices,
-                                          select_rows,
-                                          shard_part,
-                                          shard_path,
+    check_selection,
+    parse_shard,
+    select_indices,
+    select_rows,
+    shard_part,
+    shard_path,
 )
 from certifynet.records.sidecar import (
-                                          CHECK_COLUMN,
-                                          INTEGRITY_IGNORE,
-                                          VOLATILE_META,
-                                          meta_conflict,
-                                          meta_path,
-                                          read_meta,
-                                          row_check,
-                                          settings_integrity,
-                                          verify_settings,
-                                          write_meta,
+    CHECK_COLUMN,
+    INTEGRITY_IGNORE,
+    VOLATILE_META,
+    meta_conflict,
+    meta_path,
+    read_meta,
+    row_check,
+    settings_integrity,
+    verify_settings,
+    write_meta,
 )
 
 __all__ = [

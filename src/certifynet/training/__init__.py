@@ -6,25 +6,25 @@ batching), `losses` (the formulas), `schedule` (warm-ups), `epoch_log` (log.csv 
 (the epochs and `train`), `ddp` (torchrun).
 """
 from certifynet.training.config import (
-                                        CHECKPOINT_NAME,
-                                        METHODS,
-                                        TrainConfig,
-                                        default_outdir,
-                                        prepare_config,
-                                        resolve_method,
-                                        warmup_unit,
+    CHECKPOINT_NAME,
+    METHODS,
+    TrainConfig,
+    default_outdir,
+    prepare_config,
+    resolve_method,
+    warmup_unit,
 )
 from certifynet.training.data import SUBSET_SEED, NoiseSource, load_datasets, make_loaders
 from certifynet.training.epoch_log import LOG_COLUMNS, LOG_NAME, META_NAME
 from certifynet.training.loop import evaluate_noisy, run_training, train, train_one_epoch
 from certifynet.training.loss_spec import LossSpec, split_batch
 from certifynet.training.losses import (
-                                        consistency_loss,
-                                        gaussian_loss,
-                                        smoothadv_loss,
-                                        smoothed_pgd_path,
-                                        smoothmix_adversarial_path,
-                                        smoothmix_loss,
+    consistency_loss,
+    gaussian_loss,
+    smoothadv_loss,
+    smoothed_pgd_path,
+    smoothmix_adversarial_path,
+    smoothmix_loss,
 )
 from certifynet.training.model import build_model, model_normalization
 from certifynet.training.schedule import k_at, smoothmix_warmup_weight
