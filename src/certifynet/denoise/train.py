@@ -51,7 +51,7 @@ from certifynet.models import load_checkpoint
 from certifynet.paths import check_output_folder, default_path
 from certifynet.progress import progress as progress_bar
 from certifynet.records import RowLog, WriterLock
-from certifynet.records.guard import change_records, check_run_log, describe_changes, same_value
+from certifynet.records.guard import check_run_log, resume_changes
 from certifynet.records.runlog import rewrite_log
 from certifynet.sampling import input_generator, resolve_device
 
@@ -192,14 +192,8 @@ def _set_up(opts: TrainOptions, spec: dict) -> _Run:
 def _resume_changes(raw: dict, resume_from: str, opts: TrainOptions) -> list[dict]:
     """The hyper-parameters that differ from the checkpoint's `args`: refused naming them unless `force`."""
     args = raw.get("args") if isinstance(raw.get("args"), dict) else {}
-    new = dataclasses.asdict(opts)
-    keys = [k for k in HYPER_PARAMETERS if k in args and not same_value(args[k], new[k])]
-    if keys and not opts.force:
-        raise CertifyNetError(f"{{resume}} '{resume_from}' was trained with other hyper-parameters "
-                              f"({describe_changes(args, new, keys)}); resume with the same ones, or pass {{force}} "
-                              f"to continue with the new ones (the change is recorded in the log's sidecar)",
-                              "resume", "force")
-    return change_records(args, new, keys, epoch=int(raw.get("epoch") or 0))
+    return resume_changes(args, dataclasses.asdict(opts), HYPER_PARAMETERS, force=opts.force, path=resume_from,
+                          recorded_in="the log's sidecar", epoch=int(raw.get("epoch") or 0))
 
 
 def _resume(run: _Run, resume_from: str | None, raw: dict | None) -> int:

@@ -116,6 +116,19 @@ def change_records(old: dict, new: dict, keys: Iterable[str], **where) -> list[d
     return [{"field": k, "was": old.get(k), "now": new.get(k), "at": at, **where} for k in keys]
 
 
+def resume_changes(old: dict, new: dict, names: Iterable[str], *, force: bool, path: str, recorded_in: str,
+                   epoch: int) -> list[dict]:
+    """A resume's hyper-parameters (`names`) that differ from those the checkpoint was trained with (`old`):
+    refused, naming them, unless `force`; then the records of the changes (`change_records`, at `epoch`)."""
+    keys = [k for k in names if k in old and not same_value(old[k], new[k])]
+    if keys and not force:
+        raise CertifyNetError(f"{{resume}} '{path}' was trained with other hyper-parameters "
+                              f"({describe_changes(old, new, keys)}); resume with the same ones, or pass {{force}} "
+                              f"to continue with the new ones (the change is recorded in {recorded_in})",
+                              "resume", "force")
+    return change_records(old, new, keys, epoch=epoch)
+
+
 # ---------------------------------------------------------------- files with a sidecar
 def read_sidecar(path: str, sidecar: str | None = None) -> dict | None:
     """The sidecar of `path` (None when absent); a sidecar that is not a JSON object is an error."""

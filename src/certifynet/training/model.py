@@ -25,7 +25,7 @@ from certifynet.models import (
     resolve_normalization,
     save_checkpoint,
 )
-from certifynet.records.guard import change_records, describe_changes, same_value
+from certifynet.records.guard import resume_changes as guarded_resume_changes
 from certifynet.training import ddp
 from certifynet.training.config import CHECKPOINT_NAME, SIGMA, TrainConfig
 
@@ -73,14 +73,8 @@ def resume_changes(ck: Checkpoint, cfg: TrainConfig) -> list[dict]:
     """The hyper-parameters of `cfg` that differ from those the checkpoint was trained with (its `args`):
     refused, naming them, unless ``cfg.force``; then the records of the changes (for log.meta.json)."""
     args = ck.raw.get("args") if isinstance(ck.raw.get("args"), dict) else {}
-    new = cfg.as_dict()
-    keys = [k for k in HYPER_PARAMETERS if k in args and not same_value(args[k], new[k])]
-    if keys and not cfg.force:
-        raise CertifyNetError(f"{{resume}} '{ck.path}' was trained with other hyper-parameters "
-                              f"({describe_changes(args, new, keys)}); resume with the same ones, or pass {{force}} "
-                              f"to continue with the new ones (the change is recorded in log.meta.json)",
-                              "resume", "force")
-    return change_records(args, new, keys, epoch=ck.epoch)
+    return guarded_resume_changes(args, cfg.as_dict(), HYPER_PARAMETERS, force=cfg.force, path=ck.path,
+                                  recorded_in="log.meta.json", epoch=ck.epoch)
 
 
 def model_normalization(model: nn.Module) -> dict | None:
