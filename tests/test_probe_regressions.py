@@ -153,3 +153,12 @@ def test_a_resume_that_names_the_same_normalization_another_way_is_the_same_run(
     other = {"normalization": {"kind": "custom", "mean": [0.5], "std": [1.0]}, "sigma": 0.25}
     assert settings_conflicts(ckpt, same) == []
     assert settings_conflicts(ckpt, other) == ["normalization"]
+
+
+@pytest.mark.parametrize("counts", [[5, -3], [2.5, 1], [float("nan"), 1], ["a", "b"]])
+def test_predict_from_counts_refuses_impossible_counts(counts):
+    """A negative count reached scipy's binomial test and ended in its ValueError."""
+    from certifynet.certify import predict_from_counts
+    with pytest.raises(CertifyNetError, match="whole numbers >= 0"):
+        predict_from_counts(counts, 0.001)
+    assert predict_from_counts([5, 0, 3], 0.5).n1 == 5  # control: whole counts as before

@@ -159,6 +159,9 @@ def top_two(counts) -> tuple[int, int, int]:
     counts = np.asarray(counts)
     if counts.ndim != 1 or counts.size == 0:
         raise CertifyNetError(f"PREDICT needs a non-empty 1-D vector of class counts, got shape {counts.shape}")
+    if not (np.issubdtype(counts.dtype, np.number) and np.all(np.isfinite(counts)) and np.all(counts >= 0)
+            and np.all(counts == np.floor(counts))):
+        raise CertifyNetError(f"PREDICT needs class counts that are whole numbers >= 0, got {counts.tolist()}")
     c1 = int(np.argmax(counts))
     n2 = int(np.max(np.delete(counts, c1))) if counts.size > 1 else 0
     return c1, int(counts[c1]), n2
