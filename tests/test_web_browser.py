@@ -73,8 +73,12 @@ def server(app_root):
 
 
 def _wait_for(driver, condition, timeout=120):
+    """Poll `condition` until it holds. A page that reloads itself (a running job's page) may replace an element
+    between finding it and reading it: that poll is retried, on any machine speed."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
-    return WebDriverWait(driver, timeout, poll_frequency=0.2).until(condition)
+    return WebDriverWait(driver, timeout, poll_frequency=0.2,
+                         ignored_exceptions=(NoSuchElementException, StaleElementReferenceException)).until(condition)
 
 
 def _by_id(driver, element_id, timeout=60):

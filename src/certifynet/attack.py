@@ -231,7 +231,7 @@ def audited_rows(rows, start: int = 0, end: int | None = None) -> int:
 def certified_targets(rows, eps_scale: float = 1.0) -> list:
     """(idx, label, certified class c, radius R, ε = R·eps_scale) for the rows of a certify log with c ≥ 0, R > 0."""
     if not (math.isfinite(eps_scale) and eps_scale > 0):
-        raise CertifyNetError(f"--eps-scale must be a finite number > 0, got {eps_scale}")
+        raise CertifyNetError(f"{{eps_scale}} must be a finite number > 0, got {eps_scale}", "eps_scale")
     out = []
     for r in rows:
         c, radius = int(float(r["predict"])), float(r["radius"])

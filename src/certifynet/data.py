@@ -126,8 +126,8 @@ def _torchvision(name: str, split: str, data_dir: str, download: bool) -> Datase
     try:
         return cls(data_dir, train=train, download=download, transform=tf)
     except RuntimeError as e:
-        raise CertifyNetError(f"{name} not found under --data-dir '{data_dir}'; add --download to fetch it "
-                              f"or set --data-dir to where it lies") from e
+        raise CertifyNetError(f"{name} not found under {{data_dir}} '{data_dir}'; add {{download}} to fetch it "
+                              f"or set {{data_dir}} to where it lies", "data_dir", "download") from e
 
 
 def get_dataset(name: str, split: str, data_dir: str = "data", download: bool = False) -> Dataset:
@@ -199,5 +199,6 @@ def image_dataset(path: str, dataset: str, label: int = -1):
     x = image_tensor(read_image_array(path), dataset, f"image '{path}'")
     k = dataset_info(dataset).num_classes
     if not -1 <= int(label) < k:
-        raise CertifyNetError(f"--image-label must be -1 (unknown) or a class in [0, {k - 1}], got {label}")
+        raise CertifyNetError(f"{{image_label}} must be -1 (unknown) or a class in [0, {k - 1}], got {label}",
+                              "image_label")
     return TensorDataset(x.unsqueeze(0), torch.tensor([int(label)])), dataset_info(dataset)
