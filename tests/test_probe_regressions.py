@@ -162,3 +162,11 @@ def test_predict_from_counts_refuses_impossible_counts(counts):
     with pytest.raises(CertifyNetError, match="whole numbers >= 0"):
         predict_from_counts(counts, 0.001)
     assert predict_from_counts([5, 0, 3], 0.5).n1 == 5  # control: whole counts as before
+
+
+def test_a_sequential_alpha_the_rule_cannot_meet_is_refused_before_the_model_loads(tmp_path, capsys):
+    """certify.py --sequential --alpha 1e-300 loaded the model first and then failed in the calibration."""
+    rc, _, err = run(certify.main, ["--model", tmp_path / "absent.pth", "--sigma", "0.25", "--sequential",
+                                    "--radii", "0.1", "--alpha", "1e-300", "--out", tmp_path / "s.tsv"], capsys)
+    assert rc == 2 and one_error_line(err, "--alpha") and "boundary level" in err, err
+    assert not (tmp_path / "s.tsv").exists()

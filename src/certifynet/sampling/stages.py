@@ -18,7 +18,12 @@ from certifynet.sampling.certify_stage import log_columns, log_meta
 from certifynet.sampling.config import DEFAULT_OUT, SamplingConfig
 from certifynet.sampling.rows import nothing_to_do, run_rows
 from certifynet.sampling.run import item, open_run
-from certifynet.sampling.sequential import certify_sequential, sequential_certifier, sequential_params
+from certifynet.sampling.sequential import (
+    certify_sequential,
+    make_certifier,
+    sequential_certifier,
+    sequential_params,
+)
 
 PREDICT_COLUMNS = ["idx", "label", "predict", "correct", "time", "count1", "count2", "pvalue"]
 SEQUENTIAL_COLUMNS = ["idx", "label", "predict", "radius", "correct", "time", "pA_lower", "pA_upper", "n0", "n",
@@ -107,6 +112,10 @@ def check_sequential(config: SamplingConfig) -> None:
     check_radii(c.radii)
     check_schedule_length(c.N, c.batch)  # bounds.py: never build a schedule that cannot fit
     batch_schedule(c.N, c.batch)
+    c.check_sequential_and_estimate("certify")  # the rule's own options first, named as the user gave them
+    if c.dataset or not c.k:  # calibrate now (cached for the run): an α the rule cannot meet is refused up front
+        from certifynet.data import dataset_info
+        make_certifier(c, c.radii, dataset_info(c.dataset).dim if c.dataset else 2 * int(c.k or 0) + 1)
 
 
 def _rule_of(params: dict) -> str:
