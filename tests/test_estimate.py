@@ -7,7 +7,6 @@ import shlex
 import subprocess
 
 import pytest
-import torch
 
 from certifynet.cli import certify as certify_cli
 from certifynet.cli import parse
@@ -18,6 +17,8 @@ from certifynet.sampling import SamplingConfig, set_progress_hook
 from certifynet.sampling.config import format_duration, parse_time_limit
 from certifynet.sampling.estimate import HEADROOM, Estimate, estimate_run, submit_command
 
+from helpers import trained_lenet
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RADII = ["0.25", "0.5", "0.75", "1.0"]
 
@@ -26,24 +27,7 @@ RADII = ["0.25", "0.5", "0.75", "1.0"]
 def lenet(tmp_path_factory):
     """LeNet trained for one epoch on mnist5k with σ = 0.25 noise (a few seconds on CPU): digits from all-hit to
     abstaining, as in the quickstart."""
-    import torch.nn.functional as F
-
-    from certifynet.data import get_dataset
-    from certifynet.models import get_architecture, save_checkpoint
-    torch.manual_seed(0)
-    x, y = get_dataset("mnist5k", "train").tensors
-    model, gen = get_architecture("lenet", "mnist5k"), torch.Generator().manual_seed(0)
-    opt = torch.optim.Adam(model.parameters(), 1e-3)
-    perm = torch.randperm(len(x), generator=gen)
-    for k in range(0, len(x), 100):
-        b = perm[k:k + 100]
-        loss = F.cross_entropy(model(x[b] + 0.25 * torch.randn(x[b].shape, generator=gen)), y[b])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    path = str(tmp_path_factory.mktemp("model") / "lenet.pth")
-    save_checkpoint(path, model.eval(), arch="lenet", dataset="mnist5k", num_classes=10, sigma=0.25)
-    return path
+    return trained_lenet(tmp_path_factory.mktemp("model") / "lenet.pth")
 
 
 def _config(cli, argv) -> SamplingConfig:

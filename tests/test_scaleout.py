@@ -14,6 +14,8 @@ from certifynet.errors import CertifyNetError, CertifyNetWarning
 from certifynet.records import RowLog, parse_shard, read_meta, read_rows, select_indices, shard_path
 from certifynet.records.merge import describe, from_ranges, merge_files, to_ranges
 
+from helpers import trained_lenet
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SLURM = os.path.join(ROOT, "scripts", "slurm")
 CERTIFY = os.path.join(ROOT, "scripts", "certify.py")
@@ -393,25 +395,7 @@ def test_templates_run_locally(random_model, tmp_path):
 @pytest.fixture(scope="module")
 def trained_model(tmp_path_factory):
     """LeNet trained for one epoch on mnist5k with σ = 0.25 noise (a few seconds on CPU)."""
-    import torch
-    import torch.nn.functional as F
-
-    from certifynet.data import get_dataset
-    from certifynet.models import get_architecture, save_checkpoint
-    torch.manual_seed(0)
-    x, y = get_dataset("mnist5k", "train").tensors
-    model, gen = get_architecture("lenet", "mnist5k"), torch.Generator().manual_seed(0)
-    opt = torch.optim.Adam(model.parameters(), 1e-3)
-    perm = torch.randperm(len(x), generator=gen)
-    for k in range(0, len(x), 100):
-        b = perm[k:k + 100]
-        loss = F.cross_entropy(model(x[b] + 0.25 * torch.randn(x[b].shape, generator=gen)), y[b])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    path = str(tmp_path_factory.mktemp("trained") / "lenet.pt")
-    save_checkpoint(path, model.eval(), arch="lenet", dataset="mnist5k", num_classes=10, sigma=0.25)
-    return path
+    return trained_lenet(tmp_path_factory.mktemp("trained") / "lenet.pt")
 
 
 @pytest.mark.e2e
